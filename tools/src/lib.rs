@@ -1,0 +1,41 @@
+//! The `scoutfs` command's subcommands. The binary (src/main.rs at the
+//! workspace root) parses the command line and calls [`run`].
+//!
+//! Subcommand names follow the scoutfs utility so that archive agents port
+//! without surprises; each lives in its own module as it lands (mkfs, print,
+//! check, mount and the admin commands come with the metadata and
+//! filesystem issues).
+
+mod devinfo;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "scoutfs",
+    about = "userspace scoutfs: make, inspect, check and run volumes"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the build's version and commit.
+    Version,
+    /// Open a device (file or block device) the way the engine does and
+    /// print its geometry.
+    Devinfo(devinfo::Args),
+}
+
+/// Run a parsed command; returns the process exit code.
+pub fn run(cli: Cli, build_commit: &str) -> i32 {
+    match cli.cmd {
+        Command::Version => {
+            println!("scoutfs {} ({build_commit})", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        Command::Devinfo(a) => devinfo::run(&a),
+    }
+}
