@@ -291,6 +291,7 @@ impl Drop for DmaBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
 
     #[test]
     fn buffers_are_aligned_distinct_and_bounded() {

@@ -159,9 +159,7 @@ impl<T> Future for JoinHandle<T> {
 }
 
 /// Wrap a future so that its output lands in a JoinHandle.
-pub(crate) fn joinable<F: Future + 'static>(
-    fut: F,
-) -> (LocalFuture, JoinHandle<F::Output>) {
+pub(crate) fn joinable<F: Future + 'static>(fut: F) -> (LocalFuture, JoinHandle<F::Output>) {
     let state = Rc::new(RefCell::new(JoinState {
         result: None,
         finished: false,

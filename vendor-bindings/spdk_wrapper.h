@@ -1,0 +1,3 @@
+/* The SPDK API surface the engine's spdk backend binds to. */
+#include <spdk/env.h>
+#include <spdk/nvme.h>
