@@ -47,7 +47,14 @@ pub struct Key {
 
 impl Key {
     /// The smallest key: every field zero.
-    pub const MIN: Key = Key { zone: 0, first: 0, ty: 0, second: 0, third: 0, fourth: 0 };
+    pub const MIN: Key = Key {
+        zone: 0,
+        first: 0,
+        ty: 0,
+        second: 0,
+        third: 0,
+        fourth: 0,
+    };
     /// The largest key: every field all ones.
     pub const MAX: Key = Key {
         zone: u8::MAX,
@@ -59,7 +66,14 @@ impl Key {
     };
 
     pub const fn new(zone: u8, first: u64, ty: u8, second: u64, third: u64, fourth: u8) -> Key {
-        Key { zone, first, ty, second, third, fourth }
+        Key {
+            zone,
+            first,
+            ty,
+            second,
+            third,
+            fourth,
+        }
     }
 
     /// The first key of a zone (all other fields zero).
@@ -318,7 +332,14 @@ mod tests {
     }
 
     fn any_tuple() -> impl Strategy<Value = Tuple> {
-        (any_u8(), any_u64(), any_u8(), any_u64(), any_u64(), any_u8())
+        (
+            any_u8(),
+            any_u64(),
+            any_u8(),
+            any_u64(),
+            any_u64(),
+            any_u8(),
+        )
     }
 
     proptest! {
@@ -392,7 +413,10 @@ mod tests {
 
         let mut k = Key::new(2, 0, 0, 0, 0, 0);
         k.dec();
-        assert_eq!(k, Key::new(1, u64::MAX, u8::MAX, u64::MAX, u64::MAX, u8::MAX));
+        assert_eq!(
+            k,
+            Key::new(1, u64::MAX, u8::MAX, u64::MAX, u64::MAX, u8::MAX)
+        );
 
         assert_eq!(Key::MAX.next(), None);
         assert_eq!(Key::MIN.prev(), None);
@@ -411,7 +435,10 @@ mod tests {
         assert_eq!(b[25], 0x16);
         assert_eq!(b[26], 0x04);
         assert_eq!(&b[27..], &[0; 5]);
-        assert_eq!(k.to_string(), format!("22.{}.4.17.34.51", 0x0102_0304_0506_0708u64));
+        assert_eq!(
+            k.to_string(),
+            format!("22.{}.4.17.34.51", 0x0102_0304_0506_0708u64)
+        );
     }
 
     #[test]
