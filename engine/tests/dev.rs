@@ -549,3 +549,23 @@ fn armed_power_cut_fires_mid_stream() {
     let mut qp = queue(&dev, &pool);
     assert_eq!(read(&mut qp, &pool, 0, 4096).unwrap(), vec![5u8; 4096]);
 }
+
+#[test]
+fn uring_round_trips_when_shared_between_threads() {
+    // COOP_TASKRUN instead of SINGLE_ISSUER + DEFER_TASKRUN: the queue may
+    // move to another thread between requests.
+    let dir = tempfile::tempdir().unwrap();
+    let opts = UringOptions {
+        shared_thread: true,
+        ..Default::default()
+    };
+    let dev = UringDev::open(temp_file(dir.path(), 4 * MIB), opts).unwrap();
+    let pool = pool();
+    let mut qp = queue(&dev, &pool);
+    write(&mut qp, &pool, 0, &[3u8; 8192]).unwrap();
+    let p2 = pool.clone();
+    let got = std::thread::spawn(move || read(&mut qp, &p2, 0, 8192).unwrap())
+        .join()
+        .unwrap();
+    assert_eq!(got, vec![3u8; 8192]);
+}

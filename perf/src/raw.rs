@@ -41,6 +41,10 @@ pub struct Args {
     /// randread1, randread32, randwrite1, randwrite32).
     #[arg(long, value_delimiter = ',')]
     pub cases: Vec<String>,
+    /// Core for the reactor (and fio). Default: the last core when there
+    /// are several, else unpinned.
+    #[arg(long)]
+    pub core: Option<usize>,
     /// Allow writing to an existing file or device given with --file
     /// (its contents are destroyed).
     #[arg(long)]
@@ -174,7 +178,7 @@ fn run_inner(a: &Args) -> Result<(), String> {
         return Err(format!("{} MiB is too small; use at least 64M", size >> 20));
     }
     let fio_ok = !a.no_fio && fio::available();
-    let cpu = core_for_reactor();
+    let cpu = a.core.or_else(core_for_reactor);
 
     println!("# scoutfs-perf raw");
     for (k, v) in env::describe() {

@@ -33,6 +33,12 @@ pub struct UringOptions {
     /// Poll for completions instead of interrupts (IOPOLL); only devices
     /// with poll queues support it.
     pub iopoll: bool,
+    /// Let the queue be driven from more than one thread over its life
+    /// (COOP_TASKRUN). Off (the default), the ring is SINGLE_ISSUER with
+    /// DEFER_TASKRUN: completion work runs only when the queue's thread
+    /// enters for it, batched, and the queue must be opened, driven and
+    /// dropped on one thread, as a reactor does. Ignored with SQPOLL.
+    pub shared_thread: bool,
 }
 
 /// A file or block device driven through io_uring.
@@ -166,7 +172,20 @@ impl BlockDev for UringDev {
         if self.opts.iopoll {
             b.setup_iopoll();
         }
+        if self.opts.sqpoll_idle_ms.is_none() {
+            // Completion work then waits for our next enter instead of
+            // interrupting the polling thread (an IPI per request); the
+            // kernel raises IORING_SQ_TASKRUN and `kick` enters for it.
+            b.setup_taskrun_flag();
+            if self.opts.shared_thread {
+                b.setup_coop_taskrun();
+            } else {
+                b.setup_single_issuer().setup_defer_taskrun();
+            }
+        }
         let ring = b.build(depth).map_err(|e| setup("io_uring_setup", e))?;
+        // Enter by registered index, skipping the per-call fd lookup.
+        let _ = ring.submitter().register_ring_fd();
         ring.submitter()
             .register_files(&[self.file.as_raw_fd()])
             .map_err(|e| setup("register files", e))?;
@@ -316,7 +335,10 @@ impl QueueBackend for UringQueue {
     }
 
     fn kick(&mut self) -> Result<(), DevError> {
-        if self.unsubmitted == 0 && !(self.iopoll && self.in_flight() > 0) {
+        let in_flight = self.in_flight() > 0;
+        if self.unsubmitted == 0
+            && !(in_flight && (self.iopoll || self.ring.submission().taskrun()))
+        {
             return Ok(());
         }
         match self.ring.submit() {
