@@ -6,6 +6,7 @@
 //! structures). The block cache, btree, allocators, forest, transactions,
 //! filesystem, cluster and frontends build on these.
 
+pub mod block;
 pub mod dev;
 pub mod dma;
 pub mod format;
