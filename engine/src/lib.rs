@@ -6,9 +6,14 @@
 //! structures). The block cache, btree, allocators, forest, transactions,
 //! filesystem, cluster and frontends build on these.
 
+pub mod alloc;
 pub mod block;
+pub mod btree;
 pub mod dev;
 pub mod dma;
+pub mod forest;
 pub mod format;
 pub mod reactor;
+pub mod server;
+pub mod txn;
 pub mod util;

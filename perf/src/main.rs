@@ -5,9 +5,13 @@
 //! random read/write at QD 1 and 32, 1 MiB sequential write/read) against
 //! fio with the same parameters on the same file, plus the reactor
 //! thread's syscalls per I/O counted by `perf stat` (or strace).
+//!
+//! `scoutfs-perf items`: metadata item operation rates and commit
+//! throughput at growing tree sizes.
 
 mod env;
 mod fio;
+mod items;
 mod raw;
 mod syscalls;
 
@@ -27,12 +31,15 @@ struct Cli {
 enum Cmd {
     /// Raw device I/O through the reactor vs fio (io_uring, O_DIRECT).
     Raw(raw::Args),
+    /// Metadata item insert/lookup/delete and commit rates by tree size.
+    Items(items::Args),
 }
 
 fn main() {
     let cli = Cli::parse();
     let code = match cli.cmd {
         Cmd::Raw(a) => raw::run(&a),
+        Cmd::Items(a) => items::run(&a),
     };
     std::process::exit(code);
 }

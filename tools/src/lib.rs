@@ -6,7 +6,11 @@
 //! check, mount and the admin commands come with the metadata and
 //! filesystem issues).
 
+mod check;
+mod device;
 mod devinfo;
+mod mkfs;
+mod print;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +31,12 @@ pub enum Command {
     /// Open a device (file or block device) the way the engine does and
     /// print its geometry.
     Devinfo(devinfo::Args),
+    /// Make a new volume on a metadata and a data device.
+    Mkfs(mkfs::Args),
+    /// Print the super block and every btree item of a volume.
+    Print(print::Args),
+    /// Check a volume's metadata (fsck); exits 1 on any problem.
+    Check(check::Args),
 }
 
 /// Run a parsed command; returns the process exit code.
@@ -37,5 +47,8 @@ pub fn run(cli: Cli, build_commit: &str) -> i32 {
             0
         }
         Command::Devinfo(a) => devinfo::run(&a),
+        Command::Mkfs(a) => mkfs::run(&a),
+        Command::Print(a) => print::run(&a),
+        Command::Check(a) => check::run(&a),
     }
 }

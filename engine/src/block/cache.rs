@@ -19,6 +19,10 @@ use super::{BlockAccess, BlockError};
 use crate::format::block::{seal_block, BlockHeader, BLOCK_LG_SIZE};
 use crate::format::{check_block, BlockMagic, BlockRef, Expected, Le32, Le64};
 
+/// The smallest budget: enough clean blocks for any one operation's paths
+/// to stay cached while it resolves its misses.
+pub const MIN_BUDGET_BLOCKS: usize = 256;
+
 struct Cached {
     data: Box<[u8]>,
     seq: u64,
@@ -57,6 +61,8 @@ pub struct BlockCache {
     nr_dirty: usize,
     budget_blocks: usize,
     alloc: MetaAlloc,
+    /// (reserve, fill) of the avail list; see `alloc::refill_meta`.
+    meta_targets: (usize, usize),
     /// Blocks allocated in this transaction (freeing one returns it to
     /// `avail` at once: no committed tree references it).
     stats: CacheStats,
@@ -86,8 +92,9 @@ impl BlockCache {
             lru: BTreeMap::new(),
             tick: 0,
             nr_dirty: 0,
-            budget_blocks: (budget_bytes / BLOCK_LG_SIZE).max(16),
+            budget_blocks: (budget_bytes / BLOCK_LG_SIZE).max(MIN_BUDGET_BLOCKS),
             alloc: MetaAlloc::default(),
+            meta_targets: (crate::alloc::META_RESERVE, crate::alloc::META_FILL),
             stats: CacheStats::default(),
         }
     }
@@ -131,6 +138,16 @@ impl BlockCache {
         self.txn_seq = seq;
     }
 
+    /// (reserve, fill) of the transaction's avail list.
+    pub fn meta_targets(&self) -> (usize, usize) {
+        self.meta_targets
+    }
+
+    pub fn set_meta_targets(&mut self, reserve: usize, fill: usize) {
+        assert!(reserve > 0 && fill >= reserve);
+        self.meta_targets = (reserve, fill);
+    }
+
     pub fn meta_alloc(&self) -> &MetaAlloc {
         &self.alloc
     }
@@ -138,6 +155,12 @@ impl BlockCache {
     /// Hand the transaction its metadata blocks (replacing what it had).
     pub fn set_meta_alloc(&mut self, alloc: MetaAlloc) {
         self.alloc = alloc;
+    }
+
+    /// Take the blocks freed so far in this transaction (to return them to
+    /// the allocator at commit).
+    pub fn take_meta_alloc_freed(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.alloc.freed)
     }
 
     pub fn take_meta_alloc(&mut self) -> MetaAlloc {
@@ -195,6 +218,26 @@ impl BlockCache {
         self.stats.reads_inserted += 1;
         self.evict();
         Ok(())
+    }
+
+    /// Like [`insert_read`](Self::insert_read) for a block whose kind the
+    /// reader doesn't know: the header's magic must be a known one and is
+    /// checked again by every `get`.
+    pub fn insert_read_any(&mut self, r: &BlockRef, data: &[u8]) -> Result<(), BlockError> {
+        let hdr: &BlockHeader = bytemuck::from_bytes(&data[..32]);
+        let found = hdr.magic.get();
+        let Some(magic) = BlockMagic::from_u32(found) else {
+            return Err(BlockError::Check {
+                device: self.device.clone(),
+                source: crate::format::BlockCheckError::Corrupt {
+                    blkno: r.blkno.get(),
+                    field: crate::format::block::HeaderField::Magic,
+                    expected: 0,
+                    found: u64::from(found),
+                },
+            });
+        };
+        self.insert_read(r, magic, data)
     }
 
     fn evict(&mut self) {
@@ -475,28 +518,28 @@ mod tests {
 
     #[test]
     fn clean_blocks_are_evicted_beyond_the_budget_dirty_ones_never() {
-        let mut c = BlockCache::new(7, "meta", 16 * BLOCK_LG_SIZE, 100);
+        let mut c = BlockCache::new(7, "meta", MIN_BUDGET_BLOCKS * BLOCK_LG_SIZE, 100);
         c.add_avail(1000..1100);
         let dirty: Vec<_> = (0..20)
             .map(|_| c.alloc(BlockMagic::Btree).unwrap())
             .collect();
-        for i in 0..40u64 {
+        for i in 0..(MIN_BUDGET_BLOCKS as u64 + 24) {
             let mut blk = vec![0u8; BLOCK_LG_SIZE];
             seal_block(&mut blk, BlockMagic::Btree, 7, i + 1, 1);
             c.insert_read(&BlockRef::new(i + 1, 1), BlockMagic::Btree, &blk)
                 .unwrap();
         }
-        assert_eq!(c.nr_cached(), 16 + 20);
+        assert_eq!(c.nr_cached(), MIN_BUDGET_BLOCKS + 20);
         assert!(dirty.iter().all(|d| c.is_dirty(d)));
         // The most recent clean reads survive.
-        assert!(c.is_cached(&BlockRef::new(40, 1)));
+        assert!(c.is_cached(&BlockRef::new(MIN_BUDGET_BLOCKS as u64 + 24, 1)));
         assert!(!c.is_cached(&BlockRef::new(1, 1)));
         let written: Vec<u64> = c.dirty_blocks().iter().map(|(b, _)| *b).collect();
         assert_eq!(written.len(), 20);
         assert!(written.windows(2).all(|w| w[0] < w[1]));
         c.commit_done();
         assert_eq!(c.nr_dirty(), 0);
-        assert_eq!(c.nr_cached(), 16);
+        assert_eq!(c.nr_cached(), MIN_BUDGET_BLOCKS);
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! [`cache::BlockCache`] implements it over a device with a memory budget.
 
 pub mod cache;
+pub mod io;
+pub mod store;
 
 use crate::format::{BlockCheckError, BlockMagic, BlockRef};
 

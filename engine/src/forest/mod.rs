@@ -1,0 +1,183 @@
+//! The forest: items as readers see them, merged over the fs root and the
+//! log trees; and the merge that folds finalized log trees into the fs root.
+//!
+//! Every item carries the seq of the transaction that wrote it. A reader
+//! takes, for each key, the version with the greatest seq across the fs
+//! root and all log trees; a deletion item (flag DELETION) hides older
+//! versions and is itself invisible. Log trees are written only by their
+//! mount; the fs root only by merges.
+//!
+//! All functions are synchronous over [`BlockAccess`] and follow the
+//! btree's miss-and-restart rule. Merging is idempotent item by item (an
+//! item already applied is applied again to the same effect), so a merge
+//! interrupted by a miss can simply be rerun.
+
+use crate::block::BlockAccess;
+use crate::btree::{self, BtreeError, Item};
+use crate::format::btree::ITEM_FLAG_DELETION;
+use crate::format::{BtreeRoot, Key};
+
+/// The trees a read merges: the fs root and every log tree.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ForestRoots {
+    pub fs_root: BtreeRoot,
+    pub log_roots: Vec<BtreeRoot>,
+}
+
+impl ForestRoots {
+    fn trees(&self) -> impl Iterator<Item = &BtreeRoot> {
+        std::iter::once(&self.fs_root)
+            .chain(self.log_roots.iter())
+            .filter(|r| !r.is_empty())
+    }
+}
+
+fn newer(a: &Item, b: &Item) -> bool {
+    a.seq > b.seq
+        || (a.seq == b.seq
+            && a.flags & ITEM_FLAG_DELETION != 0
+            && b.flags & ITEM_FLAG_DELETION == 0)
+}
+
+/// The newest version of `key` across the forest, including deletions.
+fn newest(
+    blocks: &mut dyn BlockAccess,
+    roots: &ForestRoots,
+    key: &Key,
+) -> Result<Option<Item>, BtreeError> {
+    let mut best: Option<Item> = None;
+    for root in roots.trees() {
+        if let Some(it) = btree::lookup(blocks, root, key)? {
+            if best.as_ref().is_none_or(|b| newer(&it, b)) {
+                best = Some(it);
+            }
+        }
+    }
+    Ok(best)
+}
+
+/// The visible item at `key`.
+pub fn lookup(
+    blocks: &mut dyn BlockAccess,
+    roots: &ForestRoots,
+    key: &Key,
+) -> Result<Option<Item>, BtreeError> {
+    Ok(newest(blocks, roots, key)?.filter(|it| it.flags & ITEM_FLAG_DELETION == 0))
+}
+
+/// The first visible item with a key in `[key, last]`.
+pub fn next(
+    blocks: &mut dyn BlockAccess,
+    roots: &ForestRoots,
+    key: &Key,
+    last: &Key,
+) -> Result<Option<Item>, BtreeError> {
+    let mut from = *key;
+    loop {
+        // The smallest key at or after `from` in any tree, and its newest version.
+        let mut best: Option<Item> = None;
+        for root in roots.trees() {
+            if let Some(it) = btree::next(blocks, root, &from)? {
+                if it.key > *last {
+                    continue;
+                }
+                let better = match &best {
+                    None => true,
+                    Some(b) => it.key < b.key || (it.key == b.key && newer(&it, b)),
+                };
+                if better {
+                    best = Some(it);
+                }
+            }
+        }
+        let Some(it) = best else { return Ok(None) };
+        if it.flags & ITEM_FLAG_DELETION == 0 {
+            return Ok(Some(it));
+        }
+        match it.key.next() {
+            Some(n) => from = n,
+            None => return Ok(None),
+        }
+    }
+}
+
+/// Visible items in `[first, last]`, at most `max`.
+pub fn range(
+    blocks: &mut dyn BlockAccess,
+    roots: &ForestRoots,
+    first: &Key,
+    last: &Key,
+    max: usize,
+) -> Result<Vec<Item>, BtreeError> {
+    let mut out = Vec::new();
+    let mut from = *first;
+    while out.len() < max {
+        let Some(it) = next(blocks, roots, &from, last)? else {
+            break;
+        };
+        let n = it.key.next();
+        out.push(it);
+        match n {
+            Some(n) if n <= *last => from = n,
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+/// Fold the items of `logs` in `[cursor, last]` into `fs_root`: for each key
+/// the newest version across the logs wins if it is at least as new as the
+/// fs root's; a winning deletion removes the key from the fs root (which
+/// keeps no deletion items). Returns how many items were applied. Every
+/// older log tree of the keys must be among `logs` (the server merges all
+/// finalized trees together). `cursor` advances past each key merged, so a
+/// merge interrupted by a miss resumes where it stopped.
+pub fn merge_range(
+    blocks: &mut dyn BlockAccess,
+    fs_root: &mut BtreeRoot,
+    logs: &[BtreeRoot],
+    cursor: &mut Option<Key>,
+    last: &Key,
+) -> Result<u64, BtreeError> {
+    let only_logs = ForestRoots {
+        fs_root: BtreeRoot::default(),
+        log_roots: logs.to_vec(),
+    };
+    let mut applied = 0;
+    while let Some(from) = *cursor {
+        // Next key present in any log tree, deletions included.
+        let mut best: Option<Item> = None;
+        for root in only_logs.trees() {
+            if let Some(it) = btree::next(blocks, root, &from)? {
+                if it.key > *last {
+                    continue;
+                }
+                let better = match &best {
+                    None => true,
+                    Some(b) => it.key < b.key || (it.key == b.key && newer(&it, b)),
+                };
+                if better {
+                    best = Some(it);
+                }
+            }
+        }
+        let Some(it) = best else {
+            *cursor = None;
+            break;
+        };
+        let key = it.key;
+        let existing = btree::lookup(blocks, fs_root, &key)?;
+        if existing.as_ref().is_none_or(|e| e.seq <= it.seq) {
+            if it.flags & ITEM_FLAG_DELETION != 0 {
+                if existing.is_some() {
+                    btree::delete(blocks, fs_root, &key)?;
+                }
+            } else {
+                btree::upsert(blocks, fs_root, it)?;
+            }
+            applied += 1;
+        }
+        *cursor = key.next().filter(|n| n <= last);
+    }
+    Ok(applied)
+}

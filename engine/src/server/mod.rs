@@ -1,0 +1,516 @@
+//! The server half of the client/server seam, run in-process.
+//!
+//! Everything a mount needs from the server goes through [`Request`] /
+//! [`Response`]: its log tree for a transaction and the metadata blocks to
+//! build it with (`GetLogTrees`, `GetMetaAvail`), committing it
+//! (`CommitLogTrees`), merging finalized log trees into the fs root
+//! (`MergeLogTrees`), inode number ranges (`AllocInodes`), data extents
+//! (`AllocData`), the roots readers merge (`GetRoots`), and `Statfs`. Today
+//! one engine runs both halves over one block store and one transaction,
+//! so a server commit is the mount's commit; the cluster issue puts these
+//! messages on the wire and gives the server its own transaction.
+//!
+//! The server owns the super block: allocators, logs root, fs root. Its
+//! commit writes every dirty block, flushes, writes the super block with
+//! the next seq, flushes. Any failure on that path makes the volume
+//! read-only: the in-memory state returns to the last committed super and
+//! nothing more is written.
+
+use crate::alloc::{self, AllocError};
+use crate::block::store::Store;
+use crate::block::{BlockAccess, BlockError};
+use crate::btree::{self, BtreeError, Item};
+use crate::forest::{self, ForestRoots};
+use crate::format::alloc::{
+    alloc_list_array_mut, alloc_list_block_mut, alloc_list_entries, Extent, ALLOC_LIST_MAX_BLOCKS,
+};
+use crate::format::block::BLOCK_SM_SIZE;
+use crate::format::key::zone;
+use crate::format::log_trees::LOG_TREES_FINALIZED;
+use crate::format::{AllocListHead, BlockMagic, BlockRef, Key, LogTrees, SuperBlock};
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ServerError {
+    #[error("the volume is read-only: {0}")]
+    ReadOnly(String),
+    #[error("no space: {0}")]
+    NoSpace(String),
+    #[error("corrupt metadata: {0}")]
+    Corrupt(String),
+    #[error("I/O error: {0}")]
+    Io(String),
+}
+
+impl ServerError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            ServerError::ReadOnly(_) => libc::EROFS,
+            ServerError::NoSpace(_) => libc::ENOSPC,
+            ServerError::Corrupt(_) | ServerError::Io(_) => libc::EIO,
+        }
+    }
+}
+
+impl From<BlockError> for ServerError {
+    fn from(e: BlockError) -> Self {
+        match e {
+            BlockError::NoSpace => ServerError::NoSpace(e.to_string()),
+            BlockError::ReadOnly => ServerError::ReadOnly(e.to_string()),
+            BlockError::Check { .. } => ServerError::Corrupt(e.to_string()),
+            BlockError::Io { .. } | BlockError::Miss(_) => ServerError::Io(e.to_string()),
+        }
+    }
+}
+
+impl From<BtreeError> for ServerError {
+    fn from(e: BtreeError) -> Self {
+        match e {
+            BtreeError::Block(b) => b.into(),
+            other => ServerError::Corrupt(other.to_string()),
+        }
+    }
+}
+
+impl From<AllocError> for ServerError {
+    fn from(e: AllocError) -> Self {
+        match e {
+            AllocError::NoSpace => ServerError::NoSpace(e.to_string()),
+            AllocError::Btree(b) => b.into(),
+            AllocError::DoubleFree { .. } | AllocError::Corrupt(_) => {
+                ServerError::Corrupt(e.to_string())
+            }
+        }
+    }
+}
+
+/// Free space as the server counts it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Statfs {
+    pub fsid: u64,
+    pub committed_seq: u64,
+    pub total_meta_blocks: u64,
+    pub free_meta_blocks: u64,
+    pub total_data_blocks: u64,
+    pub free_data_blocks: u64,
+    pub next_ino: u64,
+}
+
+#[derive(Clone, Debug)]
+pub enum Request {
+    /// The mount's current (unfinalized) log tree, created if it has none.
+    GetLogTrees {
+        rid: u64,
+    },
+    /// Top up the transaction's metadata blocks.
+    GetMetaAvail,
+    /// Record the mount's log tree and commit; data extents it freed
+    /// return to the allocator with the commit.
+    CommitLogTrees {
+        log: Box<LogTrees>,
+        data_freed: Vec<Extent>,
+    },
+    /// Finalize the mount's log tree and merge every finalized tree into
+    /// the fs root (in the open transaction).
+    MergeLogTrees {
+        rid: u64,
+    },
+    AllocInodes {
+        count: u64,
+    },
+    AllocData {
+        want: u64,
+    },
+    GetRoots,
+    Statfs,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    LogTrees(Box<LogTrees>),
+    Ok,
+    Committed { seq: u64 },
+    Merged { trees: u64, items: u64 },
+    Inodes { first: u64, count: u64 },
+    Data(Extent),
+    Roots(ForestRoots),
+    Statfs(Statfs),
+}
+
+/// The server's state: the super block being built and the last one made
+/// durable.
+#[derive(Debug)]
+pub struct Server {
+    sb: SuperBlock,
+    committed: SuperBlock,
+    read_only: Option<String>,
+    last_commit_blocks: u64,
+}
+
+fn log_trees_key(rid: u64, nr: u64) -> Key {
+    Key::new(zone::LOG_TREES, rid, 0, nr, 0, 0)
+}
+
+fn decode_log_trees(it: &Item) -> Result<LogTrees, ServerError> {
+    bytemuck::try_pod_read_unaligned::<LogTrees>(&it.val).map_err(|_| {
+        ServerError::Corrupt(format!(
+            "log trees item {} has a {}-byte value",
+            it.key,
+            it.val.len()
+        ))
+    })
+}
+
+impl Server {
+    /// Start from a committed super block; the store's transaction is the
+    /// one after it. Loads the persisted list of metadata blocks in hand.
+    pub fn open(store: &mut Store, sb: SuperBlock) -> Result<Server, ServerError> {
+        let head = sb.server_meta_avail[0];
+        if !head.ref_.is_null() {
+            store.retry(|c| -> Result<(), BlockError> {
+                let blk = c.get(&head.ref_, BlockMagic::AllocList)?;
+                let entries = alloc_list_entries(blk).map_err(|e| BlockError::Io {
+                    device: "meta".into(),
+                    blkno: head.ref_.blkno.get(),
+                    msg: e.to_string(),
+                })?;
+                let list: Vec<u64> = entries.iter().map(|b| b.get()).collect();
+                c.add_avail(list.into_iter().rev());
+                Ok(())
+            })?;
+            // The list block itself is referenced by the committed super:
+            // reusable after the next commit.
+            store.cache.free(&head.ref_);
+        }
+        Ok(Server {
+            sb,
+            committed: sb,
+            read_only: None,
+            last_commit_blocks: 0,
+        })
+    }
+
+    /// A server for a volume being made: nothing is committed yet.
+    pub fn new_volume(sb: SuperBlock) -> Server {
+        Server {
+            sb,
+            committed: sb,
+            read_only: None,
+            last_commit_blocks: 0,
+        }
+    }
+
+    /// Commit the open transaction now (mkfs, tools).
+    pub fn commit_now(&mut self, store: &mut Store) -> Result<u64, ServerError> {
+        let r = self.commit(store, Vec::new());
+        if let Err(e) = &r {
+            self.go_read_only(store, e);
+        }
+        r
+    }
+
+    pub fn super_block(&self) -> &SuperBlock {
+        &self.sb
+    }
+
+    /// Metadata blocks the last commit wrote (besides the super block).
+    pub fn last_commit_blocks(&self) -> u64 {
+        self.last_commit_blocks
+    }
+
+    pub fn committed_seq(&self) -> u64 {
+        self.committed.seq.get()
+    }
+
+    pub fn read_only(&self) -> Option<&str> {
+        self.read_only.as_deref()
+    }
+
+    pub fn handle(&mut self, store: &mut Store, req: Request) -> Result<Response, ServerError> {
+        if let Some(why) = &self.read_only {
+            if !matches!(req, Request::GetRoots | Request::Statfs) {
+                return Err(ServerError::ReadOnly(why.clone()));
+            }
+        }
+        match req {
+            Request::GetLogTrees { rid } => self.get_log_trees(store, rid).map(|l| Response::LogTrees(Box::new(l))),
+            Request::GetMetaAvail => {
+                // Both roots hold only blocks freed by earlier, committed
+                // transactions until this one's commit starts.
+                let (a, f) = meta_roots(&mut self.sb, store.cache.txn_seq());
+                store.retry(|c| alloc::refill_meta(c, a, Some(f)))?;
+                Ok(Response::Ok)
+            }
+            Request::CommitLogTrees { log, data_freed } => {
+                let r = self.commit_log_trees(store, *log, data_freed);
+                if let Err(e) = &r {
+                    self.go_read_only(store, e);
+                }
+                r.map(|seq| Response::Committed { seq })
+            }
+            Request::MergeLogTrees { rid } => {
+                let (trees, items) = self.merge_log_trees(store, rid)?;
+                Ok(Response::Merged { trees, items })
+            }
+            Request::AllocInodes { count } => {
+                let first = self.sb.next_ino.get();
+                self.sb.next_ino.set(first + count);
+                Ok(Response::Inodes { first, count })
+            }
+            Request::AllocData { want } => {
+                let sb = &mut self.sb;
+                let ext = store.retry(|c| alloc::alloc_extent(c, &mut sb.data_alloc, want))?;
+                Ok(Response::Data(ext))
+            }
+            Request::GetRoots => Ok(Response::Roots(self.roots(store)?)),
+            Request::Statfs => Ok(Response::Statfs(Statfs {
+                fsid: self.sb.fsid(),
+                committed_seq: self.committed.seq.get(),
+                total_meta_blocks: self.sb.total_meta_blocks.get(),
+                free_meta_blocks: self.sb.meta_alloc[0].total_len.get()
+                    + self.sb.meta_alloc[1].total_len.get()
+                    + store.cache.meta_alloc().avail.len() as u64,
+                total_data_blocks: self.sb.total_data_blocks.get(),
+                free_data_blocks: self.sb.data_alloc.total_len.get(),
+                next_ino: self.sb.next_ino.get(),
+            })),
+        }
+    }
+
+    /// Every log tree record in the logs root.
+    pub fn log_trees(&self, store: &mut Store) -> Result<Vec<LogTrees>, ServerError> {
+        let first = Key::new(zone::LOG_TREES, 0, 0, 0, 0, 0);
+        let last = Key::new(
+            zone::LOG_TREES,
+            u64::MAX,
+            u8::MAX,
+            u64::MAX,
+            u64::MAX,
+            u8::MAX,
+        );
+        let root = self.sb.logs_root;
+        let items = store.retry(|c| btree::range(c, &root, &first, &last, usize::MAX))?;
+        items.iter().map(decode_log_trees).collect()
+    }
+
+    fn roots(&self, store: &mut Store) -> Result<ForestRoots, ServerError> {
+        let logs = self.log_trees(store)?;
+        Ok(ForestRoots {
+            fs_root: self.sb.fs_root,
+            log_roots: logs.iter().map(|l| l.item_root).collect(),
+        })
+    }
+
+    fn get_log_trees(&mut self, store: &mut Store, rid: u64) -> Result<LogTrees, ServerError> {
+        let mine: Vec<LogTrees> = self
+            .log_trees(store)?
+            .into_iter()
+            .filter(|l| l.rid.get() == rid)
+            .collect();
+        if let Some(l) = mine
+            .iter()
+            .find(|l| l.flags.get() & LOG_TREES_FINALIZED == 0)
+        {
+            return Ok(*l);
+        }
+        let nr = mine.iter().map(|l| l.nr.get()).max().map_or(1, |n| n + 1);
+        let mut lt = LogTrees::default();
+        lt.rid.set(rid);
+        lt.nr.set(nr);
+        lt.get_trans_seq.set(store.cache.txn_seq());
+        self.put_log_trees(store, &lt)?;
+        Ok(lt)
+    }
+
+    fn put_log_trees(&mut self, store: &mut Store, lt: &LogTrees) -> Result<(), ServerError> {
+        let key = log_trees_key(lt.rid.get(), lt.nr.get());
+        let root = &mut self.sb.logs_root;
+        store.retry(|c| {
+            let seq = c.txn_seq();
+            btree::upsert(
+                c,
+                root,
+                Item {
+                    key,
+                    seq,
+                    flags: 0,
+                    val: bytemuck::bytes_of(lt).to_vec(),
+                },
+            )
+        })?;
+        Ok(())
+    }
+
+    fn commit_log_trees(
+        &mut self,
+        store: &mut Store,
+        mut log: LogTrees,
+        data_freed: Vec<Extent>,
+    ) -> Result<u64, ServerError> {
+        log.commit_trans_seq.set(store.cache.txn_seq());
+        self.put_log_trees(store, &log)?;
+        self.commit(store, data_freed)
+    }
+
+    fn merge_log_trees(&mut self, store: &mut Store, rid: u64) -> Result<(u64, u64), ServerError> {
+        // Finalize the mount's open tree.
+        for mut lt in self.log_trees(store)? {
+            if lt.rid.get() == rid && lt.flags.get() & LOG_TREES_FINALIZED == 0 {
+                lt.flags.set(lt.flags.get() | LOG_TREES_FINALIZED);
+                lt.finalize_seq.set(store.cache.txn_seq());
+                self.put_log_trees(store, &lt)?;
+            }
+        }
+        let finalized: Vec<LogTrees> = self
+            .log_trees(store)?
+            .into_iter()
+            .filter(|l| l.flags.get() & LOG_TREES_FINALIZED != 0)
+            .collect();
+        let roots: Vec<_> = finalized.iter().map(|l| l.item_root).collect();
+        // The merge a client would do for a range; here, the whole key space.
+        let mut cursor = Some(Key::MIN);
+        let mut items = 0;
+        let fs_root = &mut self.sb.fs_root;
+        store.retry(|c| -> Result<(), BtreeError> {
+            items += forest::merge_range(c, fs_root, &roots, &mut cursor, &Key::MAX)?;
+            Ok(())
+        })?;
+        // Free the merged trees and their records.
+        for lt in &finalized {
+            self.free_tree(store, lt.item_root)?;
+            let key = log_trees_key(lt.rid.get(), lt.nr.get());
+            let root = &mut self.sb.logs_root;
+            store.retry(|c| btree::delete(c, root, &key))?;
+        }
+        Ok((finalized.len() as u64, items))
+    }
+
+    /// Free every block of a tree no longer referenced.
+    fn free_tree(
+        &mut self,
+        store: &mut Store,
+        root: crate::format::BtreeRoot,
+    ) -> Result<(), ServerError> {
+        let mut refs: Vec<BlockRef> = Vec::new();
+        store.retry(|c| {
+            refs.clear();
+            btree::walk_blocks(c, &root, &mut |_, r, _| refs.push(*r))
+        })?;
+        for r in refs {
+            store.cache.free(&r);
+        }
+        Ok(())
+    }
+
+    /// Commit the open transaction: return freed space to the allocators,
+    /// persist the metadata blocks in hand, write every dirty block, flush,
+    /// write the super block, flush.
+    fn commit(&mut self, store: &mut Store, data_freed: Vec<Extent>) -> Result<u64, ServerError> {
+        for ext in data_freed {
+            let sb = &mut self.sb;
+            store.retry(|c| alloc::free_extent(c, &mut sb.data_alloc, ext))?;
+        }
+        // Freed metadata blocks go to the *other* root than the one this
+        // transaction allocates from: were they allocatable now, a refill
+        // could hand one out and overwrite it before this commit is durable,
+        // while the last committed trees still reference it. Returning them
+        // may COW allocator blocks and free more: repeat until none are left.
+        let seq = store.cache.txn_seq();
+        for _round in 0..64 {
+            let mut freed = store.cache.take_meta_alloc_freed();
+            if freed.is_empty() {
+                break;
+            }
+            freed.sort_unstable();
+            let (a, f) = meta_roots(&mut self.sb, seq);
+            store.retry(|c| alloc::refill_meta(c, a, None))?;
+            for ext in runs(&freed) {
+                store.retry(|c| alloc::free_extent(c, f, ext))?;
+            }
+        }
+        if !store.cache.meta_alloc().freed.is_empty() {
+            return Err(ServerError::Corrupt(
+                "freed metadata list did not settle".into(),
+            ));
+        }
+        // Persist the blocks in hand in one alloc list block.
+        let list_ref = store.cache.alloc(BlockMagic::AllocList)?;
+        let mut avail = store.cache.meta_alloc().avail.clone();
+        if avail.len() > ALLOC_LIST_MAX_BLOCKS {
+            return Err(ServerError::Corrupt(format!(
+                "{} blocks in hand exceed one alloc list block",
+                avail.len()
+            )));
+        }
+        avail.reverse();
+        {
+            let blk = store.cache.get_mut(&list_ref);
+            alloc_list_block_mut(blk).nr.set(avail.len() as u32);
+            for (slot, b) in alloc_list_array_mut(blk).iter_mut().zip(&avail) {
+                slot.set(*b);
+            }
+        }
+        self.sb.server_meta_avail[0] = AllocListHead {
+            ref_: list_ref,
+            total_nr: (avail.len() as u64).into(),
+            first_nr: (avail.len() as u32).into(),
+            flags: 0.into(),
+        };
+        self.sb.seq.set(seq);
+
+        let blocks: Vec<(u64, Vec<u8>)> = store
+            .cache
+            .dirty_blocks()
+            .into_iter()
+            .map(|(b, d)| (b, d.to_vec()))
+            .collect();
+        store
+            .io
+            .write_blocks(blocks.iter().map(|(b, d)| (*b, d.as_slice())))?;
+        self.last_commit_blocks = blocks.len() as u64;
+        store.io.flush()?;
+        let mut sblk = vec![0u8; BLOCK_SM_SIZE];
+        self.sb.to_block(&mut sblk);
+        store.io.write_super_block(&sblk)?;
+        store.io.flush()?;
+
+        store.cache.commit_done();
+        store.cache.set_txn_seq(seq + 1);
+        // The list block is referenced by the super just written.
+        store.cache.free(&list_ref);
+        self.committed = self.sb;
+        Ok(seq)
+    }
+
+    fn go_read_only(&mut self, store: &mut Store, e: &ServerError) {
+        tracing::error!("commit failed, volume is now read-only: {e}");
+        self.read_only = Some(e.to_string());
+        store.cache.discard_dirty();
+        self.sb = self.committed;
+    }
+}
+
+/// The metadata allocator transaction `seq` allocates from, and the one its
+/// freed blocks go to; they swap every transaction.
+fn meta_roots(
+    sb: &mut SuperBlock,
+    seq: u64,
+) -> (&mut crate::format::AllocRoot, &mut crate::format::AllocRoot) {
+    let [r0, r1] = &mut sb.meta_alloc;
+    if seq.is_multiple_of(2) {
+        (r0, r1)
+    } else {
+        (r1, r0)
+    }
+}
+
+/// Sorted block numbers as extents of consecutive runs.
+fn runs(sorted: &[u64]) -> Vec<Extent> {
+    let mut out: Vec<Extent> = Vec::new();
+    for &b in sorted {
+        match out.last_mut() {
+            Some(e) if e.start + e.len == b => e.len += 1,
+            _ => out.push(Extent { start: b, len: 1 }),
+        }
+    }
+    out
+}

@@ -1,0 +1,466 @@
+//! Transactions: a mount's item writes go to its own log tree; reads merge
+//! the fs root and the log trees; a commit makes everything written so far
+//! durable at once.
+//!
+//! [`Volume`] is one mount of a volume with its server run in-process (see
+//! `server`). Writes (`upsert`, `delete`) add items stamped with the open
+//! transaction's seq to the mount's log tree. The transaction commits when
+//! its dirty blocks pass a limit, when it is older than the age limit (both
+//! checked after each write), or when asked (`commit`, for fsync/sync). A
+//! commit sends the log tree to the server, which writes every new block,
+//! flushes, writes the super block with the next seq, and flushes. After a
+//! crash at any instant the volume opens at the last complete commit.
+//! `committed_seq` is the last seq known durable.
+//!
+//! A failed commit (a device error, a full device) makes the volume
+//! read-only: writes then fail with EROFS, reads see the last commit.
+
+use std::time::{Duration, Instant};
+
+use crate::alloc::AllocError;
+use crate::block::cache::BlockCache;
+use crate::block::io::MetaIo;
+use crate::block::store::Store;
+use crate::block::{BlockAccess, BlockError};
+use crate::btree::{self, BtreeError, Item};
+use crate::dev::{BlockDev, DevError};
+use crate::forest::{self, ForestRoots};
+use crate::format::alloc::Extent;
+use crate::format::btree::ITEM_FLAG_DELETION;
+use crate::format::super_block::{read_super, DeviceKind, SuperError, SuperExpect};
+use crate::format::{Key, LogTrees, SuperBlock};
+use crate::server::{Request, Response, Server, ServerError, Statfs};
+
+pub mod check;
+pub mod mkfs;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TxnError {
+    #[error("{0}")]
+    Dev(#[from] DevError),
+    #[error("{0}")]
+    Super(#[from] SuperError),
+    #[error("{0}")]
+    Block(#[from] BlockError),
+    #[error("{0}")]
+    Btree(#[from] BtreeError),
+    #[error("{0}")]
+    Server(#[from] ServerError),
+    #[error("the volume is read-only: {0}")]
+    ReadOnly(String),
+    #[error("item value of {0} bytes is over the 896-byte limit")]
+    ValueTooLarge(usize),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<AllocError> for TxnError {
+    fn from(e: AllocError) -> Self {
+        TxnError::Server(e.into())
+    }
+}
+
+impl TxnError {
+    /// The errno a frontend reports.
+    pub fn errno(&self) -> i32 {
+        match self {
+            TxnError::Dev(e) => e.errno(),
+            TxnError::Super(_) => libc::EINVAL,
+            TxnError::Block(e) => e.errno(),
+            TxnError::Btree(BtreeError::Block(e)) => e.errno(),
+            TxnError::Btree(BtreeError::ValueTooLarge { .. }) | TxnError::ValueTooLarge(_) => {
+                libc::EINVAL
+            }
+            TxnError::Btree(_) => libc::EIO,
+            TxnError::Server(e) => e.errno(),
+            TxnError::ReadOnly(_) => libc::EROFS,
+            TxnError::Invalid(_) => libc::EINVAL,
+        }
+    }
+}
+
+/// When a transaction commits on its own.
+#[derive(Clone, Copy, Debug)]
+pub struct TxnOptions {
+    /// Commit once this many metadata blocks are dirty.
+    pub commit_dirty_blocks: usize,
+    /// Commit a transaction older than this at the next write.
+    pub commit_age: Duration,
+    /// Clean metadata blocks kept cached.
+    pub cache_bytes: usize,
+    /// This mount's id (rid).
+    pub rid: u64,
+    /// Metadata blocks kept in hand: (reserve, fill); see alloc::refill_meta.
+    pub meta_targets: (usize, usize),
+}
+
+impl Default for TxnOptions {
+    fn default() -> Self {
+        TxnOptions {
+            commit_dirty_blocks: 512,
+            commit_age: Duration::from_secs(10),
+            cache_bytes: 256 << 20,
+            rid: 1,
+            meta_targets: (crate::alloc::META_RESERVE, crate::alloc::META_FILL),
+        }
+    }
+}
+
+/// One mount of a volume, with its server in-process.
+#[derive(Debug)]
+pub struct Volume {
+    store: Store,
+    server: Server,
+    opts: TxnOptions,
+    /// The mount's open log tree (its item root changes with each write).
+    log: LogTrees,
+    /// The log tree as of the last commit.
+    committed_log: LogTrees,
+    /// Roots of the fs root and other log trees, as of the last change.
+    others: ForestRoots,
+    data_freed: Vec<Extent>,
+    txn_started: Instant,
+    txn_writes: u64,
+    commits: u64,
+}
+
+/// Open a volume's metadata for reading only (print, check): the store
+/// and the committed super block, with no mount state.
+pub fn open_store(
+    meta: &dyn BlockDev,
+    cache_bytes: usize,
+) -> Result<(Store, SuperBlock), TxnError> {
+    let mut io = MetaIo::open(meta)?;
+    let raw = io.read_super_block()?;
+    let sb = read_super(
+        &raw,
+        &SuperExpect {
+            fsid: None,
+            device: Some(DeviceKind::Meta),
+        },
+    )?;
+    let cache = BlockCache::new(sb.fsid(), io.device_name(), cache_bytes, sb.seq.get() + 1);
+    Ok((Store::new(cache, io), sb))
+}
+
+impl Volume {
+    /// Open a volume made by mkfs: read and check the super block, load the
+    /// server state, and open this mount's log tree.
+    pub fn open(meta: &dyn BlockDev, opts: TxnOptions) -> Result<Volume, TxnError> {
+        let mut io = MetaIo::open(meta)?;
+        let raw = io.read_super_block()?;
+        let sb = read_super(
+            &raw,
+            &SuperExpect {
+                fsid: None,
+                device: Some(DeviceKind::Meta),
+            },
+        )?;
+        Self::from_super(io, sb, opts)
+    }
+
+    fn from_super(io: MetaIo, sb: SuperBlock, opts: TxnOptions) -> Result<Volume, TxnError> {
+        if sb.total_meta_blocks.get() > io.total_blocks() {
+            return Err(TxnError::Invalid(format!(
+                "super block says {} metadata blocks but {} holds {}",
+                sb.total_meta_blocks.get(),
+                io.device_name(),
+                io.total_blocks()
+            )));
+        }
+        let mut cache = BlockCache::new(
+            sb.fsid(),
+            io.device_name(),
+            opts.cache_bytes,
+            sb.seq.get() + 1,
+        );
+        cache.set_meta_targets(opts.meta_targets.0, opts.meta_targets.1);
+        let mut store = Store::new(cache, io);
+        let mut server = Server::open(&mut store, sb)?;
+        let log = match server.handle(&mut store, Request::GetLogTrees { rid: opts.rid })? {
+            Response::LogTrees(l) => *l,
+            other => {
+                return Err(TxnError::Invalid(format!(
+                    "unexpected server response {other:?}"
+                )))
+            }
+        };
+        let mut v = Volume {
+            store,
+            server,
+            opts,
+            log,
+            committed_log: log,
+            others: ForestRoots::default(),
+            data_freed: Vec::new(),
+            txn_started: Instant::now(),
+            txn_writes: 0,
+            commits: 0,
+        };
+        v.refresh_roots()?;
+        Ok(v)
+    }
+
+    fn call(&mut self, req: Request) -> Result<Response, TxnError> {
+        Ok(self.server.handle(&mut self.store, req)?)
+    }
+
+    fn refresh_roots(&mut self) -> Result<(), TxnError> {
+        let Response::Roots(mut roots) = self.call(Request::GetRoots)? else {
+            return Err(TxnError::Invalid(
+                "GetRoots answered with something else".into(),
+            ));
+        };
+        // Our own tree is read from `log`, which is newer than the server's copy.
+        let own = self.server_copy_of_own_root()?;
+        if let Some(pos) = roots.log_roots.iter().position(|r| Some(*r) == own) {
+            roots.log_roots.remove(pos);
+        }
+        self.others = roots;
+        Ok(())
+    }
+
+    fn server_copy_of_own_root(&mut self) -> Result<Option<crate::format::BtreeRoot>, TxnError> {
+        let logs = self.server.log_trees(&mut self.store)?;
+        Ok(logs
+            .iter()
+            .find(|l| l.rid == self.log.rid && l.nr == self.log.nr)
+            .map(|l| l.item_root))
+    }
+
+    fn roots(&self) -> ForestRoots {
+        let mut r = self.others.clone();
+        r.log_roots.push(self.log.item_root);
+        r
+    }
+
+    pub fn read_only(&self) -> Option<&str> {
+        self.server.read_only()
+    }
+
+    fn check_writable(&self) -> Result<(), TxnError> {
+        match self.server.read_only() {
+            Some(why) => Err(TxnError::ReadOnly(why.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Every seq up to this one is durable.
+    pub fn committed_seq(&self) -> u64 {
+        self.server.committed_seq()
+    }
+
+    /// The seq items written now will carry.
+    pub fn txn_seq(&self) -> u64 {
+        self.store.cache.txn_seq()
+    }
+
+    pub fn super_block(&self) -> &SuperBlock {
+        self.server.super_block()
+    }
+
+    /// Metadata blocks the last commit wrote.
+    pub fn last_commit_blocks(&self) -> u64 {
+        self.server.last_commit_blocks()
+    }
+
+    pub fn commits(&self) -> u64 {
+        self.commits
+    }
+
+    pub fn cache_stats(&self) -> crate::block::cache::CacheStats {
+        self.store.cache.stats()
+    }
+
+    /// Blocks read from the device so far.
+    pub fn device_reads(&self) -> u64 {
+        self.store.reads
+    }
+
+    pub fn lookup(&mut self, key: &Key) -> Result<Option<Item>, TxnError> {
+        let roots = self.roots();
+        Ok(self.store.retry(|c| forest::lookup(c, &roots, key))?)
+    }
+
+    /// The first visible item in `[key, last]`.
+    pub fn next(&mut self, key: &Key, last: &Key) -> Result<Option<Item>, TxnError> {
+        let roots = self.roots();
+        Ok(self.store.retry(|c| forest::next(c, &roots, key, last))?)
+    }
+
+    pub fn range(&mut self, first: &Key, last: &Key, max: usize) -> Result<Vec<Item>, TxnError> {
+        let roots = self.roots();
+        Ok(self
+            .store
+            .retry(|c| forest::range(c, &roots, first, last, max))?)
+    }
+
+    fn write_item(&mut self, key: Key, flags: u8, val: Vec<u8>) -> Result<(), TxnError> {
+        self.check_writable()?;
+        if val.len() > crate::format::btree::BTREE_MAX_VAL_LEN {
+            return Err(TxnError::ValueTooLarge(val.len()));
+        }
+        self.call(Request::GetMetaAvail)?;
+        let Volume { store, log, .. } = self;
+        store.retry(|c| {
+            let seq = c.txn_seq();
+            btree::upsert(
+                c,
+                &mut log.item_root,
+                Item {
+                    key,
+                    seq,
+                    flags,
+                    val: val.clone(),
+                },
+            )
+        })?;
+        let seq = self.store.cache.txn_seq();
+        if self.log.max_item_seq.get() < seq {
+            self.log.max_item_seq.set(seq);
+        }
+        self.txn_writes += 1;
+        self.maybe_commit()
+    }
+
+    /// Create or replace the item at `key`.
+    pub fn upsert(&mut self, key: Key, val: &[u8]) -> Result<(), TxnError> {
+        self.write_item(key, 0, val.to_vec())
+    }
+
+    /// Delete the item at `key`; returns whether it existed.
+    pub fn delete(&mut self, key: &Key) -> Result<bool, TxnError> {
+        self.check_writable()?;
+        if self.lookup(key)?.is_none() {
+            return Ok(false);
+        }
+        self.write_item(*key, ITEM_FLAG_DELETION, Vec::new())?;
+        Ok(true)
+    }
+
+    /// Data extents freed in this transaction become allocatable once it
+    /// has committed.
+    pub fn free_data(&mut self, ext: Extent) {
+        self.data_freed.push(ext);
+    }
+
+    pub fn alloc_data(&mut self, want: u64) -> Result<Extent, TxnError> {
+        self.check_writable()?;
+        self.call(Request::GetMetaAvail)?;
+        match self.call(Request::AllocData { want })? {
+            Response::Data(e) => Ok(e),
+            other => Err(TxnError::Invalid(format!(
+                "unexpected server response {other:?}"
+            ))),
+        }
+    }
+
+    pub fn alloc_inodes(&mut self, count: u64) -> Result<(u64, u64), TxnError> {
+        self.check_writable()?;
+        match self.call(Request::AllocInodes { count })? {
+            Response::Inodes { first, count } => Ok((first, count)),
+            other => Err(TxnError::Invalid(format!(
+                "unexpected server response {other:?}"
+            ))),
+        }
+    }
+
+    pub fn statfs(&mut self) -> Result<Statfs, TxnError> {
+        match self.call(Request::Statfs)? {
+            Response::Statfs(s) => Ok(s),
+            other => Err(TxnError::Invalid(format!(
+                "unexpected server response {other:?}"
+            ))),
+        }
+    }
+
+    /// Whether the open transaction has reached a commit trigger.
+    pub fn should_commit(&self) -> bool {
+        self.store.cache.nr_dirty() >= self.opts.commit_dirty_blocks
+            || (self.txn_writes > 0 && self.txn_started.elapsed() >= self.opts.commit_age)
+    }
+
+    fn maybe_commit(&mut self) -> Result<(), TxnError> {
+        if self.should_commit() {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Commit the open transaction; returns the seq now durable.
+    pub fn commit(&mut self) -> Result<u64, TxnError> {
+        self.check_writable()?;
+        self.call(Request::GetMetaAvail)?;
+        let data_freed = std::mem::take(&mut self.data_freed);
+        let r = self.call(Request::CommitLogTrees {
+            log: Box::new(self.log),
+            data_freed,
+        });
+        match r {
+            Ok(Response::Committed { seq }) => {
+                self.committed_log = self.log;
+                self.commits += 1;
+                self.txn_started = Instant::now();
+                self.txn_writes = 0;
+                Ok(seq)
+            }
+            Ok(other) => Err(TxnError::Invalid(format!(
+                "unexpected server response {other:?}"
+            ))),
+            Err(e) => {
+                // The server went read-only at the last commit: so do we.
+                self.log = self.committed_log;
+                let _ = self.refresh_roots();
+                Err(e)
+            }
+        }
+    }
+
+    /// Finalize this mount's log tree and fold every finalized tree into
+    /// the fs root, then commit. The mount continues in a new log tree.
+    pub fn merge(&mut self) -> Result<(u64, u64), TxnError> {
+        self.check_writable()?;
+        self.commit()?;
+        self.call(Request::GetMetaAvail)?;
+        let (trees, items) = match self.call(Request::MergeLogTrees {
+            rid: self.log.rid.get(),
+        })? {
+            Response::Merged { trees, items } => (trees, items),
+            other => {
+                return Err(TxnError::Invalid(format!(
+                    "unexpected server response {other:?}"
+                )))
+            }
+        };
+        self.log = match self.call(Request::GetLogTrees {
+            rid: self.log.rid.get(),
+        })? {
+            Response::LogTrees(l) => *l,
+            other => {
+                return Err(TxnError::Invalid(format!(
+                    "unexpected server response {other:?}"
+                )))
+            }
+        };
+        self.commit()?;
+        self.refresh_roots()?;
+        Ok((trees, items))
+    }
+
+    /// Commit what is open and stop.
+    pub fn unmount(mut self) -> Result<u64, TxnError> {
+        if self.txn_writes > 0 {
+            self.commit()?;
+        }
+        Ok(self.committed_seq())
+    }
+
+    /// The store, for checkers and tools that walk blocks.
+    pub fn store_mut(&mut self) -> &mut Store {
+        &mut self.store
+    }
+
+    pub fn log_trees(&mut self) -> Result<Vec<LogTrees>, TxnError> {
+        Ok(self.server.log_trees(&mut self.store)?)
+    }
+}
