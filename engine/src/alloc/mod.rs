@@ -275,7 +275,8 @@ pub const META_RESERVE: usize = 256;
 pub const META_FILL: usize = 1024;
 
 /// Top up the cache's avail list from the metadata allocators when it has
-/// fallen under the reserve: from `primary`, then `fallback` if given. The
+/// fallen under the reserve: from `primary`, then `fallback` if given. When
+/// both run dry it stops without error, with what it has. The
 /// allocators' own changes use blocks from the same list, which is why the
 /// reserve exists.
 pub fn refill_meta<B: BlockAccess + MetaAvail + ?Sized>(
@@ -298,7 +299,9 @@ pub fn refill_meta<B: BlockAccess + MetaAvail + ?Sized>(
         };
         match got {
             Ok(ext) => blocks.push_avail(ext.start..ext.start + ext.len),
-            Err(AllocError::NoSpace) if blocks.avail_len() > 0 => return Ok(()),
+            // Best effort: the caller decides whether what is in hand is
+            // enough (a write needs the reserve, a commit takes what's left).
+            Err(AllocError::NoSpace) => return Ok(()),
             Err(e) => return Err(e),
         }
     }

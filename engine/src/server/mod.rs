@@ -101,8 +101,12 @@ pub enum Request {
     GetLogTrees {
         rid: u64,
     },
-    /// Top up the transaction's metadata blocks.
-    GetMetaAvail,
+    /// Top up the transaction's metadata blocks. For a write, fewer than the
+    /// reserve left is ENOSPC (nothing changed); a commit (`for_commit`)
+    /// proceeds on the reserve that writes left it.
+    GetMetaAvail {
+        for_commit: bool,
+    },
     /// Record the mount's log tree and commit; data extents it freed
     /// return to the allocator with the commit.
     CommitLogTrees {
@@ -232,12 +236,21 @@ impl Server {
             }
         }
         match req {
-            Request::GetLogTrees { rid } => self.get_log_trees(store, rid).map(|l| Response::LogTrees(Box::new(l))),
-            Request::GetMetaAvail => {
+            Request::GetLogTrees { rid } => self
+                .get_log_trees(store, rid)
+                .map(|l| Response::LogTrees(Box::new(l))),
+            Request::GetMetaAvail { for_commit } => {
                 // Both roots hold only blocks freed by earlier, committed
                 // transactions until this one's commit starts.
                 let (a, f) = meta_roots(&mut self.sb, store.cache.txn_seq());
                 store.retry(|c| alloc::refill_meta(c, a, Some(f)))?;
+                let (reserve, _) = store.cache.meta_targets();
+                let have = store.cache.meta_alloc().avail.len();
+                if !for_commit && have < reserve {
+                    return Err(ServerError::NoSpace(format!(
+                        "{have} free metadata blocks left, {reserve} are kept for commits"
+                    )));
+                }
                 Ok(Response::Ok)
             }
             Request::CommitLogTrees { log, data_freed } => {

@@ -300,7 +300,7 @@ impl Volume {
         if val.len() > crate::format::btree::BTREE_MAX_VAL_LEN {
             return Err(TxnError::ValueTooLarge(val.len()));
         }
-        self.call(Request::GetMetaAvail)?;
+        self.call(Request::GetMetaAvail { for_commit: false })?;
         let Volume { store, log, .. } = self;
         store.retry(|c| {
             let seq = c.txn_seq();
@@ -346,7 +346,7 @@ impl Volume {
 
     pub fn alloc_data(&mut self, want: u64) -> Result<Extent, TxnError> {
         self.check_writable()?;
-        self.call(Request::GetMetaAvail)?;
+        self.call(Request::GetMetaAvail { for_commit: false })?;
         match self.call(Request::AllocData { want })? {
             Response::Data(e) => Ok(e),
             other => Err(TxnError::Invalid(format!(
@@ -390,7 +390,7 @@ impl Volume {
     /// Commit the open transaction; returns the seq now durable.
     pub fn commit(&mut self) -> Result<u64, TxnError> {
         self.check_writable()?;
-        self.call(Request::GetMetaAvail)?;
+        self.call(Request::GetMetaAvail { for_commit: true })?;
         let data_freed = std::mem::take(&mut self.data_freed);
         let r = self.call(Request::CommitLogTrees {
             log: Box::new(self.log),
@@ -421,7 +421,7 @@ impl Volume {
     pub fn merge(&mut self) -> Result<(u64, u64), TxnError> {
         self.check_writable()?;
         self.commit()?;
-        self.call(Request::GetMetaAvail)?;
+        self.call(Request::GetMetaAvail { for_commit: false })?;
         let (trees, items) = match self.call(Request::MergeLogTrees {
             rid: self.log.rid.get(),
         })? {

@@ -1,0 +1,183 @@
+//! Volumes and transactions on the mem device: items survive reopening,
+//! merges keep what readers saw, a full device is a clean ENOSPC that
+//! leaves the volume consistent, commits trigger by size.
+
+use std::collections::BTreeMap;
+
+use scoutfs_engine::dev::mem::MemDev;
+use scoutfs_engine::format::key::zone;
+use scoutfs_engine::format::Key;
+use scoutfs_engine::txn::check::check_volume;
+use scoutfs_engine::txn::mkfs::{mkfs, MkfsOptions};
+use scoutfs_engine::txn::{TxnOptions, Volume};
+
+fn k(ino: u64, n: u64) -> Key {
+    Key::new(zone::FS, ino, 4, n, 0, 0)
+}
+
+fn small_opts() -> TxnOptions {
+    TxnOptions {
+        commit_dirty_blocks: 64,
+        meta_targets: (32, 48),
+        ..TxnOptions::default()
+    }
+}
+
+fn everything(vol: &mut Volume) -> BTreeMap<Key, Vec<u8>> {
+    let last = Key::new(zone::FS, u64::MAX, u8::MAX, u64::MAX, u64::MAX, u8::MAX);
+    vol.range(&Key::new(zone::FS, 0, 0, 0, 0, 0), &last, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.key, i.val))
+        .collect()
+}
+
+#[test]
+fn items_survive_commit_merge_and_reopen() {
+    let meta = MemDev::new(64 << 20);
+    let data = MemDev::new(64 << 20);
+    mkfs(&meta, &data, &MkfsOptions::default()).unwrap();
+    let mut model = BTreeMap::new();
+    {
+        let opts = TxnOptions {
+            commit_dirty_blocks: 4,
+            ..small_opts()
+        };
+        let mut vol = Volume::open(&meta, opts).unwrap();
+        for i in 0..5000u64 {
+            let v = i.to_le_bytes().repeat(1 + (i % 7) as usize);
+            vol.upsert(k(i % 97, i), &v).unwrap();
+            model.insert(k(i % 97, i), v);
+        }
+        assert!(vol.commits() > 0, "size-triggered commits happened");
+        for i in (0..5000u64).step_by(3) {
+            assert!(vol.delete(&k(i % 97, i)).unwrap());
+            model.remove(&k(i % 97, i));
+        }
+        assert!(
+            !vol.delete(&k(12345, 1)).unwrap(),
+            "deleting a missing item says so"
+        );
+        let (trees, items) = vol.merge().unwrap();
+        assert_eq!(trees, 1);
+        assert!(items > 0);
+        assert_eq!(
+            everything(&mut vol),
+            model,
+            "merge changed what readers see"
+        );
+        // Writes after the merge go to a new log tree and win over the fs root.
+        vol.upsert(k(1, 1), b"newer").unwrap();
+        model.insert(k(1, 1), b"newer".to_vec());
+        let seq = vol.unmount().unwrap();
+        assert!(seq > 1);
+    }
+    let mut vol = Volume::open(&meta, small_opts()).unwrap();
+    assert_eq!(everything(&mut vol), model);
+    assert!(check_volume(vol.store_mut(), &meta, &data)
+        .problems
+        .is_empty());
+    let st = vol.statfs().unwrap();
+    assert_eq!(st.committed_seq, vol.committed_seq());
+    assert!(st.free_meta_blocks > 0 && st.free_meta_blocks < st.total_meta_blocks);
+}
+
+#[test]
+fn full_metadata_device_is_a_clean_enospc() {
+    let meta = MemDev::new(12 << 20);
+    let data = MemDev::new(16 << 20);
+    mkfs(&meta, &data, &MkfsOptions::default()).unwrap();
+    let mut vol = Volume::open(&meta, small_opts()).unwrap();
+    let val = vec![7u8; 800];
+    let mut written = Vec::new();
+    let err = loop {
+        let key = k(written.len() as u64 / 50, written.len() as u64);
+        match vol.upsert(key, &val) {
+            Ok(()) => written.push(key),
+            Err(e) => break e,
+        }
+        assert!(written.len() < 1_000_000, "never ran out of space");
+    };
+    assert_eq!(err.errno(), libc::ENOSPC, "{err}");
+    assert!(
+        vol.read_only().is_none(),
+        "ENOSPC must not make the volume read-only"
+    );
+    vol.commit().unwrap();
+    assert!(check_volume(vol.store_mut(), &meta, &data)
+        .problems
+        .is_empty());
+    drop(vol);
+    let mut vol = Volume::open(&meta, small_opts()).unwrap();
+    let got = everything(&mut vol);
+    assert_eq!(
+        got.len(),
+        written.len(),
+        "every acknowledged write is there"
+    );
+    assert!(written.iter().all(|w| got.get(w) == Some(&val)));
+    assert!(check_volume(vol.store_mut(), &meta, &data)
+        .problems
+        .is_empty());
+}
+
+#[test]
+fn full_data_device_is_a_clean_enospc_and_frees_return_after_commit() {
+    let meta = MemDev::new(32 << 20);
+    let data = MemDev::new(4 << 20);
+    mkfs(&meta, &data, &MkfsOptions::default()).unwrap();
+    let mut vol = Volume::open(&meta, small_opts()).unwrap();
+    let free0 = vol.statfs().unwrap().free_data_blocks;
+    let mut got = Vec::new();
+    loop {
+        match vol.alloc_data(100) {
+            Ok(e) => got.push(e),
+            Err(e) => {
+                assert_eq!(e.errno(), libc::ENOSPC, "{e}");
+                break;
+            }
+        }
+    }
+    assert_eq!(got.iter().map(|e| e.len).sum::<u64>(), free0);
+    // Freed extents are not reusable until the commit.
+    vol.free_data(got[0]);
+    assert_eq!(vol.alloc_data(1).unwrap_err().errno(), libc::ENOSPC);
+    vol.commit().unwrap();
+    assert_eq!(
+        vol.alloc_data(1000).unwrap(),
+        scoutfs_engine::format::alloc::Extent {
+            start: got[0].start,
+            len: got[0].len
+        }
+    );
+}
+
+#[test]
+fn oversized_values_are_refused() {
+    let meta = MemDev::new(32 << 20);
+    let data = MemDev::new(16 << 20);
+    mkfs(&meta, &data, &MkfsOptions::default()).unwrap();
+    let mut vol = Volume::open(&meta, small_opts()).unwrap();
+    let e = vol.upsert(k(1, 1), &[0u8; 897]).unwrap_err();
+    assert_eq!(e.errno(), libc::EINVAL);
+    vol.upsert(k(1, 1), &[0u8; 896]).unwrap();
+}
+
+#[test]
+fn a_second_open_reads_the_same_volume() {
+    let meta = MemDev::new(32 << 20);
+    let data = MemDev::new(16 << 20);
+    let sb = mkfs(
+        &meta,
+        &data,
+        &MkfsOptions {
+            fsid: Some(42),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(sb.fsid(), 42);
+    let vol = Volume::open(&meta, small_opts()).unwrap();
+    assert_eq!(vol.super_block().fsid(), 42);
+    assert_eq!(vol.committed_seq(), sb.seq.get());
+}
