@@ -4,7 +4,7 @@
 //! later one that was in flight and made it to disk).
 //!
 //! SCOUTFS_SIM_SEED=N replays one seed; SCOUTFS_SIM_CUTS=N sets how many
-//! seeds (cuts) run (default 2000; the soak runs hundreds of thousands).
+//! seeds (cuts) run (default 3000; the soak runs hundreds of thousands).
 //! A failure prints the seed.
 
 use std::collections::{BTreeMap, HashMap};
@@ -147,8 +147,11 @@ fn run_seed(seed: u64) -> usize {
                 last_acked = now;
             }
             Err(_) => {
-                // The op's write may have been in the commit that failed.
-                snapshots.entry(seq).or_insert(next);
+                // The op's write may have been in the commit that failed, or
+                // in the commits of a merge it triggered (same contents).
+                for s in seq..=seq + 2 {
+                    snapshots.entry(s).or_insert_with(|| next.clone());
+                }
                 break;
             }
         }
@@ -203,7 +206,7 @@ fn power_cuts_recover_to_the_last_commit() {
     let cuts: u64 = std::env::var("SCOUTFS_SIM_CUTS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(3000);
     let base: u64 = std::env::var("SCOUTFS_SIM_BASE")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -261,8 +261,15 @@ impl Server {
                 r.map(|seq| Response::Committed { seq })
             }
             Request::MergeLogTrees { rid } => {
-                let (trees, items) = self.merge_log_trees(store, rid)?;
-                Ok(Response::Merged { trees, items })
+                // A merge that stops half way would leave the mount writing
+                // into a finalized tree: refuse further changes instead.
+                match self.merge_log_trees(store, rid) {
+                    Ok((trees, items)) => Ok(Response::Merged { trees, items }),
+                    Err(e) => {
+                        self.go_read_only(store, &e);
+                        Err(e)
+                    }
+                }
             }
             Request::AllocInodes { count } => {
                 let first = self.sb.next_ino.get();

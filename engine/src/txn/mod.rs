@@ -92,6 +92,9 @@ pub struct TxnOptions {
     pub rid: u64,
     /// Metadata blocks kept in hand: (reserve, fill); see alloc::refill_meta.
     pub meta_targets: (usize, usize),
+    /// Merge the mount's log tree into the fs root after this many commits
+    /// (0: only when asked), so reads don't search an ever-growing log tree.
+    pub merge_every_commits: u64,
 }
 
 impl Default for TxnOptions {
@@ -102,6 +105,7 @@ impl Default for TxnOptions {
             cache_bytes: 256 << 20,
             rid: 1,
             meta_targets: (crate::alloc::META_RESERVE, crate::alloc::META_FILL),
+            merge_every_commits: 64,
         }
     }
 }
@@ -122,6 +126,7 @@ pub struct Volume {
     txn_started: Instant,
     txn_writes: u64,
     commits: u64,
+    commits_since_merge: u64,
 }
 
 /// Open a volume's metadata for reading only (print, check): the store
@@ -196,6 +201,7 @@ impl Volume {
             txn_started: Instant::now(),
             txn_writes: 0,
             commits: 0,
+            commits_since_merge: 0,
         };
         v.refresh_roots()?;
         Ok(v)
@@ -383,6 +389,10 @@ impl Volume {
     fn maybe_commit(&mut self) -> Result<(), TxnError> {
         if self.should_commit() {
             self.commit()?;
+            let every = self.opts.merge_every_commits;
+            if every > 0 && self.commits_since_merge >= every {
+                self.merge()?;
+            }
         }
         Ok(())
     }
@@ -400,6 +410,7 @@ impl Volume {
             Ok(Response::Committed { seq }) => {
                 self.committed_log = self.log;
                 self.commits += 1;
+                self.commits_since_merge += 1;
                 self.txn_started = Instant::now();
                 self.txn_writes = 0;
                 Ok(seq)
@@ -444,6 +455,7 @@ impl Volume {
         };
         self.commit()?;
         self.refresh_roots()?;
+        self.commits_since_merge = 0;
         Ok((trees, items))
     }
 
