@@ -267,6 +267,9 @@ fn run_model(
     };
     // Full checks cost about the tree's size: a few hundred per run.
     let check_every = (nr_ops / 200).max(500);
+    // Commits make the next change of every block copy it: often, but
+    // not so often in long runs that copying dominates.
+    let commit_den = (nr_ops as u64 / 300).clamp(200, 2000);
     let mut height = 0;
     let mut track = |st: &mut RunStats, h: u8| {
         if h > height && height > 0 {
@@ -279,7 +282,7 @@ fn run_model(
         st.max_height = st.max_height.max(h);
     };
     for i in 0..nr_ops {
-        let (ins, del) = if i * phases / nr_ops % 2 == 0 {
+        let (ins, del) = if (i * phases / nr_ops).is_multiple_of(2) {
             (8, 1)
         } else {
             (1, 8)
@@ -303,11 +306,14 @@ fn run_model(
             let res = retry(&mut cache, &mut m, |c| {
                 btree::insert(c, &mut root, item.clone())
             });
-            if model.contains_key(&key) {
-                assert_eq!(res, Err(BtreeError::Exists));
-            } else {
-                res.unwrap();
-                model.insert(key, (seq, flags, val));
+            match model.entry(key) {
+                std::collections::btree_map::Entry::Occupied(_) => {
+                    assert_eq!(res, Err(BtreeError::Exists))
+                }
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    res.unwrap();
+                    e.insert((seq, flags, val));
+                }
             }
         } else if dice < ins + del {
             // Mostly keys that exist.
@@ -387,7 +393,7 @@ fn run_model(
             }
         }
         track(&mut st, root.height);
-        if r.chance(1, 200) {
+        if r.chance(1, commit_den) {
             cache.commit_in_memory();
             st.commits += 1;
         }
@@ -422,7 +428,7 @@ fn run_model(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 16, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn random_operations_match_the_model(seed in any::<u64>(), profile in 0u8..3, spread in 4u64..200) {
@@ -756,7 +762,7 @@ fn parent_levels_split_and_merge_under_misses() {
                 if r.chance(1, 100) {
                     m.evict();
                 }
-                if ops % 20_000 == 0 {
+                if ops.is_multiple_of(20_000) {
                     spot_check(&mut c, &mut m, &root, &present, &mut r);
                 }
             }
@@ -866,7 +872,8 @@ fn is_corrupt(e: &BtreeError) -> bool {
 #[test]
 fn corrupt_blocks_are_errors_not_panics() {
     const N: u64 = 5000;
-    let cases: Vec<(&str, bool, Box<dyn Fn(&mut [u8])>)> = vec![
+    type Edit = Box<dyn Fn(&mut [u8])>;
+    let cases: Vec<(&str, bool, Edit)> = vec![
         (
             "too many items",
             true,
@@ -1033,4 +1040,173 @@ fn checker_reports_underfull_blocks_and_bad_bounds() {
         .0
         .iter()
         .any(|p| matches!(p.kind, btree::TreeProblemKind::KeyOutOfBounds { .. })));
+}
+
+/// Every block reachable from the root, by a plain recursive walk over the
+/// format's accessors (independent of the btree's walk).
+fn naive_blocks(c: &mut BlockCache, r: &BlockRef, level: u8, out: &mut Vec<(u8, u64)>) {
+    use scoutfs_engine::format::btree::{btree_item_value, btree_items};
+    let b = c.get(r, BlockMagic::Btree).unwrap().to_vec();
+    out.push((level, r.blkno.get()));
+    if level > 0 {
+        for it in btree_items(&b) {
+            let child: BlockRef = bytemuck::pod_read_unaligned(btree_item_value(&b, it).unwrap());
+            naive_blocks(c, &child, level - 1, out);
+        }
+    }
+}
+
+#[test]
+fn walks_and_checks_resume_across_misses() {
+    // A three-level tree: 40,000 of the largest items appended in order.
+    let mut c = cache(5000);
+    let mut root = BtreeRoot::default();
+    for p in 0..40_000 {
+        let item = Item {
+            key: big_key(p),
+            seq: 1,
+            flags: 0,
+            val: large_val(p),
+        };
+        btree::insert(&mut c, &mut root, item).unwrap();
+    }
+    c.commit_in_memory();
+    assert_eq!(root.height, 3);
+    let mut want = Vec::new();
+    naive_blocks(&mut c, &root.ref_, root.height - 1, &mut want);
+    let mut one_shot = Vec::new();
+    btree::walk_blocks(&mut c, &root, &mut |l, r, _| {
+        one_shot.push((l, r.blkno.get()))
+    })
+    .unwrap();
+    assert_eq!(one_shot, want, "pre-order, children in key order");
+    let stats = check(&mut c, &root);
+
+    // Every first read of a block misses and everything is forgotten
+    // after each step: each step still completes after its misses, and
+    // no block is visited twice.
+    let mut m = Misses::new(1, 1, 1);
+    let mut walk = btree::BlockWalk::new(&root);
+    let mut got = Vec::new();
+    let mut steps = 0;
+    loop {
+        m.changed = false;
+        let res = walk.step(
+            &mut Access {
+                cache: &mut c,
+                m: &mut m,
+            },
+            &mut |l, r, _| got.push((l, r.blkno.get())),
+        );
+        match res {
+            Ok(more) => {
+                steps += 1;
+                m.evict();
+                if !more {
+                    break;
+                }
+            }
+            Err(BtreeError::Block(BlockError::Miss(_))) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(walk.is_done());
+    assert_eq!(got, want);
+    // One step a leaf, and maybe one that finds nothing past the last.
+    assert!(
+        (stats.leaf_blocks..=stats.leaf_blocks + 1).contains(&steps),
+        "{steps} steps"
+    );
+    assert!(m.nr_misses >= stats.blocks);
+
+    let mut ck = btree::TreeCheck::new(&root);
+    loop {
+        match ck.step(&mut Access {
+            cache: &mut c,
+            m: &mut m,
+        }) {
+            Ok(true) => m.evict(),
+            Ok(false) => break,
+            Err(BtreeError::Block(BlockError::Miss(_))) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(ck.finish().unwrap(), stats);
+}
+
+#[test]
+fn prefetch_reads_every_block_a_change_needs() {
+    let mut c = cache(5000);
+    let mut root = BtreeRoot::default();
+    let mut present = vec![false; 40_000];
+    for p in 0..40_000u64 {
+        let item = Item {
+            key: big_key(p),
+            seq: 1,
+            flags: 0,
+            val: large_val(p),
+        };
+        btree::insert(&mut c, &mut root, item).unwrap();
+        present[p as usize] = true;
+    }
+    assert_eq!(root.height, 3);
+    let mut r = SimRng::new(77);
+    // Every block not read since the last eviction misses.
+    let mut m = Misses::new(2, 1, 1);
+    for i in 0..20_000 {
+        // Deletes in runs, so leaves and parents merge and rebalance.
+        let p = if i % 2 == 0 {
+            r.below(40_000)
+        } else {
+            (i / 40) % 40_000
+        };
+        let k = big_key(p);
+        m.evict();
+        retry(&mut c, &mut m, |a| btree::prefetch(a, &root, &k)).unwrap();
+        let before = m.nr_misses;
+        m.changed = false;
+        let mut a = Access {
+            cache: &mut c,
+            m: &mut m,
+        };
+        if present[p as usize] {
+            btree::delete(&mut a, &mut root, &k).unwrap();
+        } else {
+            let item = Item {
+                key: k,
+                seq: 2,
+                flags: 0,
+                val: large_val(p),
+            };
+            btree::insert(&mut a, &mut root, item).unwrap();
+        }
+        present[p as usize] = !present[p as usize];
+        assert_eq!(m.nr_misses, before, "a change missed after its prefetch");
+        if i % 3000 == 0 {
+            c.commit_in_memory();
+        }
+    }
+    let stats = check(&mut c, &root);
+    assert_eq!(stats.items, present.iter().filter(|p| **p).count() as u64);
+}
+
+#[test]
+fn checker_reports_shared_blocks() {
+    let mut c = cache(200);
+    let root = committed_tree(&mut c, 5000);
+    corrupt_block(&mut c, &root.ref_, |b| {
+        let its = btree_items_mut(b, 2);
+        let (a, bb) = (its[0].val_off.get() as usize, its[1].val_off.get() as usize);
+        let first: [u8; 16] = b[a..a + 16].try_into().unwrap();
+        b[bb..bb + 16].copy_from_slice(&first);
+    });
+    let e = btree::check_tree(&mut c, &root).unwrap_err();
+    let BtreeError::Invalid(p) = e else {
+        panic!("{e}")
+    };
+    assert!(
+        p.0.iter()
+            .any(|p| p.kind == btree::TreeProblemKind::SharedBlock),
+        "{p}"
+    );
 }

@@ -46,6 +46,8 @@ struct Step {
     idx: usize,
     nr: usize,
     total: usize,
+    /// The bound below the block's keys (they are all greater).
+    lower: Option<Key>,
     /// The key is greater than every key of this parent: the last item's
     /// key is raised to it when the key is inserted.
     raise: bool,
@@ -122,18 +124,32 @@ fn new_item(item: &Item) -> NewItem<'_> {
 }
 
 /// Get a block that this operation may change: the constant-time checks,
-/// and the full layout check unless the block is dirty in this
-/// transaction (then this tree wrote it and checked it when it dirtied it).
+/// its keys inside the `(lower, upper]` bounds its parent gives it, and
+/// the full layout check unless the block is dirty in this transaction
+/// (then this tree wrote it and checked it when it dirtied it). So the
+/// changes below never meet keys out of order, within or across blocks.
 fn read_for_change<'a>(
     blocks: &'a mut dyn BlockAccess,
     r: &BlockRef,
     level: u8,
+    lower: Option<Key>,
+    upper: Option<Key>,
 ) -> Result<&'a [u8], BtreeError> {
     let dirty = blocks.is_dirty(r);
     let b = read_block(blocks, r, level)?;
     if !dirty {
         if let Err(e) = check_btree_layout(b, Some(level)) {
             return Err(corrupt(r, level, Corruption::Layout(e.problem)));
+        }
+    }
+    let nr = node::nr_items(b);
+    if nr > 0 {
+        let (first, last) = (node::key_at(b, 0), node::key_at(b, nr - 1));
+        if lower.is_some_and(|l| first <= l) {
+            return Err(corrupt(r, level, Corruption::KeyBounds { key: first }));
+        }
+        if upper.is_some_and(|u| last > u) {
+            return Err(corrupt(r, level, Corruption::KeyBounds { key: last }));
         }
     }
     Ok(b)
@@ -171,9 +187,13 @@ fn change(
     let insertish = matches!(op, Op::Insert | Op::Upsert);
     let mut path: Vec<Step> = Vec::with_capacity(height);
     let mut r = top_ref;
-    let mut old: Option<Item> = None;
+    let (mut lower, mut upper) = (None, None);
+    // The bytes of the item with the key, if present, and the item itself
+    // when it is being deleted.
+    let mut found: Option<usize> = None;
+    let mut removed: Option<Item> = None;
     for level in (0..=top).rev() {
-        let b = read_for_change(blocks, &r, level)?;
+        let b = read_for_change(blocks, &r, level, lower, upper)?;
         let nr = node::nr_items(b);
         let total = node::total_bytes(b);
         if level > 0 {
@@ -192,13 +212,21 @@ fn change(
                 idx,
                 nr,
                 total,
+                lower,
                 raise,
             });
             r = child;
+            if idx > 0 {
+                lower = Some(node::key_at(b, idx - 1));
+            }
+            upper = Some(node::key_at(b, idx));
         } else {
             let idx = match node::search(b, key) {
                 Ok(i) => {
-                    old = Some(read_item(b, &r, i)?);
+                    found = Some(node::item_bytes(b, i));
+                    if op == Op::Delete {
+                        removed = Some(read_item(b, &r, i)?);
+                    }
                     i
                 }
                 Err(i) => i,
@@ -208,12 +236,13 @@ fn change(
                 idx,
                 nr,
                 total,
+                lower,
                 raise: false,
             });
         }
     }
     let leaf = path[height - 1];
-    let change = match (op, &old, item) {
+    let change = match (op, found, item) {
         (Op::Insert, Some(_), _) => return Err(BtreeError::Exists),
         (Op::Update | Op::Delete, None, _) => return Err(BtreeError::NotFound),
         (Op::Insert | Op::Upsert, None, Some(item)) => Change::Insert {
@@ -227,7 +256,7 @@ fn change(
         (Op::Delete, Some(_), None) => Change::Remove { pos: leaf.idx },
         _ => unreachable!("insert/update/upsert carry an item, delete doesn't"),
     };
-    let old_bytes = old.as_ref().map_or(0, |o| btree_item_bytes(o.val.len()));
+    let old_bytes = found.unwrap_or(0);
     let new_bytes = match change {
         Change::Insert { item, .. } | Change::Replace { item, .. } => item.bytes(),
         Change::Remove { .. } => 0,
@@ -275,7 +304,13 @@ fn change(
             };
             let pb = read_block(blocks, &p.r, level_of(depth - 1))?;
             let sr = read_child(pb, &p.r, level_of(depth - 1), idx)?;
-            read_for_change(blocks, &sr, level_of(depth))?;
+            let s_lower = if idx > 0 {
+                Some(node::key_at(pb, idx - 1))
+            } else {
+                p.lower
+            };
+            let s_upper = Some(node::key_at(pb, idx));
+            read_for_change(blocks, &sr, level_of(depth), s_lower, s_upper)?;
             sibs[depth] = Some(Sibling { idx, r: sr });
             after = p.total - PARENT_ITEM_BYTES;
         }
@@ -338,7 +373,7 @@ fn change(
             shrink_root(blocks, root);
         }
     }
-    Ok(old)
+    Ok(removed)
 }
 
 /// Whether `change` fits block `b` (after compaction).

@@ -11,7 +11,7 @@
 //! cache makes progress. [`walk_blocks`] and [`check_tree`] run a whole
 //! walk in one call (a miss restarts it).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use crate::block::{BlockAccess, BlockError};
@@ -52,8 +52,8 @@ struct StepPath {
 }
 
 /// Read the path from the root towards the first leaf that can hold a key
-/// >= `from`. Only a miss is an error; other failures end the path in a
-/// `Stop` and the next step starts past the failed subtree.
+/// at or after `from`. Only a miss is an error; other failures end the
+/// path in a `Stop` and the next step starts past the failed subtree.
 fn descend_step(
     blocks: &mut dyn BlockAccess,
     top_ref: BlockRef,
@@ -203,6 +203,7 @@ impl BlockWalk {
             let corruption = match stop.kind {
                 TreeProblemKind::Block(e) => return Err(e.into()),
                 TreeProblemKind::Layout(p) => Corruption::Layout(p),
+                // The only other way a descent stops.
                 _ => Corruption::EmptyParent,
             };
             return Err(corrupt(&stop.r, stop.level, corruption));
@@ -339,7 +340,11 @@ impl fmt::Display for TreeProblems {
 pub struct TreeCheck {
     root: BtreeRoot,
     from: Option<Key>,
-    seen: HashSet<u64>,
+    /// Parents checked, with the bounds they were reached with: reaching
+    /// one again by the same parent item is the walk passing through it,
+    /// by another is a shared block.
+    parents: HashMap<u64, (Option<Key>, Option<Key>)>,
+    leaves: HashSet<u64>,
     stats: TreeStats,
     problems: Vec<TreeProblem>,
 }
@@ -349,7 +354,8 @@ impl TreeCheck {
         let mut ck = TreeCheck {
             root: *root,
             from: None,
-            seen: HashSet::new(),
+            parents: HashMap::new(),
+            leaves: HashSet::new(),
             stats: TreeStats::default(),
             problems: Vec::new(),
         };
@@ -402,10 +408,20 @@ impl TreeCheck {
         // Every block of the step is cached: nothing below can miss.
         for pb in &step.path {
             let blkno = pb.r.blkno.get();
-            if pb.level > 0 && self.seen.contains(&blkno) {
-                continue;
-            }
-            if !self.seen.insert(blkno) {
+            let bounds = (pb.lower, pb.upper);
+            let shared = if pb.level > 0 {
+                match self.parents.get(&blkno) {
+                    Some(b) if *b == bounds => continue,
+                    Some(_) => true,
+                    None => {
+                        self.parents.insert(blkno, bounds);
+                        self.leaves.contains(&blkno)
+                    }
+                }
+            } else {
+                !self.leaves.insert(blkno) || self.parents.contains_key(&blkno)
+            };
+            if shared {
                 self.problem(&pb.r, pb.level, TreeProblemKind::SharedBlock);
                 continue;
             }

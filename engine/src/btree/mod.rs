@@ -49,9 +49,22 @@
 //! # Corruption
 //!
 //! Every block read is checked in constant time (level, counts, gap in
-//! bounds: `node::check_header`) and every value read is bounds-checked;
-//! a block gets the full `check_btree_layout` before its first change in a
-//! transaction. A block that fails is `BtreeError::Corrupt`, never a panic.
+//! bounds: `node::check_header`) and every value read is bounds-checked,
+//! so reads never panic and always end (a search that meets keys out of
+//! order stops). Before a change, every block it will touch gets the full
+//! `check_btree_layout` (once a transaction: a dirty block was checked
+//! when it was dirtied) and its first and last keys are checked against
+//! the bounds its parent gives it. A block that fails is
+//! `BtreeError::Corrupt` (and counts in [`CORRUPT_BLOCKS`]), never a panic.
+//!
+//! # Whole trees
+//!
+//! [`walk_blocks`] visits every block (to free a tree, to count blocks);
+//! [`check_tree`] checks every invariant above and counts items. Both go
+//! one leaf a step; [`BlockWalk`] and [`TreeCheck`] keep their place
+//! across misses for trees larger than the cache. [`prefetch`] reads
+//! every block a change of a key can touch, for layers that make several
+//! changes which must all happen.
 
 mod change;
 mod check;
@@ -69,8 +82,8 @@ use crate::format::key::Key;
 
 pub use change::{delete, insert, update, upsert};
 pub use check::{
-    check_tree, walk_blocks, TreeProblem, TreeProblemKind, TreeProblems, TreeStats,
-    MAX_TREE_PROBLEMS,
+    check_tree, walk_blocks, BlockWalk, TreeCheck, TreeProblem, TreeProblemKind, TreeProblems,
+    TreeStats, MAX_TREE_PROBLEMS,
 };
 
 /// A non-root block holding fewer item bytes than this merges with or
@@ -113,6 +126,8 @@ pub enum Corruption {
     EmptyParent,
     /// A key search found keys out of order at this index.
     KeyOrder { index: usize },
+    /// The block's keys are not inside the bounds its parent gives it.
+    KeyBounds { key: Key },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -372,6 +387,44 @@ pub fn prev(
             None => return Ok(None),
         }
     }
+}
+
+/// Read (and so cache) every block that a change of `key` can need: the
+/// path to the leaf that holds or would hold it and, at every level, the
+/// blocks beside the path in the same parent (the siblings a merge or a
+/// rebalance takes). A layer that makes several changes which must all
+/// happen, or none, prefetches every key first, so that a miss comes
+/// before its first change; that covers the merges near those keys, but
+/// not a cascade that reaches further, so such a layer also makes its
+/// changes safe to rerun (see the miss-and-restart rule above).
+pub fn prefetch(
+    blocks: &mut dyn BlockAccess,
+    root: &BtreeRoot,
+    key: &Key,
+) -> Result<(), BtreeError> {
+    let Some((mut r, top)) = root_top(root)? else {
+        return Ok(());
+    };
+    for level in (1..=top).rev() {
+        let b = read_block(blocks, &r, level)?;
+        let nr = node::nr_items(b);
+        let i = node::lower_bound(b, key).min(nr - 1);
+        let child = read_child(b, &r, level, i)?;
+        let left = match i {
+            0 => None,
+            _ => Some(read_child(b, &r, level, i - 1)?),
+        };
+        let right = match i + 1 < nr {
+            true => Some(read_child(b, &r, level, i + 1)?),
+            false => None,
+        };
+        for s in [left, right].into_iter().flatten() {
+            read_block(blocks, &s, level - 1)?;
+        }
+        r = child;
+    }
+    read_block(blocks, &r, 0)?;
+    Ok(())
 }
 
 /// The items with keys in `[first, last]`, in key order, at most

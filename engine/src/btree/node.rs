@@ -548,11 +548,9 @@ mod tests {
                 }
                 (Ok(pos), _) => {
                     let old = item_bytes(&b, pos);
-                    if fits(&b, btree_item_bytes(len)) || btree_item_bytes(len) <= old {
-                        if total_bytes(&b) - old + btree_item_bytes(len) <= BTREE_ITEM_SPACE {
-                            replace(&mut b, pos, step, 0, &val);
-                            m.insert(key, (step, val));
-                        }
+                    if total_bytes(&b) - old + btree_item_bytes(len) <= BTREE_ITEM_SPACE {
+                        replace(&mut b, pos, step, 0, &val);
+                        m.insert(key, (step, val));
                     }
                 }
             }
