@@ -172,6 +172,11 @@ impl BlockCache {
         self.alloc.avail.extend(blknos);
     }
 
+    /// Whether some version of block `blkno` is cached.
+    pub fn has_blkno(&self, blkno: u64) -> bool {
+        self.blocks.contains_key(&blkno)
+    }
+
     pub fn is_cached(&self, r: &BlockRef) -> bool {
         self.blocks
             .get(&r.blkno.get())

@@ -1,13 +1,18 @@
-//! A block cache with its device: resolves cache misses by reading the
-//! missing block (synchronously) and rerunning the operation, and writes a
-//! transaction's blocks. The in-process single-node engine, the tools and
-//! the simulation run on this; the reactor's asynchronous store replaces
-//! only the read in `retry`.
+//! A block cache with its device, synchronously: as a [`BlockAccess`] it
+//! reads a missing block inline, so an operation over a `Store` never sees
+//! a miss and multi-step operations (allocator changes, merges, commits)
+//! never restart half done. The in-process single-node engine, the tools
+//! and the simulation run on this.
+//!
+//! On the reactor a read must be awaited instead: there each btree
+//! operation (which is miss-atomic: it reads everything before its first
+//! change) is retried on its own, and a multi-step operation continues with
+//! its next step rather than restarting (see docs/ARCHITECTURE.md).
 
 use super::cache::BlockCache;
 use super::io::MetaIo;
-use super::BlockError;
-use crate::format::BlockRef;
+use super::{BlockAccess, BlockError};
+use crate::format::{BlockMagic, BlockRef};
 
 /// Errors that may be a cache miss to resolve.
 pub trait MissError: From<BlockError> {
@@ -65,14 +70,15 @@ impl Store {
         self.cache.insert_read_any(r, &data)
     }
 
-    /// Run `op` over the cache, reading missing blocks and rerunning it
-    /// until it completes.
+    /// Run `op` over the store. Misses are read inline by `get`, so a miss
+    /// only surfaces from code that inspects the cache directly; it is read
+    /// and `op` rerun.
     pub fn retry<T, E: MissError>(
         &mut self,
-        mut op: impl FnMut(&mut BlockCache) -> Result<T, E>,
+        mut op: impl FnMut(&mut Store) -> Result<T, E>,
     ) -> Result<T, E> {
         for _ in 0..MAX_MISSES_PER_OP {
-            match op(&mut self.cache) {
+            match op(self) {
                 Err(e) => match e.miss() {
                     Some(r) => self.load(&r)?,
                     None => return Err(e),
@@ -81,5 +87,57 @@ impl Store {
             }
         }
         panic!("operation missed {MAX_MISSES_PER_OP} blocks: cache budget too small to hold one operation");
+    }
+}
+
+impl BlockAccess for Store {
+    fn txn_seq(&self) -> u64 {
+        self.cache.txn_seq()
+    }
+
+    fn get(&mut self, r: &BlockRef, magic: BlockMagic) -> Result<&[u8], BlockError> {
+        if !self.cache.is_cached(r) && !self.cache.has_blkno(r.blkno.get()) {
+            self.load(r)?;
+        }
+        self.cache.get(r, magic)
+    }
+
+    fn dirty(&mut self, r: &BlockRef, magic: BlockMagic) -> Result<BlockRef, BlockError> {
+        self.get(r, magic)?;
+        self.cache.dirty(r, magic)
+    }
+
+    fn get_mut(&mut self, r: &BlockRef) -> &mut [u8] {
+        self.cache.get_mut(r)
+    }
+
+    fn alloc(&mut self, magic: BlockMagic) -> Result<BlockRef, BlockError> {
+        self.cache.alloc(magic)
+    }
+
+    fn free(&mut self, r: &BlockRef) {
+        self.cache.free(r)
+    }
+
+    fn is_dirty(&self, r: &BlockRef) -> bool {
+        self.cache.is_dirty(r)
+    }
+}
+
+impl crate::alloc::MetaAvail for Store {
+    fn avail_len(&self) -> usize {
+        self.cache.meta_alloc().avail.len()
+    }
+
+    fn avail_targets(&self) -> (usize, usize) {
+        self.cache.meta_targets()
+    }
+
+    fn push_avail(&mut self, blknos: std::ops::Range<u64>) {
+        self.cache.add_avail(blknos.rev());
+    }
+
+    fn as_access(&mut self) -> &mut dyn BlockAccess {
+        self
     }
 }

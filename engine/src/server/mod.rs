@@ -178,7 +178,7 @@ impl Server {
                     msg: e.to_string(),
                 })?;
                 let list: Vec<u64> = entries.iter().map(|b| b.get()).collect();
-                c.add_avail(list.into_iter().rev());
+                c.cache.add_avail(list.into_iter().rev());
                 Ok(())
             })?;
             // The list block itself is referenced by the committed super:
