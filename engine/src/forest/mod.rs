@@ -65,6 +65,33 @@ pub fn lookup(
     Ok(newest(blocks, roots, key)?.filter(|it| it.flags & ITEM_FLAG_DELETION == 0))
 }
 
+/// The smallest key at or after `from` (and at most `last`) in any of the
+/// trees, in its newest version (which may be a deletion).
+fn first_from<'a>(
+    blocks: &mut dyn BlockAccess,
+    trees: impl Iterator<Item = &'a BtreeRoot>,
+    from: &Key,
+    last: &Key,
+) -> Result<Option<Item>, BtreeError> {
+    let mut best: Option<Item> = None;
+    for root in trees {
+        let Some(it) = btree::next(blocks, root, from)? else {
+            continue;
+        };
+        if it.key > *last {
+            continue;
+        }
+        let better = match &best {
+            None => true,
+            Some(b) => it.key < b.key || (it.key == b.key && newer(&it, b)),
+        };
+        if better {
+            best = Some(it);
+        }
+    }
+    Ok(best)
+}
+
 /// The first visible item with a key in `[key, last]`.
 pub fn next(
     blocks: &mut dyn BlockAccess,
@@ -74,23 +101,9 @@ pub fn next(
 ) -> Result<Option<Item>, BtreeError> {
     let mut from = *key;
     loop {
-        // The smallest key at or after `from` in any tree, and its newest version.
-        let mut best: Option<Item> = None;
-        for root in roots.trees() {
-            if let Some(it) = btree::next(blocks, root, &from)? {
-                if it.key > *last {
-                    continue;
-                }
-                let better = match &best {
-                    None => true,
-                    Some(b) => it.key < b.key || (it.key == b.key && newer(&it, b)),
-                };
-                if better {
-                    best = Some(it);
-                }
-            }
-        }
-        let Some(it) = best else { return Ok(None) };
+        let Some(it) = first_from(blocks, roots.trees(), &from, last)? else {
+            return Ok(None);
+        };
         if it.flags & ITEM_FLAG_DELETION == 0 {
             return Ok(Some(it));
         }
@@ -146,21 +159,7 @@ pub fn merge_range(
     let mut applied = 0;
     while let Some(from) = *cursor {
         // Next key present in any log tree, deletions included.
-        let mut best: Option<Item> = None;
-        for root in only_logs.trees() {
-            if let Some(it) = btree::next(blocks, root, &from)? {
-                if it.key > *last {
-                    continue;
-                }
-                let better = match &best {
-                    None => true,
-                    Some(b) => it.key < b.key || (it.key == b.key && newer(&it, b)),
-                };
-                if better {
-                    best = Some(it);
-                }
-            }
-        }
+        let best = first_from(blocks, only_logs.trees(), &from, last)?;
         let Some(it) = best else {
             *cursor = None;
             break;

@@ -129,21 +129,25 @@ pub struct Volume {
     commits_since_merge: u64,
 }
 
+/// Read and check the metadata device's super block.
+fn read_meta_super(meta: &dyn BlockDev) -> Result<(MetaIo, SuperBlock), TxnError> {
+    let mut io = MetaIo::open(meta)?;
+    let raw = io.read_super_block()?;
+    let expect = SuperExpect {
+        fsid: None,
+        device: Some(DeviceKind::Meta),
+    };
+    let sb = read_super(&raw, &expect)?;
+    Ok((io, sb))
+}
+
 /// Open a volume's metadata for reading only (print, check): the store
 /// and the committed super block, with no mount state.
 pub fn open_store(
     meta: &dyn BlockDev,
     cache_bytes: usize,
 ) -> Result<(Store, SuperBlock), TxnError> {
-    let mut io = MetaIo::open(meta)?;
-    let raw = io.read_super_block()?;
-    let sb = read_super(
-        &raw,
-        &SuperExpect {
-            fsid: None,
-            device: Some(DeviceKind::Meta),
-        },
-    )?;
+    let (io, sb) = read_meta_super(meta)?;
     let cache = BlockCache::new(sb.fsid(), io.device_name(), cache_bytes, sb.seq.get() + 1);
     Ok((Store::new(cache, io), sb))
 }
@@ -152,15 +156,7 @@ impl Volume {
     /// Open a volume made by mkfs: read and check the super block, load the
     /// server state, and open this mount's log tree.
     pub fn open(meta: &dyn BlockDev, opts: TxnOptions) -> Result<Volume, TxnError> {
-        let mut io = MetaIo::open(meta)?;
-        let raw = io.read_super_block()?;
-        let sb = read_super(
-            &raw,
-            &SuperExpect {
-                fsid: None,
-                device: Some(DeviceKind::Meta),
-            },
-        )?;
+        let (io, sb) = read_meta_super(meta)?;
         Self::from_super(io, sb, opts)
     }
 
