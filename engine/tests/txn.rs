@@ -181,3 +181,42 @@ fn a_second_open_reads_the_same_volume() {
     assert_eq!(vol.super_block().fsid(), 42);
     assert_eq!(vol.committed_seq(), sb.seq.get());
 }
+
+#[test]
+fn a_merge_larger_than_the_blocks_in_hand_completes() {
+    // The merge rewrites more blocks than one top-up of the blocks in hand
+    // (48 here) and commits along the way.
+    let meta = MemDev::new(128 << 20);
+    let data = MemDev::new(16 << 20);
+    mkfs(&meta, &data, &MkfsOptions::default()).unwrap();
+    let opts = TxnOptions {
+        merge_every_commits: 0,
+        merge_commit_dirty_blocks: 64,
+        ..small_opts()
+    };
+    let mut vol = Volume::open(&meta, opts).unwrap();
+    let mut model = BTreeMap::new();
+    for i in 0..20_000u64 {
+        let v = vec![(i % 251) as u8; 100];
+        vol.upsert(k(i / 10, i), &v).unwrap();
+        model.insert(k(i / 10, i), v);
+    }
+    let before = vol.committed_seq();
+    let (trees, items) = vol.merge().unwrap();
+    assert_eq!((trees, items), (1, 20_000));
+    assert!(
+        vol.committed_seq() > before + 2,
+        "the merge committed along the way"
+    );
+    assert_eq!(everything(&mut vol), model);
+    assert!(
+        vol.log_trees()
+            .unwrap()
+            .iter()
+            .all(|l| l.item_root.is_empty()),
+        "merged trees were freed"
+    );
+    assert!(check_volume(vol.store_mut(), &meta, &data)
+        .problems
+        .is_empty());
+}

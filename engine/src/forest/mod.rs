@@ -144,20 +144,28 @@ pub fn range(
 /// keeps no deletion items). Returns how many items were applied. Every
 /// older log tree of the keys must be among `logs` (the server merges all
 /// finalized trees together). `cursor` advances past each key merged, so a
-/// merge interrupted by a miss resumes where it stopped.
+/// merge interrupted by a miss resumes where it stopped; it stops after
+/// `max_items` keys (the caller continues from `cursor`) and is `None` when
+/// the range is done.
 pub fn merge_range(
     blocks: &mut dyn BlockAccess,
     fs_root: &mut BtreeRoot,
     logs: &[BtreeRoot],
     cursor: &mut Option<Key>,
     last: &Key,
+    max_items: usize,
 ) -> Result<u64, BtreeError> {
     let only_logs = ForestRoots {
         fs_root: BtreeRoot::default(),
         log_roots: logs.to_vec(),
     };
     let mut applied = 0;
+    let mut seen = 0;
     while let Some(from) = *cursor {
+        if seen == max_items {
+            break;
+        }
+        seen += 1;
         // Next key present in any log tree, deletions included.
         let best = first_from(blocks, only_logs.trees(), &from, last)?;
         let Some(it) = best else {

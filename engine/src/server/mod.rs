@@ -148,7 +148,15 @@ pub struct Server {
     committed: SuperBlock,
     read_only: Option<String>,
     last_commit_blocks: u64,
+    merge_commit_dirty_blocks: usize,
 }
+
+/// Items merged between top-ups of the blocks in hand (each item's change
+/// needs at most a few blocks; the reserve covers a chunk).
+const MERGE_CHUNK_ITEMS: usize = 64;
+/// By default a merge commits along the way once this many blocks are
+/// dirty, so a large merge doesn't pin the whole new fs root in memory.
+pub const MERGE_COMMIT_DIRTY_BLOCKS: usize = 2048;
 
 fn log_trees_key(rid: u64, nr: u64) -> Key {
     Key::new(zone::LOG_TREES, rid, 0, nr, 0, 0)
@@ -190,7 +198,13 @@ impl Server {
             committed: sb,
             read_only: None,
             last_commit_blocks: 0,
+            merge_commit_dirty_blocks: MERGE_COMMIT_DIRTY_BLOCKS,
         })
+    }
+
+    /// Commit a merge along the way once this many blocks are dirty.
+    pub fn set_merge_commit_dirty_blocks(&mut self, blocks: usize) {
+        self.merge_commit_dirty_blocks = blocks.max(1);
     }
 
     /// A server for a volume being made: nothing is committed yet.
@@ -200,6 +214,7 @@ impl Server {
             committed: sb,
             read_only: None,
             last_commit_blocks: 0,
+            merge_commit_dirty_blocks: MERGE_COMMIT_DIRTY_BLOCKS,
         }
     }
 
@@ -386,14 +401,33 @@ impl Server {
             .filter(|l| l.flags.get() & LOG_TREES_FINALIZED != 0)
             .collect();
         let roots: Vec<_> = finalized.iter().map(|l| l.item_root).collect();
-        // The merge a client would do for a range; here, the whole key space.
+        // The merge a client would do for a range; here, the whole key space,
+        // in chunks: each chunk tops up the blocks in hand, and a large merge
+        // commits along the way. Committing a partly merged fs root is safe:
+        // the finalized trees stay until the end, merged items carry the same
+        // seqs in both places, and merging an item again changes nothing, so
+        // a crash mid-merge only means the next merge redoes some work.
         let mut cursor = Some(Key::MIN);
         let mut items = 0;
-        let fs_root = &mut self.sb.fs_root;
-        store.retry(|c| -> Result<(), BtreeError> {
-            items += forest::merge_range(c, fs_root, &roots, &mut cursor, &Key::MAX)?;
-            Ok(())
-        })?;
+        while cursor.is_some() {
+            let (a, f) = meta_roots(&mut self.sb, store.cache.txn_seq());
+            store.retry(|c| alloc::refill_meta(c, a, Some(f)))?;
+            let fs_root = &mut self.sb.fs_root;
+            store.retry(|c| -> Result<(), BtreeError> {
+                items += forest::merge_range(
+                    c,
+                    fs_root,
+                    &roots,
+                    &mut cursor,
+                    &Key::MAX,
+                    MERGE_CHUNK_ITEMS,
+                )?;
+                Ok(())
+            })?;
+            if store.cache.nr_dirty() >= self.merge_commit_dirty_blocks {
+                self.commit(store, Vec::new())?;
+            }
+        }
         // Free the merged trees and their records.
         for lt in &finalized {
             self.free_tree(store, lt.item_root)?;

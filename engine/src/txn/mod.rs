@@ -95,6 +95,8 @@ pub struct TxnOptions {
     /// Merge the mount's log tree into the fs root after this many commits
     /// (0: only when asked), so reads don't search an ever-growing log tree.
     pub merge_every_commits: u64,
+    /// A merge commits along the way once this many blocks are dirty.
+    pub merge_commit_dirty_blocks: usize,
 }
 
 impl Default for TxnOptions {
@@ -106,6 +108,7 @@ impl Default for TxnOptions {
             rid: 1,
             meta_targets: (crate::alloc::META_RESERVE, crate::alloc::META_FILL),
             merge_every_commits: 64,
+            merge_commit_dirty_blocks: crate::server::MERGE_COMMIT_DIRTY_BLOCKS,
         }
     }
 }
@@ -178,6 +181,7 @@ impl Volume {
         cache.set_meta_targets(opts.meta_targets.0, opts.meta_targets.1);
         let mut store = Store::new(cache, io);
         let mut server = Server::open(&mut store, sb)?;
+        server.set_merge_commit_dirty_blocks(opts.merge_commit_dirty_blocks);
         let log = match server.handle(&mut store, Request::GetLogTrees { rid: opts.rid })? {
             Response::LogTrees(l) => *l,
             other => {
