@@ -15,8 +15,15 @@ pub fn describe() -> Vec<(String, String)> {
         .unwrap_or_default()
         .trim()
         .to_string();
+    // The checkout this binary was built from, wherever it runs.
     let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short=12",
+            "HEAD",
+        ])
         .output()
         .ok()
         .filter(|o| o.status.success())
