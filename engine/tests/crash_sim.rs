@@ -197,6 +197,12 @@ fn run_seed(seed: u64) -> usize {
     vol.upsert(Key::new(zone::FS, 999, 4, 0, 0, 0), b"after")
         .unwrap();
     vol.commit().unwrap();
+    let report = check_volume(vol.store_mut(), &meta, &data);
+    assert!(
+        report.problems.is_empty(),
+        "seed {seed}: check after the first commit past recovery: {:#?}",
+        report.problems
+    );
     ops
 }
 

@@ -93,6 +93,13 @@ fn insert_extent(
     root: &mut AllocRoot,
     ext: Extent,
 ) -> Result<(), AllocError> {
+    let total = root.total_len.get().checked_add(ext.len).ok_or_else(|| {
+        AllocError::Corrupt(format!(
+            "free total {} overflows adding {}",
+            root.total_len.get(),
+            ext.len
+        ))
+    })?;
     let seq = blocks.txn_seq();
     btree::insert(
         blocks,
@@ -104,7 +111,7 @@ fn insert_extent(
         &mut root.root,
         extent_item(free_extent_order_key(ext), seq),
     )?;
-    root.total_len.set(root.total_len.get() + ext.len);
+    root.total_len.set(total);
     Ok(())
 }
 
@@ -113,9 +120,16 @@ fn remove_extent(
     root: &mut AllocRoot,
     ext: Extent,
 ) -> Result<(), AllocError> {
+    let total = root.total_len.get().checked_sub(ext.len).ok_or_else(|| {
+        AllocError::Corrupt(format!(
+            "free total {} is less than extent {}",
+            root.total_len.get(),
+            ext.len
+        ))
+    })?;
     btree::delete(blocks, &mut root.root, &free_extent_blkno_key(ext))?;
     btree::delete(blocks, &mut root.root, &free_extent_order_key(ext))?;
-    root.total_len.set(root.total_len.get() - ext.len);
+    root.total_len.set(total);
     Ok(())
 }
 
@@ -141,7 +155,12 @@ pub fn free_extent(
     root: &mut AllocRoot,
     ext: Extent,
 ) -> Result<(), AllocError> {
-    assert!(ext.len > 0, "freeing an empty extent");
+    if ext.len == 0 || ext.start.checked_add(ext.len).is_none() {
+        return Err(AllocError::Corrupt(format!(
+            "freeing a bad extent [{}, +{})",
+            ext.start, ext.len
+        )));
+    }
     let left = if ext.start > 0 {
         extent_ending_at(blocks, root, ext.start - 1)?
     } else {
@@ -158,7 +177,7 @@ pub fn free_extent(
             });
         }
     }
-    let right = right.filter(|r| r.start == ext.end() + 1);
+    let right = right.filter(|r| Some(r.start) == ext.end().checked_add(1));
     let mut merged = ext;
     let mut keys = vec![free_extent_blkno_key(ext), free_extent_order_key(ext)];
     for n in [left, right].into_iter().flatten() {

@@ -63,6 +63,8 @@ pub struct BlockCache {
     alloc: MetaAlloc,
     /// (reserve, fill) of the avail list; see `alloc::refill_meta`.
     meta_targets: (usize, usize),
+    /// Block numbers that may be allocated (the device's allocatable range).
+    valid_blknos: std::ops::Range<u64>,
     /// Blocks allocated in this transaction (freeing one returns it to
     /// `avail` at once: no committed tree references it).
     stats: CacheStats,
@@ -95,6 +97,7 @@ impl BlockCache {
             budget_blocks: (budget_bytes / BLOCK_LG_SIZE).max(MIN_BUDGET_BLOCKS),
             alloc: MetaAlloc::default(),
             meta_targets: (crate::alloc::META_RESERVE, crate::alloc::META_FILL),
+            valid_blknos: 0..u64::MAX,
             stats: CacheStats::default(),
         }
     }
@@ -136,6 +139,14 @@ impl BlockCache {
             "txn seq must grow"
         );
         self.txn_seq = seq;
+    }
+
+    /// Refuse to allocate block numbers outside `range` (the metadata
+    /// device's allocatable blocks): a wrong number from a corrupt
+    /// allocator is an error, never a write over the super block or past
+    /// the device.
+    pub fn set_valid_blknos(&mut self, range: std::ops::Range<u64>) {
+        self.valid_blknos = range;
     }
 
     /// (reserve, fill) of the transaction's avail list.
@@ -297,6 +308,16 @@ impl BlockCache {
 
     fn alloc_blkno(&mut self) -> Result<u64, BlockError> {
         let blkno = self.alloc.avail.pop().ok_or(BlockError::NoSpace)?;
+        if !self.valid_blknos.contains(&blkno) || self.blocks.get(&blkno).is_some_and(|c| c.dirty) {
+            return Err(BlockError::Io {
+                device: self.device.clone(),
+                blkno,
+                msg: format!(
+                    "allocator handed out block {blkno}, outside {:?} or already in use: corrupt allocator",
+                    self.valid_blknos
+                ),
+            });
+        }
         self.stats.allocs += 1;
         Ok(blkno)
     }

@@ -113,8 +113,9 @@ pub enum Request {
         log: Box<LogTrees>,
         data_freed: Vec<Extent>,
     },
-    /// Finalize the mount's log tree and merge every finalized tree into
-    /// the fs root (in the open transaction).
+    /// Finalize the mount's log tree, merge every finalized tree into the
+    /// fs root, and open the mount's next log tree. Any failure makes the
+    /// volume read-only.
     MergeLogTrees {
         rid: u64,
     },
@@ -132,9 +133,19 @@ pub enum Request {
 pub enum Response {
     LogTrees(Box<LogTrees>),
     Ok,
-    Committed { seq: u64 },
-    Merged { trees: u64, items: u64 },
-    Inodes { first: u64, count: u64 },
+    Committed {
+        seq: u64,
+    },
+    /// The merge's counts and the mount's new open log tree.
+    Merged {
+        trees: u64,
+        items: u64,
+        log: Box<LogTrees>,
+    },
+    Inodes {
+        first: u64,
+        count: u64,
+    },
     Data(Extent),
     Roots(ForestRoots),
     Statfs(Statfs),
@@ -153,7 +164,7 @@ pub struct Server {
 
 /// Items merged between top-ups of the blocks in hand (each item's change
 /// needs at most a few blocks; the reserve covers a chunk).
-const MERGE_CHUNK_ITEMS: usize = 64;
+const MERGE_CHUNK_ITEMS: usize = 4;
 /// By default a merge commits along the way once this many blocks are
 /// dirty, so a large merge doesn't pin the whole new fs root in memory.
 pub const MERGE_COMMIT_DIRTY_BLOCKS: usize = 2048;
@@ -186,6 +197,16 @@ impl Server {
                     msg: e.to_string(),
                 })?;
                 let list: Vec<u64> = entries.iter().map(|b| b.get()).collect();
+                let lo = crate::format::super_block::META_DEV_START_BLKNO;
+                let hi = sb.total_meta_blocks.get();
+                let mut seen = std::collections::HashSet::new();
+                if let Some(bad) = list.iter().find(|&&b| b < lo || b >= hi || !seen.insert(b)) {
+                    return Err(BlockError::Io {
+                        device: "meta".into(),
+                        blkno: head.ref_.blkno.get(),
+                        msg: format!("blocks-in-hand list holds block {bad}: outside [{lo}, {hi}) or listed twice"),
+                    });
+                }
                 c.cache.add_avail(list.into_iter().rev());
                 Ok(())
             })?;
@@ -250,6 +271,23 @@ impl Server {
                 return Err(ServerError::ReadOnly(why.clone()));
             }
         }
+        let allocating = matches!(
+            req,
+            Request::GetMetaAvail { .. } | Request::AllocData { .. }
+        );
+        let r = self.dispatch(store, req);
+        if let Err(e) = &r {
+            // An allocator change that failed part way (an I/O error, a
+            // corrupt block) must not reach a commit; running out of space
+            // changed nothing and is only reported.
+            if allocating && !matches!(e, ServerError::NoSpace(_)) && self.read_only.is_none() {
+                self.go_read_only(store, e);
+            }
+        }
+        r
+    }
+
+    fn dispatch(&mut self, store: &mut Store, req: Request) -> Result<Response, ServerError> {
         match req {
             Request::GetLogTrees { rid } => self
                 .get_log_trees(store, rid)
@@ -278,8 +316,18 @@ impl Server {
             Request::MergeLogTrees { rid } => {
                 // A merge that stops half way would leave the mount writing
                 // into a finalized tree: refuse further changes instead.
-                match self.merge_log_trees(store, rid) {
-                    Ok((trees, items)) => Ok(Response::Merged { trees, items }),
+                let merged = self.merge_log_trees(store, rid).and_then(|(trees, items)| {
+                    // The mount's next tree comes with the merge, so a mount
+                    // never keeps writing into the tree just merged and freed.
+                    let log = self.get_log_trees(store, rid)?;
+                    Ok((trees, items, log))
+                });
+                match merged {
+                    Ok((trees, items, log)) => Ok(Response::Merged {
+                        trees,
+                        items,
+                        log: Box::new(log),
+                    }),
                     Err(e) => {
                         self.go_read_only(store, &e);
                         Err(e)
@@ -288,7 +336,10 @@ impl Server {
             }
             Request::AllocInodes { count } => {
                 let first = self.sb.next_ino.get();
-                self.sb.next_ino.set(first + count);
+                let next = first.checked_add(count).ok_or_else(|| {
+                    ServerError::NoSpace(format!("inode numbers exhausted at {first}"))
+                })?;
+                self.sb.next_ino.set(next);
                 Ok(Response::Inodes { first, count })
             }
             Request::AllocData { want } => {
@@ -475,9 +526,11 @@ impl Server {
                 break;
             }
             freed.sort_unstable();
-            let (a, f) = meta_roots(&mut self.sb, seq);
-            store.retry(|c| alloc::refill_meta(c, a, None))?;
             for ext in runs(&freed) {
+                // Topping up does nothing above the reserve; doing it before
+                // each extent keeps a fragmented allocator from draining it.
+                let (a, f) = meta_roots(&mut self.sb, seq);
+                store.retry(|c| alloc::refill_meta(c, a, None))?;
                 store.retry(|c| alloc::free_extent(c, f, ext))?;
             }
         }

@@ -107,7 +107,7 @@ impl Checker<'_> {
         self.tree(name, &root.root);
         match self.store.retry(|c| alloc::free_extents(c, root)) {
             Ok(exts) => {
-                let sum: u64 = exts.iter().map(|e| e.len).sum();
+                let sum = exts.iter().fold(0u64, |a, e| a.saturating_add(e.len));
                 if sum != root.total_len.get() {
                     self.problem(format!(
                         "{name}: extents hold {sum} blocks but the root says {}",
@@ -247,47 +247,90 @@ pub fn check_volume_with_progress<'a>(
         }
     }
 
-    // Every allocatable metadata block: referenced once or free once.
+    // Every allocatable metadata block: referenced once or free once. Done
+    // on sorted intervals, so the cost follows the number of extents and
+    // referenced blocks, not the device size, and a corrupt extent of any
+    // length can't make the check run away.
     let total = sb.total_meta_blocks.get();
-    let mut free_count = 0u64;
-    let mut free_seen: HashMap<u64, ()> = HashMap::new();
+    let lo = META_DEV_START_BLKNO;
+    let mut free_ivs: Vec<(u64, u64)> = Vec::new(); // [start, end)
     for e in &free {
-        for b in e.start..e.start + e.len {
-            free_count += 1;
-            if b < META_DEV_START_BLKNO || b >= total {
+        let end = e.start.saturating_add(e.len);
+        if e.len == 0 || e.start < lo || end > total {
+            ck.problem(format!(
+                "free metadata extent [{}, +{}) is outside the device's allocatable blocks [{lo}, {total})",
+                e.start, e.len
+            ));
+        }
+        let (s0, e0) = (e.start.clamp(lo, total), end.clamp(lo, total));
+        if s0 < e0 {
+            free_ivs.push((s0, e0));
+        }
+    }
+    free_ivs.sort_unstable();
+    let mut free_count = 0u64;
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (s0, e0) in free_ivs {
+        free_count += e0 - s0;
+        match merged.last_mut() {
+            Some(last) if s0 < last.1 => {
                 ck.problem(format!(
-                    "free metadata block {b} is outside the device's allocatable blocks"
+                    "metadata blocks [{s0}, {}) are free twice",
+                    e0.min(last.1)
                 ));
+                last.1 = last.1.max(e0);
+            }
+            Some(last) if s0 == last.1 => last.1 = e0,
+            _ => merged.push((s0, e0)),
+        }
+    }
+    let mut used: Vec<u64> = ck.owners.keys().copied().collect();
+    used.sort_unstable();
+    for &b in &used {
+        let i = merged.partition_point(|iv| iv.1 <= b);
+        if merged.get(i).is_some_and(|iv| iv.0 <= b) {
+            let o = ck.owners[&b].0.clone();
+            ck.problem(format!("metadata block {b} is both free and used by {o}"));
+        }
+    }
+    // Leaks: walk the gaps between free intervals, counting used blocks.
+    let mut leaked = 0u64;
+    let mut first_leaks = Vec::new();
+    let mut at = lo;
+    let mut u = used.partition_point(|&b| b < lo);
+    for &(s0, e0) in merged.iter().chain(std::iter::once(&(total, total))) {
+        // Blocks in [at, s0) must all be used.
+        while at < s0 {
+            while u < used.len() && used[u] < at {
+                u += 1;
+            }
+            let next_used = used.get(u).copied().unwrap_or(u64::MAX);
+            if next_used == at {
+                at += 1;
                 continue;
             }
-            if free_seen.insert(b, ()).is_some() {
-                ck.problem(format!("metadata block {b} is free twice"));
+            let gap_end = next_used.min(s0);
+            leaked += gap_end - at;
+            if first_leaks.len() < 8 {
+                first_leaks.push(at);
             }
-            if let Some(o) = ck.owners.get(&b) {
-                let o = o.0.clone();
-                ck.problem(format!("metadata block {b} is both free and used by {o}"));
-            }
+            at = gap_end;
         }
+        at = at.max(e0);
     }
-    let mut leaked = Vec::new();
-    for b in META_DEV_START_BLKNO..total {
-        if !ck.owners.contains_key(&b) && !free_seen.contains_key(&b) {
-            leaked.push(b);
-        }
-    }
-    if !leaked.is_empty() {
+    if leaked > 0 {
         ck.problem(format!(
-            "{} metadata blocks are neither used nor free (first {:?})",
-            leaked.len(),
-            &leaked[..leaked.len().min(8)]
+            "{leaked} metadata blocks are neither used nor free (runs starting at {first_leaks:?})"
         ));
     }
     ck.report.free_meta_blocks = free_count;
 
-    let mut data_sum = 0;
+    let mut data_sum = 0u64;
     for e in &data_free {
-        data_sum += e.len;
-        if e.start < DATA_DEV_START_BLKNO || e.start + e.len > sb.total_data_blocks.get() {
+        data_sum = data_sum.saturating_add(e.len);
+        if e.start < DATA_DEV_START_BLKNO
+            || e.start.saturating_add(e.len) > sb.total_data_blocks.get()
+        {
             ck.problem(format!(
                 "free data extent [{}, +{}) is outside the data device",
                 e.start, e.len

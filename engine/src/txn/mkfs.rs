@@ -142,6 +142,7 @@ pub fn mkfs(
     let mut cache = BlockCache::new(fsid, meta.name(), 64 << 20, 1);
     let seed = META_DEV_START_BLKNO..META_DEV_START_BLKNO + MKFS_SEED_BLOCKS;
     cache.add_avail(seed.clone().rev());
+    cache.set_valid_blknos(META_DEV_START_BLKNO..total_meta);
     let mut store = Store::new(cache, io);
     let meta_free = Extent {
         start: seed.end,

@@ -179,6 +179,9 @@ impl Volume {
             sb.seq.get() + 1,
         );
         cache.set_meta_targets(opts.meta_targets.0, opts.meta_targets.1);
+        cache.set_valid_blknos(
+            crate::format::super_block::META_DEV_START_BLKNO..sb.total_meta_blocks.get(),
+        );
         let mut store = Store::new(cache, io);
         let mut server = Server::open(&mut store, sb)?;
         server.set_merge_commit_dirty_blocks(opts.merge_commit_dirty_blocks);
@@ -348,6 +351,7 @@ impl Volume {
     /// has committed.
     pub fn free_data(&mut self, ext: Extent) {
         self.data_freed.push(ext);
+        self.txn_writes += 1;
     }
 
     pub fn alloc_data(&mut self, want: u64) -> Result<Extent, TxnError> {
@@ -364,7 +368,10 @@ impl Volume {
     pub fn alloc_inodes(&mut self, count: u64) -> Result<(u64, u64), TxnError> {
         self.check_writable()?;
         match self.call(Request::AllocInodes { count })? {
-            Response::Inodes { first, count } => Ok((first, count)),
+            Response::Inodes { first, count } => {
+                self.txn_writes += 1;
+                Ok((first, count))
+            }
             other => Err(TxnError::Invalid(format!(
                 "unexpected server response {other:?}"
             ))),
@@ -391,7 +398,12 @@ impl Volume {
             self.commit()?;
             let every = self.opts.merge_every_commits;
             if every > 0 && self.commits_since_merge >= every {
-                self.merge()?;
+                // The write is durable already; a failed background merge
+                // (which leaves the volume read-only) is reported by the
+                // next write, not by this one.
+                if let Err(e) = self.merge() {
+                    tracing::error!("merging the log tree failed: {e}");
+                }
             }
         }
         Ok(())
@@ -433,24 +445,24 @@ impl Volume {
         self.check_writable()?;
         self.commit()?;
         self.call(Request::GetMetaAvail { for_commit: false })?;
-        let (trees, items) = match self.call(Request::MergeLogTrees {
+        let merged = self.call(Request::MergeLogTrees {
             rid: self.log.rid.get(),
-        })? {
-            Response::Merged { trees, items } => (trees, items),
-            other => {
+        });
+        let (trees, items) = match merged {
+            Ok(Response::Merged { trees, items, log }) => {
+                self.log = *log;
+                (trees, items)
+            }
+            Ok(other) => {
                 return Err(TxnError::Invalid(format!(
                     "unexpected server response {other:?}"
                 )))
             }
-        };
-        self.log = match self.call(Request::GetLogTrees {
-            rid: self.log.rid.get(),
-        })? {
-            Response::LogTrees(l) => *l,
-            other => {
-                return Err(TxnError::Invalid(format!(
-                    "unexpected server response {other:?}"
-                )))
+            Err(e) => {
+                // The server is read-only at its last commit: read from there.
+                self.log = self.committed_log;
+                let _ = self.refresh_roots();
+                return Err(e);
             }
         };
         self.commit()?;
