@@ -286,3 +286,56 @@ fn pinning_to_a_missing_core_is_an_error() {
     };
     assert!(Reactor::start(c, |_| Ok(())).is_err());
 }
+
+/// With 2 MiB hugepages reserved, the DMA pool takes them (MAP_HUGETLB).
+/// Reserving needs root; the reservation is restored afterwards.
+#[test]
+fn dma_pool_uses_reserved_hugepages() {
+    // SAFETY: geteuid has no arguments.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: reserving hugepages needs root");
+        return;
+    }
+    let path = "/proc/sys/vm/nr_hugepages";
+    let Ok(before) = std::fs::read_to_string(path) else {
+        eprintln!("skipped: no {path}");
+        return;
+    };
+    let before: u64 = before.trim().parse().unwrap();
+    struct Restore(u64);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write("/proc/sys/vm/nr_hugepages", self.0.to_string());
+        }
+    }
+    let _restore = Restore(before);
+    if std::fs::write(path, (before + 4).to_string()).is_err() {
+        eprintln!("skipped: cannot reserve hugepages");
+        return;
+    }
+    let pool = DmaPool::new(1 << 20, 4).unwrap();
+    assert!(
+        pool.uses_hugepages(),
+        "4 MiB pool with 4 free hugepages must use them"
+    );
+    let mut b = pool.try_get().unwrap();
+    b.as_mut_slice().fill(9);
+    assert_eq!(b.as_ptr() as usize % 4096, 0);
+    // A queue registers hugepage buffers like any others.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("dev.img");
+    std::fs::File::create(&p).unwrap().set_len(4 << 20).unwrap();
+    let dev = UringDev::open(&p, UringOptions::default()).unwrap();
+    let mut qp = open_queue(
+        &dev,
+        &QueueConfig {
+            depth: 2,
+            pools: vec![pool.clone()],
+        },
+    )
+    .unwrap();
+    assert!(qp
+        .run_one(IoRequest::write(0, 1 << 20, b, 0))
+        .result
+        .is_ok());
+}
