@@ -115,17 +115,18 @@ fn mkfs_refuses_existing_volumes_and_filesystems_without_force() {
         .arg(&ext4)
         .status();
     if made.is_ok_and(|s| s.success()) {
+        let fresh = sparse(dir.path(), "fresh", 64 << 20);
+        let (code, _, err) = run(&[os("mkfs"), os("-A"), fresh.as_os_str(), ext4.as_os_str()]);
+        assert_eq!(code, 3, "{err}");
+        assert!(err.contains("ext2/3/4") && err.contains("--force"), "{err}");
         let (code, _, err) = run(&[
             os("mkfs"),
             os("-A"),
-            ext4.as_os_str(),
-            data.as_os_str(),
             os("-f"),
+            fresh.as_os_str(),
+            ext4.as_os_str(),
         ]);
         assert_eq!(code, 0, "--force overwrites: {err}");
-        let (code, _, err) = run(&[os("mkfs"), os("-A"), meta.as_os_str(), ext4.as_os_str()]);
-        assert_eq!(code, 3, "{err}");
-        assert!(err.contains("ext2/3/4"), "{err}");
     } else {
         eprintln!("mkfs.ext4 not available: ext4 detection not exercised");
     }
