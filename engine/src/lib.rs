@@ -9,6 +9,7 @@
 pub mod alloc;
 pub mod block;
 pub mod btree;
+pub mod data;
 pub mod dev;
 pub mod dma;
 pub mod forest;

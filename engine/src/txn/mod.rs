@@ -126,6 +126,9 @@ pub struct Volume {
     /// Roots of the fs root and other log trees, as of the last change.
     others: ForestRoots,
     data_freed: Vec<Extent>,
+    /// A queue on the data device, flushed before each commit so that no
+    /// committed extent points at file data that is not yet durable.
+    data_flush: Option<crate::dev::QueuePair>,
     txn_started: Instant,
     txn_writes: u64,
     commits: u64,
@@ -201,6 +204,7 @@ impl Volume {
             committed_log: log,
             others: ForestRoots::default(),
             data_freed: Vec::new(),
+            data_flush: None,
             txn_started: Instant::now(),
             txn_writes: 0,
             commits: 0,
@@ -347,6 +351,19 @@ impl Volume {
         Ok(true)
     }
 
+    /// Flush `data` (the volume's data device) before every commit.
+    pub fn attach_data_device(&mut self, data: &dyn BlockDev) -> Result<(), TxnError> {
+        let q = crate::dev::open_queue(
+            data,
+            &crate::dev::QueueConfig {
+                depth: 1,
+                pools: Vec::new(),
+            },
+        )?;
+        self.data_flush = Some(q);
+        Ok(())
+    }
+
     /// Data extents freed in this transaction become allocatable once it
     /// has committed.
     pub fn free_data(&mut self, ext: Extent) {
@@ -412,6 +429,11 @@ impl Volume {
     /// Commit the open transaction; returns the seq now durable.
     pub fn commit(&mut self) -> Result<u64, TxnError> {
         self.check_writable()?;
+        if let Some(q) = self.data_flush.as_mut() {
+            // File data written in this transaction must be durable before
+            // the extents that point at it are.
+            q.run_one(crate::dev::IoRequest::flush(0)).result?;
+        }
         self.call(Request::GetMetaAvail { for_commit: true })?;
         let data_freed = std::mem::take(&mut self.data_freed);
         let r = self.call(Request::CommitLogTrees {

@@ -1,0 +1,511 @@
+//! File data: a file's blocks mapped to the data device by extent items
+//! (fs zone, the inode's number, type DATA_EXTENT; key second = the last
+//! logical block, third = the length; value = first device block + flags).
+//!
+//! - Writing into a hole allocates device extents (as long as the server
+//!   grants, so sequential writes stay contiguous) and records them; an
+//!   extent that continues the one before it on the device is merged into
+//!   it, so a file written in order is one extent.
+//! - Written blocks are overwritten in place. Partial blocks are read,
+//!   modified and written; new blocks are zero-filled around the data.
+//! - Holes and unwritten (preallocated) extents read as zeros; offline
+//!   extents (released to an archive) are an error until staged.
+//! - Truncate and punch free the device blocks; the allocator reuses them
+//!   only after the transaction commits (`Volume::free_data`), and the
+//!   volume flushes the data device before every commit so that committed
+//!   extents never point at data that isn't durable.
+//!
+//! Offsets are bytes; blocks are 4 KiB; sizes are the caller's (the inode's).
+
+pub mod io;
+
+use crate::btree::Item;
+use crate::format::alloc::{
+    data_extent_key, DataExtentVal, Extent, DATA_EXTENT_OFFLINE, DATA_EXTENT_UNKNOWN,
+    DATA_EXTENT_UNWRITTEN,
+};
+use crate::format::block::{BLOCK_SM_SHIFT, BLOCK_SM_SIZE};
+use crate::format::key::{item_type, zone};
+use crate::format::Key;
+use crate::txn::{TxnError, Volume};
+use io::DataIo;
+
+const BS: u64 = BLOCK_SM_SIZE as u64;
+/// Most blocks one step of a write allocates or writes (bounds the buffer).
+const STEP_BLOCKS: u64 = 8192;
+/// The largest file size: offsets are signed 64-bit in POSIX (loff_t), so
+/// a file ends at most at 2^63 - 1 bytes, as Linux's MAX_LFS_FILESIZE.
+pub const MAX_FILE_BYTES: u64 = i64::MAX as u64;
+/// The last logical block a file may have.
+pub const MAX_IBLOCK: u64 = MAX_FILE_BYTES >> BLOCK_SM_SHIFT;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{0}")]
+    Txn(#[from] TxnError),
+    #[error("data device: {0}")]
+    Dev(#[from] crate::dev::DevError),
+    #[error("inode {ino} block {iblock} is offline (released to the archive)")]
+    Offline { ino: u64, iblock: u64 },
+    #[error("inode {ino}: corrupt data extent item {key}: {why}")]
+    Corrupt { ino: u64, key: Key, why: String },
+    #[error("offset {0} is past the largest file offset")]
+    TooBig(u64),
+}
+
+impl DataError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            DataError::Txn(e) => e.errno(),
+            DataError::Dev(e) => e.errno(),
+            DataError::Offline { .. } => libc::ENODATA,
+            DataError::Corrupt { .. } => libc::EIO,
+            DataError::TooBig(_) => libc::EFBIG,
+        }
+    }
+}
+
+/// One extent of a file: logical blocks `iblock..iblock + len` at device
+/// blocks `blkno..blkno + len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileExtent {
+    pub iblock: u64,
+    pub len: u64,
+    pub blkno: u64,
+    pub flags: u8,
+}
+
+impl FileExtent {
+    pub fn end(&self) -> u64 {
+        self.iblock + self.len - 1
+    }
+}
+
+fn decode(ino: u64, it: &Item) -> Result<FileExtent, DataError> {
+    let bad = |why: &str| DataError::Corrupt {
+        ino,
+        key: it.key,
+        why: why.to_string(),
+    };
+    let (end, len) = (it.key.second, it.key.third);
+    if len == 0 || len - 1 > end {
+        return Err(bad("bad length"));
+    }
+    let v: DataExtentVal =
+        bytemuck::try_pod_read_unaligned(&it.val).map_err(|_| bad("bad value size"))?;
+    if v.flags & DATA_EXTENT_UNKNOWN != 0 {
+        return Err(bad("unknown flags"));
+    }
+    let blkno = v.blkno.get();
+    if v.flags & DATA_EXTENT_OFFLINE == 0 && blkno.checked_add(len).is_none() {
+        return Err(bad("device range overflows"));
+    }
+    Ok(FileExtent {
+        iblock: end - (len - 1),
+        len,
+        blkno,
+        flags: v.flags,
+    })
+}
+
+fn put(vol: &mut Volume, ino: u64, e: &FileExtent) -> Result<(), DataError> {
+    let v = DataExtentVal {
+        blkno: e.blkno.into(),
+        flags: e.flags,
+        _pad: [0; 7],
+    };
+    vol.upsert(
+        data_extent_key(ino, e.iblock, e.len),
+        bytemuck::bytes_of(&v),
+    )?;
+    Ok(())
+}
+
+fn del(vol: &mut Volume, ino: u64, e: &FileExtent) -> Result<(), DataError> {
+    vol.delete(&data_extent_key(ino, e.iblock, e.len))?;
+    Ok(())
+}
+
+/// The first extent of `ino` that ends at or after `iblock`.
+pub fn extent_from(
+    vol: &mut Volume,
+    ino: u64,
+    iblock: u64,
+) -> Result<Option<FileExtent>, DataError> {
+    let first = Key::new(zone::FS, ino, item_type::DATA_EXTENT, iblock, 0, 0);
+    let last = Key::new(
+        zone::FS,
+        ino,
+        item_type::DATA_EXTENT,
+        u64::MAX,
+        u64::MAX,
+        u8::MAX,
+    );
+    match vol.next(&first, &last)? {
+        Some(it) => Ok(Some(decode(ino, &it)?)),
+        None => Ok(None),
+    }
+}
+
+/// Every extent of `ino` overlapping blocks `[first, last]`.
+pub fn extents(
+    vol: &mut Volume,
+    ino: u64,
+    first: u64,
+    last: u64,
+) -> Result<Vec<FileExtent>, DataError> {
+    let mut out = Vec::new();
+    let mut at = first;
+    while let Some(e) = extent_from(vol, ino, at)? {
+        if e.iblock > last {
+            break;
+        }
+        out.push(e);
+        match e.end().checked_add(1) {
+            Some(n) if n <= last => at = n,
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+/// Replace `old` by the parts of it outside `[first, last]` (the part
+/// inside is returned, clipped). Does not free anything.
+fn cut(
+    vol: &mut Volume,
+    ino: u64,
+    old: &FileExtent,
+    first: u64,
+    last: u64,
+) -> Result<FileExtent, DataError> {
+    let s = first.max(old.iblock);
+    let e = last.min(old.end());
+    del(vol, ino, old)?;
+    if old.iblock < s {
+        put(
+            vol,
+            ino,
+            &FileExtent {
+                len: s - old.iblock,
+                ..*old
+            },
+        )?;
+    }
+    if e < old.end() {
+        let skip = e + 1 - old.iblock;
+        let keep = FileExtent {
+            iblock: e + 1,
+            len: old.end() - e,
+            blkno: old.blkno + skip,
+            flags: old.flags,
+        };
+        put(vol, ino, &keep)?;
+    }
+    Ok(FileExtent {
+        iblock: s,
+        len: e - s + 1,
+        blkno: old.blkno + (s - old.iblock),
+        flags: old.flags,
+    })
+}
+
+fn block_range(offset: u64, len: u64) -> Result<(u64, u64), DataError> {
+    let end = offset
+        .checked_add(len)
+        .filter(|&e| e <= MAX_FILE_BYTES)
+        .ok_or(DataError::TooBig(offset))?;
+    Ok((offset >> BLOCK_SM_SHIFT, (end - 1) >> BLOCK_SM_SHIFT))
+}
+
+/// Write `data` at `offset` into file `ino`. The caller updates the size.
+pub fn write(
+    vol: &mut Volume,
+    io: &mut DataIo,
+    ino: u64,
+    offset: u64,
+    data: &[u8],
+) -> Result<(), DataError> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let (b0, b1) = block_range(offset, data.len() as u64)?;
+    let mut b = b0;
+    while b <= b1 {
+        let next = extent_from(vol, ino, b)?;
+        let (ext, fresh) = match next {
+            Some(e) if e.iblock <= b => {
+                if e.flags & DATA_EXTENT_OFFLINE != 0 {
+                    return Err(DataError::Offline { ino, iblock: b });
+                }
+                let run = cut_or_keep(vol, ino, &e, b, b1.min(b + STEP_BLOCKS - 1))?;
+                (run, e.flags & DATA_EXTENT_UNWRITTEN != 0)
+            }
+            other => {
+                // A hole up to the next extent (or past the write).
+                let hole_end = other.map_or(b1, |e| b1.min(e.iblock - 1));
+                let got = vol.alloc_data((hole_end - b + 1).min(STEP_BLOCKS))?;
+                let ext = FileExtent {
+                    iblock: b,
+                    len: got.len,
+                    blkno: got.start,
+                    flags: 0,
+                };
+                insert_merging(vol, ino, ext)?;
+                (ext, true)
+            }
+        };
+        write_run(io, &ext, fresh, offset, data)?;
+        b = ext.end() + 1;
+    }
+    Ok(())
+}
+
+/// Written blocks are used as they are; an unwritten run becomes written.
+fn cut_or_keep(
+    vol: &mut Volume,
+    ino: u64,
+    e: &FileExtent,
+    b: u64,
+    b1: u64,
+) -> Result<FileExtent, DataError> {
+    if e.flags & DATA_EXTENT_UNWRITTEN == 0 {
+        let last = b1.min(e.end());
+        return Ok(FileExtent {
+            iblock: b,
+            len: last - b + 1,
+            blkno: e.blkno + (b - e.iblock),
+            flags: e.flags,
+        });
+    }
+    let mut run = cut(vol, ino, e, b, b1)?;
+    run.flags &= !DATA_EXTENT_UNWRITTEN;
+    put(vol, ino, &run)?;
+    Ok(run)
+}
+
+/// Insert an extent, merging it with the extent just before it when both
+/// are contiguous on the device with the same flags.
+fn insert_merging(vol: &mut Volume, ino: u64, ext: FileExtent) -> Result<(), DataError> {
+    if ext.iblock > 0 {
+        if let Some(prev) = extent_from(vol, ino, ext.iblock - 1)? {
+            if prev.end() + 1 == ext.iblock
+                && prev.blkno + prev.len == ext.blkno
+                && prev.flags == ext.flags
+            {
+                del(vol, ino, &prev)?;
+                return put(
+                    vol,
+                    ino,
+                    &FileExtent {
+                        len: prev.len + ext.len,
+                        ..prev
+                    },
+                );
+            }
+        }
+    }
+    put(vol, ino, &ext)
+}
+
+/// Write the part of `data` (at file `offset`) that falls in `ext`'s blocks.
+/// `fresh` blocks have no old contents: partial ones are zero-filled.
+fn write_run(
+    io: &mut DataIo,
+    ext: &FileExtent,
+    fresh: bool,
+    offset: u64,
+    data: &[u8],
+) -> Result<(), DataError> {
+    let run_start = ext.iblock * BS;
+    let mut buf = vec![0u8; (ext.len * BS) as usize];
+    let data_end = offset + data.len() as u64;
+    let head_partial = offset > run_start;
+    let tail_partial = data_end < run_start + ext.len * BS;
+    if !fresh {
+        if head_partial {
+            io.read(ext.blkno, &mut buf[..BLOCK_SM_SIZE])?;
+        }
+        if tail_partial && (ext.len > 1 || !head_partial) {
+            let at = ((ext.len - 1) * BS) as usize;
+            io.read(ext.blkno + ext.len - 1, &mut buf[at..at + BLOCK_SM_SIZE])?;
+        }
+    }
+    let from = offset.max(run_start);
+    let to = data_end.min(run_start + ext.len * BS);
+    buf[(from - run_start) as usize..(to - run_start) as usize]
+        .copy_from_slice(&data[(from - offset) as usize..(to - offset) as usize]);
+    io.write(ext.blkno, &buf)?;
+    Ok(())
+}
+
+/// Read `len` bytes at `offset` of file `ino`; the caller clamps to the size.
+pub fn read(
+    vol: &mut Volume,
+    io: &mut DataIo,
+    ino: u64,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<u8>, DataError> {
+    let mut out = vec![0u8; len];
+    if len == 0 {
+        return Ok(out);
+    }
+    let (b0, b1) = block_range(offset, len as u64)?;
+    for e in extents(vol, ino, b0, b1)? {
+        if e.flags & DATA_EXTENT_OFFLINE != 0 {
+            return Err(DataError::Offline {
+                ino,
+                iblock: e.iblock.max(b0),
+            });
+        }
+        if e.flags & DATA_EXTENT_UNWRITTEN != 0 {
+            continue;
+        }
+        let s = e.iblock.max(b0);
+        let t = e.end().min(b1);
+        let mut buf = vec![0u8; ((t - s + 1) * BS) as usize];
+        io.read(e.blkno + (s - e.iblock), &mut buf)?;
+        let from = (s * BS).max(offset);
+        let to = ((t + 1) * BS).min(offset + len as u64);
+        out[(from - offset) as usize..(to - offset) as usize]
+            .copy_from_slice(&buf[(from - s * BS) as usize..(to - s * BS) as usize]);
+    }
+    Ok(out)
+}
+
+/// Free the blocks of `[first, last]` (logical) and zero nothing.
+fn free_blocks(vol: &mut Volume, ino: u64, first: u64, last: u64) -> Result<(), DataError> {
+    for e in extents(vol, ino, first, last)? {
+        let gone = cut(vol, ino, &e, first, last)?;
+        if gone.flags & DATA_EXTENT_OFFLINE == 0 {
+            vol.free_data(Extent {
+                start: gone.blkno,
+                len: gone.len,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Zero bytes `[from, to)` inside one block `iblock` if it is written.
+fn zero_in_block(
+    vol: &mut Volume,
+    io: &mut DataIo,
+    ino: u64,
+    iblock: u64,
+    from: usize,
+    to: usize,
+) -> Result<(), DataError> {
+    let Some(e) = extent_from(vol, ino, iblock)? else {
+        return Ok(());
+    };
+    if e.iblock > iblock || e.flags & (DATA_EXTENT_UNWRITTEN | DATA_EXTENT_OFFLINE) != 0 {
+        return Ok(());
+    }
+    let blk = e.blkno + (iblock - e.iblock);
+    let mut buf = vec![0u8; BLOCK_SM_SIZE];
+    io.read(blk, &mut buf)?;
+    buf[from..to].fill(0);
+    io.write(blk, &buf)?;
+    Ok(())
+}
+
+/// Cut the file's data to `size` bytes: blocks past it are freed and the
+/// rest of the last partial block is zeroed (so a later extension reads
+/// zeros there).
+pub fn truncate(vol: &mut Volume, io: &mut DataIo, ino: u64, size: u64) -> Result<(), DataError> {
+    let first_gone = size.div_ceil(BS);
+    if first_gone <= MAX_IBLOCK {
+        free_blocks(vol, ino, first_gone, MAX_IBLOCK)?;
+    }
+    let within = (size % BS) as usize;
+    if within != 0 {
+        zero_in_block(vol, io, ino, size / BS, within, BLOCK_SM_SIZE)?;
+    }
+    Ok(())
+}
+
+/// Punch a hole: `[offset, offset + len)` reads as zeros afterwards; whole
+/// blocks inside it are freed.
+pub fn punch_hole(
+    vol: &mut Volume,
+    io: &mut DataIo,
+    ino: u64,
+    offset: u64,
+    len: u64,
+) -> Result<(), DataError> {
+    if len == 0 {
+        return Ok(());
+    }
+    let end = offset
+        .checked_add(len)
+        .filter(|&e| e <= MAX_FILE_BYTES)
+        .ok_or(DataError::TooBig(offset))?;
+    let first_whole = offset.div_ceil(BS);
+    let after_whole = end / BS;
+    if first_whole < after_whole {
+        free_blocks(vol, ino, first_whole, after_whole - 1)?;
+    }
+    // Partial blocks at either edge (or one block holding the whole range).
+    let (b0, b1) = (offset / BS, (end - 1) / BS);
+    if b0 == b1 && (offset % BS != 0 || end % BS != 0) {
+        zero_in_block(
+            vol,
+            io,
+            ino,
+            b0,
+            (offset % BS) as usize,
+            ((end - 1) % BS + 1) as usize,
+        )?;
+    } else {
+        if offset % BS != 0 {
+            zero_in_block(vol, io, ino, b0, (offset % BS) as usize, BLOCK_SM_SIZE)?;
+        }
+        if end % BS != 0 {
+            zero_in_block(vol, io, ino, b1, 0, (end % BS) as usize)?;
+        }
+    }
+    Ok(())
+}
+
+/// Allocate unwritten extents for the holes in `[offset, offset + len)`.
+pub fn fallocate(vol: &mut Volume, ino: u64, offset: u64, len: u64) -> Result<(), DataError> {
+    if len == 0 {
+        return Ok(());
+    }
+    let (b0, b1) = block_range(offset, len)?;
+    let mut b = b0;
+    while b <= b1 {
+        match extent_from(vol, ino, b)? {
+            Some(e) if e.iblock <= b => b = e.end() + 1,
+            other => {
+                let hole_end = other.map_or(b1, |e| b1.min(e.iblock - 1));
+                let got = vol.alloc_data(hole_end - b + 1)?;
+                insert_merging(
+                    vol,
+                    ino,
+                    FileExtent {
+                        iblock: b,
+                        len: got.len,
+                        blkno: got.start,
+                        flags: DATA_EXTENT_UNWRITTEN,
+                    },
+                )?;
+                b += got.len;
+            }
+        }
+        if b == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Blocks of file data online (written or unwritten) in `ino`.
+pub fn online_blocks(vol: &mut Volume, ino: u64) -> Result<u64, DataError> {
+    Ok(extents(vol, ino, 0, MAX_IBLOCK)?
+        .iter()
+        .filter(|e| e.flags & DATA_EXTENT_OFFLINE == 0)
+        .map(|e| e.len)
+        .sum())
+}

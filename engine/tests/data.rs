@@ -1,0 +1,196 @@
+//! File data on the mem devices against a byte-vector model: writes at any
+//! offset and size, holes, truncates, punched holes, preallocation, commits
+//! and remounts; large sparse offsets; freed blocks come back after commit.
+
+use scoutfs_engine::data::io::DataIo;
+use scoutfs_engine::data::{self, extents, online_blocks};
+use scoutfs_engine::dev::mem::MemDev;
+use scoutfs_engine::txn::check::check_volume;
+use scoutfs_engine::txn::mkfs::{mkfs, MkfsOptions};
+use scoutfs_engine::txn::{TxnOptions, Volume};
+use scoutfs_engine::util::rng::SimRng;
+
+const INO: u64 = 1000;
+
+fn setup() -> (MemDev, MemDev) {
+    let meta = MemDev::new(64 << 20);
+    let data = MemDev::new(64 << 20);
+    mkfs(&meta, &data, &MkfsOptions::default()).unwrap();
+    (meta, data)
+}
+
+fn open(meta: &MemDev, data: &MemDev) -> (Volume, DataIo) {
+    let opts = TxnOptions {
+        commit_dirty_blocks: 32,
+        meta_targets: (32, 48),
+        ..TxnOptions::default()
+    };
+    let mut vol = Volume::open(meta, opts).unwrap();
+    vol.attach_data_device(data).unwrap();
+    (vol, DataIo::open(data).unwrap())
+}
+
+fn fill(seed: u64, n: usize) -> Vec<u8> {
+    let mut r = SimRng::new(seed);
+    (0..n).map(|_| r.next_u64() as u8).collect()
+}
+
+fn run(seed: u64) {
+    let (meta, dev) = setup();
+    let (mut vol, mut io) = open(&meta, &dev);
+    let mut r = SimRng::new(seed);
+    let mut model: Vec<u8> = Vec::new();
+    let span = 1u64 << (14 + r.below(6)); // 16 KiB .. 512 KiB
+    for step in 0..120 {
+        match r.below(12) {
+            0..=5 => {
+                let off = r.below(span);
+                let len = 1 + r.below(3 * 4096 + 100) as usize;
+                let d = fill(seed ^ step, len);
+                data::write(&mut vol, &mut io, INO, off, &d).unwrap();
+                let end = off as usize + len;
+                if model.len() < end {
+                    model.resize(end, 0);
+                }
+                model[off as usize..end].copy_from_slice(&d);
+            }
+            6 => {
+                let size = r.below(span);
+                data::truncate(&mut vol, &mut io, INO, size).unwrap();
+                model.resize(size as usize, 0);
+            }
+            7 => {
+                let off = r.below(span);
+                let len = r.below(5 * 4096);
+                data::punch_hole(&mut vol, &mut io, INO, off, len).unwrap();
+                let end = ((off + len) as usize).min(model.len());
+                if (off as usize) < end {
+                    model[off as usize..end].fill(0);
+                }
+            }
+            8 => {
+                let off = r.below(span);
+                let len = r.below(8 * 4096);
+                data::fallocate(&mut vol, INO, off, len).unwrap();
+            }
+            9 => {
+                vol.commit().unwrap();
+            }
+            10 => {
+                vol.commit().unwrap();
+                drop(vol);
+                (vol, io) = open(&meta, &dev);
+            }
+            _ => {
+                let off = r.below(span + 4096);
+                let len = r.below(6 * 4096) as usize;
+                let got = data::read(&mut vol, &mut io, INO, off, len).unwrap();
+                let want: Vec<u8> = (0..len)
+                    .map(|i| model.get(off as usize + i).copied().unwrap_or(0))
+                    .collect();
+                assert!(
+                    got == want,
+                    "seed {seed} step {step}: read [{off}, +{len}) differs"
+                );
+            }
+        }
+    }
+    let all = data::read(&mut vol, &mut io, INO, 0, model.len()).unwrap();
+    assert!(all == model, "seed {seed}: final contents differ");
+    // Extents don't overlap and stay in order.
+    let ex = extents(&mut vol, INO, 0, data::MAX_IBLOCK).unwrap();
+    assert!(
+        ex.windows(2).all(|w| w[0].end() < w[1].iblock),
+        "seed {seed}: overlapping extents"
+    );
+    vol.commit().unwrap();
+    assert!(check_volume(vol.store_mut(), &meta, &dev)
+        .problems
+        .is_empty());
+}
+
+#[test]
+fn file_data_matches_a_byte_model() {
+    for seed in 0..40 {
+        run(seed);
+    }
+}
+
+#[test]
+fn sequential_writes_make_one_extent() {
+    let (meta, dev) = setup();
+    let (mut vol, mut io) = open(&meta, &dev);
+    for i in 0..64u64 {
+        data::write(&mut vol, &mut io, INO, i * 65536, &vec![i as u8; 65536]).unwrap();
+    }
+    let ex = extents(&mut vol, INO, 0, data::MAX_IBLOCK).unwrap();
+    assert_eq!(ex.len(), 1, "{ex:?}");
+    assert_eq!(ex[0].len, 64 * 16);
+    assert_eq!(online_blocks(&mut vol, INO).unwrap(), 1024);
+}
+
+#[test]
+fn sparse_files_past_4_gib_and_near_the_limit() {
+    let (meta, dev) = setup();
+    let (mut vol, mut io) = open(&meta, &dev);
+    let far = 5u64 << 30;
+    data::write(&mut vol, &mut io, INO, far + 123, b"far away").unwrap();
+    let top = data::MAX_FILE_BYTES - 4;
+    data::write(&mut vol, &mut io, INO, top, b"edge").unwrap();
+    assert_eq!(
+        data::read(&mut vol, &mut io, INO, far + 120, 11).unwrap(),
+        b"\0\0\0far away"
+    );
+    assert_eq!(data::read(&mut vol, &mut io, INO, top, 4).unwrap(), b"edge");
+    assert_eq!(
+        data::read(&mut vol, &mut io, INO, 1 << 40, 8).unwrap(),
+        vec![0u8; 8],
+        "holes read zeros"
+    );
+    assert_eq!(
+        online_blocks(&mut vol, INO).unwrap(),
+        2,
+        "only written blocks are allocated"
+    );
+    let e = data::write(&mut vol, &mut io, INO, u64::MAX - 1, b"over").unwrap_err();
+    assert_eq!(e.errno(), libc::EFBIG);
+}
+
+#[test]
+fn truncated_blocks_are_reusable_only_after_commit() {
+    let (meta, dev) = setup();
+    let (mut vol, mut io) = open(&meta, &dev);
+    let free0 = vol.statfs().unwrap().free_data_blocks;
+    data::write(&mut vol, &mut io, INO, 0, &vec![1u8; 1 << 20]).unwrap();
+    assert_eq!(vol.statfs().unwrap().free_data_blocks, free0 - 256);
+    data::truncate(&mut vol, &mut io, INO, 0).unwrap();
+    assert_eq!(
+        vol.statfs().unwrap().free_data_blocks,
+        free0 - 256,
+        "not before the commit"
+    );
+    vol.commit().unwrap();
+    assert_eq!(vol.statfs().unwrap().free_data_blocks, free0);
+    assert_eq!(online_blocks(&mut vol, INO).unwrap(), 0);
+}
+
+#[test]
+fn full_data_device_is_enospc_and_keeps_what_was_written() {
+    let meta = MemDev::new(64 << 20);
+    let dev = MemDev::new(2 << 20);
+    mkfs(&meta, &dev, &MkfsOptions::default()).unwrap();
+    let (mut vol, mut io) = open(&meta, &dev);
+    let mut off = 0u64;
+    let err = loop {
+        match data::write(&mut vol, &mut io, INO, off, &vec![7u8; 65536]) {
+            Ok(()) => off += 65536,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.errno(), libc::ENOSPC, "{err}");
+    vol.commit().unwrap();
+    assert_eq!(
+        data::read(&mut vol, &mut io, INO, 0, off as usize).unwrap(),
+        vec![7u8; off as usize]
+    );
+}
