@@ -448,7 +448,7 @@ pub fn punch_hole(
     }
     // Partial blocks at either edge (or one block holding the whole range).
     let (b0, b1) = (offset / BS, (end - 1) / BS);
-    if b0 == b1 && (offset % BS != 0 || end % BS != 0) {
+    if b0 == b1 && (!offset.is_multiple_of(BS) || !end.is_multiple_of(BS)) {
         zero_in_block(
             vol,
             io,
@@ -458,10 +458,10 @@ pub fn punch_hole(
             ((end - 1) % BS + 1) as usize,
         )?;
     } else {
-        if offset % BS != 0 {
+        if !offset.is_multiple_of(BS) {
             zero_in_block(vol, io, ino, b0, (offset % BS) as usize, BLOCK_SM_SIZE)?;
         }
-        if end % BS != 0 {
+        if !end.is_multiple_of(BS) {
             zero_in_block(vol, io, ino, b1, 0, (end % BS) as usize)?;
         }
     }
