@@ -157,6 +157,8 @@ pub enum DevError {
     Open { path: String, msg: String },
     #[error("setting up a queue: {0}")]
     Setup(String),
+    #[error("{0} is in use by another engine")]
+    Busy(String),
 }
 
 impl DevError {
@@ -174,6 +176,7 @@ impl DevError {
             DevError::Io { errno, .. } => *errno,
             DevError::Short { .. } | DevError::Failed(_) | DevError::Setup(_) => libc::EIO,
             DevError::Open { .. } => libc::ENODEV,
+            DevError::Busy(_) => libc::EBUSY,
         }
     }
 }
@@ -215,6 +218,13 @@ pub trait BlockDev: Send + Sync + fmt::Debug {
     /// A short name for messages: a path, or `mem:N`.
     fn name(&self) -> String;
     fn open_queue_backend(&self, cfg: &QueueConfig) -> Result<Box<dyn QueueBackend>, DevError>;
+
+    /// Claim the device for this process until this handle is dropped, so
+    /// that a second engine on the same device is refused instead of
+    /// corrupting it. `Busy` when someone else holds it.
+    fn lock_exclusive(&self) -> Result<(), DevError> {
+        Ok(())
+    }
 }
 
 /// Open a checked queue pair on any device.

@@ -148,6 +148,17 @@ impl UringDev {
     }
 }
 
+impl Drop for UringDev {
+    fn drop(&mut self) {
+        // Release the device lock now: io_uring rings that registered this
+        // file keep its open file description (and so the lock) alive until
+        // the kernel finishes tearing them down, after we've returned.
+        // SAFETY: flock on a descriptor we own; unlocking an unlocked file
+        // is harmless.
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
 impl BlockDev for UringDev {
     fn geometry(&self) -> Geometry {
         self.geom
@@ -155,6 +166,24 @@ impl BlockDev for UringDev {
 
     fn name(&self) -> String {
         self.path.display().to_string()
+    }
+
+    fn lock_exclusive(&self) -> Result<(), DevError> {
+        // An advisory lock on our open file description: another process,
+        // or another open of the same path here, is refused while we live.
+        // SAFETY: flock on a descriptor we own.
+        let rc = unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(DevError::Busy(self.name()));
+        }
+        Err(DevError::Open {
+            path: self.name(),
+            msg: format!("locking: {e}"),
+        })
     }
 
     fn open_queue_backend(&self, cfg: &QueueConfig) -> Result<Box<dyn QueueBackend>, DevError> {

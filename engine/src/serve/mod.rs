@@ -1,0 +1,123 @@
+//! The engine process's core: one reactor thread that owns the mounted
+//! volume (metadata store, transaction, file data I/O); every other thread
+//! (FUSE handler threads, the admin socket, later the shim's rings) reaches
+//! it only by posting work to the reactor and waiting for the answer. No
+//! frontend thread touches the btree.
+//!
+//! Today the volume is synchronous, so a metadata read that misses the
+//! cache blocks the reactor for that read (see docs/ARCHITECTURE.md for the
+//! path to awaited reads).
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use crate::data::io::DataIo;
+use crate::dev::{BlockDev, DevError};
+use crate::reactor::{Local, Reactor, ReactorConfig, ReactorError};
+use crate::txn::{TxnError, TxnOptions, Volume};
+
+/// The mounted volume, as work on the reactor sees it.
+#[derive(Debug)]
+pub struct Mounted {
+    pub vol: Volume,
+    pub data: DataIo,
+}
+
+thread_local! {
+    /// The volume mounted by the engine whose reactor runs on this thread.
+    static MOUNTED: RefCell<Option<Mounted>> = const { RefCell::new(None) };
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Dev(#[from] DevError),
+    #[error("{0}")]
+    Txn(#[from] TxnError),
+    #[error("{0}")]
+    Reactor(#[from] ReactorError),
+    #[error("the engine has no mounted volume (it is shutting down)")]
+    NotMounted,
+}
+
+impl EngineError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            EngineError::Dev(e) => e.errno(),
+            EngineError::Txn(e) => e.errno(),
+            EngineError::Reactor(_) | EngineError::NotMounted => libc::ESHUTDOWN,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct EngineOptions {
+    pub reactor: ReactorConfig,
+    pub txn: TxnOptions,
+}
+
+/// A running engine: a reactor with a mounted volume.
+#[derive(Debug)]
+pub struct Engine {
+    reactor: Reactor,
+    meta: Arc<dyn BlockDev>,
+    data: Arc<dyn BlockDev>,
+}
+
+impl Engine {
+    /// Claim both devices, start the reactor and mount the volume on it.
+    /// A device another engine holds is refused (`DevError::Busy`).
+    pub fn start(
+        meta: Arc<dyn BlockDev>,
+        data: Arc<dyn BlockDev>,
+        opts: EngineOptions,
+    ) -> Result<Engine, EngineError> {
+        meta.lock_exclusive()?;
+        data.lock_exclusive()?;
+        let (m, d) = (meta.clone(), data.clone());
+        let txn = opts.txn;
+        let reactor = Reactor::start(opts.reactor, move |_local: &Local| {
+            let mut vol = Volume::open(&*m, txn)?;
+            vol.attach_data_device(&*d)?;
+            let data = DataIo::open(&*d)?;
+            MOUNTED.with(|cell| *cell.borrow_mut() = Some(Mounted { vol, data }));
+            Ok(())
+        })?;
+        Ok(Engine {
+            reactor,
+            meta,
+            data,
+        })
+    }
+
+    /// Run `f` on the reactor with the mounted volume and wait for it.
+    /// Calls from many threads are served one after another.
+    pub fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Mounted) -> T + Send + 'static,
+    ) -> Result<T, EngineError> {
+        self.reactor
+            .remote()
+            .call(move |_: &Local| {
+                let r = MOUNTED.with(|cell| cell.borrow_mut().as_mut().map(f));
+                async move { r }
+            })?
+            .ok_or(EngineError::NotMounted)
+    }
+
+    /// Commit what is open, unmount, and stop the reactor. Returns the last
+    /// committed seq.
+    pub fn shutdown(self) -> Result<u64, EngineError> {
+        let r = self.reactor.remote().call(|_: &Local| {
+            let m = MOUNTED.with(|cell| cell.borrow_mut().take());
+            let r = m.map(|m| m.vol.unmount());
+            async move { r }
+        })?;
+        self.reactor.shutdown();
+        drop((self.meta, self.data));
+        match r {
+            Some(r) => Ok(r?),
+            None => Err(EngineError::NotMounted),
+        }
+    }
+}
