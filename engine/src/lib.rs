@@ -14,6 +14,7 @@ pub mod dev;
 pub mod dma;
 pub mod forest;
 pub mod format;
+pub mod fs;
 pub mod reactor;
 pub mod serve;
 pub mod server;

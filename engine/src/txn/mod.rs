@@ -79,6 +79,13 @@ impl TxnError {
     }
 }
 
+/// Metadata blocks `hold_trans` sets aside: a fixed part for copying the
+/// paths an operation touches (its items sit in a few leaves of the log
+/// tree) and one block per item written. The commit reserve stays above
+/// this as a margin.
+const HOLD_BLOCKS_BASE: usize = 8;
+const HOLD_BLOCKS_PER_ITEM: usize = 1;
+
 /// When a transaction commits on its own.
 #[derive(Clone, Copy, Debug)]
 pub struct TxnOptions {
@@ -129,6 +136,9 @@ pub struct Volume {
     /// A queue on the data device, flushed before each commit so that no
     /// committed extent points at file data that is not yet durable.
     data_flush: Option<crate::dev::QueuePair>,
+    /// Open holds (`hold_trans`): no commit happens while an operation
+    /// that must land in one transaction is writing its items.
+    holds: u32,
     txn_started: Instant,
     txn_writes: u64,
     commits: u64,
@@ -205,6 +215,7 @@ impl Volume {
             others: ForestRoots::default(),
             data_freed: Vec::new(),
             data_flush: None,
+            holds: 0,
             txn_started: Instant::now(),
             txn_writes: 0,
             commits: 0,
@@ -313,7 +324,10 @@ impl Volume {
         if val.len() > crate::format::btree::BTREE_MAX_VAL_LEN {
             return Err(TxnError::ValueTooLarge(val.len()));
         }
-        self.call(Request::GetMetaAvail { for_commit: false })?;
+        // Inside a hold the space was checked when the hold was taken.
+        self.call(Request::GetMetaAvail {
+            for_commit: self.holds > 0,
+        })?;
         let Volume { store, log, .. } = self;
         store.retry(|c| {
             let seq = c.txn_seq();
@@ -410,7 +424,46 @@ impl Volume {
             || (self.txn_writes > 0 && self.txn_started.elapsed() >= self.opts.commit_age)
     }
 
+    /// Begin an operation that writes up to `nr_items` items which must all
+    /// land in one transaction: fail now with ENOSPC if they might not fit
+    /// (nothing written yet), and commit nothing until `release_trans`.
+    pub fn hold_trans(&mut self, nr_items: usize) -> Result<(), TxnError> {
+        self.check_writable()?;
+        if self.holds == 0 {
+            // Each item change copies at most a root-to-leaf path and splits.
+            let (reserve, fill) = self.store.cache.meta_targets();
+            let need = reserve + HOLD_BLOCKS_BASE + nr_items.saturating_mul(HOLD_BLOCKS_PER_ITEM);
+            // Top up to at least what the operation needs, then check.
+            self.store.cache.set_meta_targets(need, fill.max(need));
+            let topped = self.call(Request::GetMetaAvail { for_commit: true });
+            self.store.cache.set_meta_targets(reserve, fill);
+            topped?;
+            let have = self.store.cache.meta_alloc().avail.len();
+            if have < need {
+                return Err(TxnError::Server(ServerError::NoSpace(format!(
+                    "{have} free metadata blocks in hand, an operation of {nr_items} items needs {need}"
+                ))));
+            }
+        }
+        self.holds += 1;
+        Ok(())
+    }
+
+    /// End an operation begun with `hold_trans`; a commit it deferred may
+    /// happen now.
+    pub fn release_trans(&mut self) -> Result<(), TxnError> {
+        assert!(self.holds > 0, "release_trans without hold_trans");
+        self.holds -= 1;
+        if self.holds == 0 && self.read_only().is_none() {
+            self.maybe_commit()?;
+        }
+        Ok(())
+    }
+
     fn maybe_commit(&mut self) -> Result<(), TxnError> {
+        if self.holds > 0 {
+            return Ok(());
+        }
         if self.should_commit() {
             self.commit()?;
             let every = self.opts.merge_every_commits;

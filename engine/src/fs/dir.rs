@@ -1,0 +1,353 @@
+//! Namespace operations on directories: lookup, create/mknod/mkdir (and
+//! the creation symlink shares), unlink, rmdir, link, readdir.
+//!
+//! Each checks in the order Linux does, so that a caller sees the errno a
+//! kernel filesystem would give: the directory exists (ENOENT), is one
+//! (ENOTDIR) and may be searched (EACCES); the name is valid
+//! (ENAMETOOLONG); the entry exists or not (EEXIST / ENOENT); the
+//! directory may be written (EACCES); the sticky bit (EPERM); the types
+//! (EISDIR / ENOTDIR); then emptiness and link counts.
+
+use crate::format::inode::{Inode, DIRENT_FIRST_POS, DIRENT_LAST_POS, LINK_MAX};
+
+use super::dirent::{check_name, readdir_key, Entry, NameKind};
+use super::error::{FsError, Result};
+use super::inode::{Attr, FileType};
+use super::perm::{self, Creds, MAY_EXEC, MAY_WRITE};
+use super::{symlink, Fs, ItemStore};
+
+/// One readdir entry. Positions 0 and 1 are "." and ".."; stored entries
+/// start at 2 and keep their position for as long as they exist.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub pos: u64,
+    pub ino: u64,
+    pub kind: FileType,
+    pub name: Vec<u8>,
+}
+
+fn kind_of(ino: u64, inode: &Inode) -> Result<FileType> {
+    Ok(Attr::from_inode(ino, inode)?.kind)
+}
+
+impl<S: ItemStore> Fs<S> {
+    /// A directory an operation looks into: it exists, is a directory, and
+    /// `creds` may search it.
+    pub(super) async fn search_dir(&mut self, creds: &Creds, dir: u64) -> Result<Inode> {
+        let d = self.read_inode(dir).await?;
+        if kind_of(dir, &d)? != FileType::Directory {
+            return Err(FsError::NotDir);
+        }
+        perm::check_access(creds, &d, MAY_EXEC)?;
+        Ok(d)
+    }
+
+    /// The inode `name` names in `dir` ("." and ".." included).
+    pub async fn lookup(&mut self, creds: &Creds, dir: u64, name: &[u8]) -> Result<Attr> {
+        self.search_dir(creds, dir).await?;
+        let ino = match check_name(name)? {
+            NameKind::Dot => dir,
+            NameKind::DotDot => self.parent_of(dir).await?,
+            NameKind::Normal => match self.find_entry(dir, name).await? {
+                Some(e) => e.ino,
+                None => return Err(FsError::NotFound),
+            },
+        };
+        self.getattr(ino).await
+    }
+
+    /// A regular file (creat, open with O_CREAT): the type bits of `mode`
+    /// are ignored.
+    pub async fn create(
+        &mut self,
+        creds: &Creds,
+        dir: u64,
+        name: &[u8],
+        mode: u32,
+    ) -> Result<Attr> {
+        let mode = libc::S_IFREG | (mode & 0o7777);
+        self.create_node(creds, dir, name, mode, 0, None).await
+    }
+
+    /// mknod: a regular file (type bits 0 or S_IFREG), fifo, socket, or
+    /// character or block device (root only) with `rdev`.
+    pub async fn mknod(
+        &mut self,
+        creds: &Creds,
+        dir: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+    ) -> Result<Attr> {
+        let mode = match mode & libc::S_IFMT {
+            0 => libc::S_IFREG | (mode & 0o7777),
+            libc::S_IFDIR => return Err(FsError::Perm),
+            _ => match FileType::from_mode(mode) {
+                Some(FileType::Symlink) | None => return Err(FsError::Invalid),
+                Some(_) => mode & (libc::S_IFMT | 0o7777),
+            },
+        };
+        let rdev = match FileType::from_mode(mode) {
+            Some(FileType::CharDevice | FileType::BlockDevice) => rdev,
+            _ => 0,
+        };
+        self.create_node(creds, dir, name, mode, rdev, None).await
+    }
+
+    /// mkdir: setuid and setgid of `mode` are ignored (a setgid parent
+    /// passes its setgid on).
+    pub async fn mkdir(&mut self, creds: &Creds, dir: u64, name: &[u8], mode: u32) -> Result<Attr> {
+        let mode = libc::S_IFDIR | (mode & (0o777 | libc::S_ISVTX));
+        self.create_node(creds, dir, name, mode, 0, None).await
+    }
+
+    /// Make a new inode of `mode` (type included) named `name` in `dir`;
+    /// `target` is a symlink's.
+    pub(super) async fn create_node(
+        &mut self,
+        creds: &Creds,
+        dir: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        target: Option<&[u8]>,
+    ) -> Result<Attr> {
+        let now = self.now();
+        let kind = FileType::from_mode(mode).ok_or(FsError::Invalid)?;
+        debug_assert_eq!(kind == FileType::Symlink, target.is_some());
+        let d = self.search_dir(creds, dir).await?;
+        if check_name(name)? != NameKind::Normal {
+            return Err(FsError::Exists);
+        }
+        if self.find_entry(dir, name).await?.is_some() {
+            return Err(FsError::Exists);
+        }
+        if d.nlink.get() == 0 {
+            return Err(FsError::NotFound);
+        }
+        perm::check_access(creds, &d, MAY_WRITE | MAY_EXEC)?;
+        if matches!(kind, FileType::CharDevice | FileType::BlockDevice) && !creds.is_root() {
+            return Err(FsError::Perm);
+        }
+        if kind == FileType::Directory && d.nlink.get() >= LINK_MAX {
+            return Err(FsError::TooManyLinks);
+        }
+        let pos = d.next_readdir_pos.get();
+        if !(DIRENT_FIRST_POS..DIRENT_LAST_POS).contains(&pos) {
+            return Err(FsError::NoSpace(format!(
+                "directory {dir} has used every readdir position"
+            )));
+        }
+
+        let (uid, gid, mode) = perm::new_inode_owner(creds, &d, mode);
+        let ino = self.alloc_ino().await?;
+        let inode = Inode {
+            size: target.map_or(0, |t| t.len() as u64).into(),
+            next_readdir_pos: DIRENT_FIRST_POS.into(),
+            nlink: if kind == FileType::Directory { 2 } else { 1 }.into(),
+            uid: uid.into(),
+            gid: gid.into(),
+            mode: mode.into(),
+            rdev: rdev.into(),
+            atime: now,
+            ctime: now,
+            mtime: now,
+            crtime: now,
+            proj: d.proj,
+            ..Inode::default()
+        };
+        let mut b = self.batch();
+        b.track(dir, d);
+        let di = b.inode_mut(dir);
+        di.next_readdir_pos.set(pos + 1);
+        di.size.set(di.size.get() + name.len() as u64);
+        if kind == FileType::Directory {
+            di.nlink.set(di.nlink.get() + 1);
+        }
+        di.mtime = now;
+        di.ctime = now;
+        b.create_inode(ino, inode);
+        let entry = Entry {
+            ino,
+            hash: self.hash(name),
+            pos,
+            ty: kind.dirent_type(),
+            name: name.to_vec(),
+        };
+        entry.put(&mut b, dir);
+        if let Some(t) = target {
+            symlink::put_target(&mut b, ino, t);
+        }
+        self.apply(b).await?;
+        self.getattr(ino).await
+    }
+
+    /// unlink: remove a name of a non-directory.
+    pub async fn unlink(&mut self, creds: &Creds, dir: u64, name: &[u8]) -> Result<()> {
+        self.remove(creds, dir, name, false).await
+    }
+
+    /// rmdir: remove an empty directory.
+    pub async fn rmdir(&mut self, creds: &Creds, dir: u64, name: &[u8]) -> Result<()> {
+        self.remove(creds, dir, name, true).await
+    }
+
+    async fn remove(&mut self, creds: &Creds, dir: u64, name: &[u8], rmdir: bool) -> Result<()> {
+        let now = self.now();
+        let d = self.search_dir(creds, dir).await?;
+        match (check_name(name)?, rmdir) {
+            (NameKind::Normal, _) => {}
+            (NameKind::Dot, true) => return Err(FsError::Invalid),
+            (NameKind::DotDot, true) => return Err(FsError::NotEmpty),
+            (_, false) => return Err(FsError::IsDir),
+        }
+        let Some(e) = self.find_entry(dir, name).await? else {
+            return Err(FsError::NotFound);
+        };
+        let child = self.read_inode(e.ino).await?;
+        perm::check_may_delete(creds, &d, &child)?;
+        let is_dir = kind_of(e.ino, &child)? == FileType::Directory;
+        if rmdir && !is_dir {
+            return Err(FsError::NotDir);
+        }
+        if !rmdir && is_dir {
+            return Err(FsError::IsDir);
+        }
+        if is_dir && !self.dir_is_empty(e.ino).await? {
+            return Err(FsError::NotEmpty);
+        }
+
+        let mut b = self.batch();
+        b.track(dir, d);
+        b.track(e.ino, child);
+        e.delete(&mut b, dir);
+        let di = b.inode_mut(dir);
+        di.size.set(di.size.get() - name.len() as u64);
+        if is_dir {
+            di.nlink.set(di.nlink.get() - 1);
+        }
+        di.mtime = now;
+        di.ctime = now;
+        let ci = b.inode_mut(e.ino);
+        let nlink = if is_dir { 0 } else { ci.nlink.get() - 1 };
+        ci.nlink.set(nlink);
+        ci.ctime = now;
+        if nlink == 0 {
+            self.drop_inode(&mut b, e.ino).await?;
+        }
+        self.apply(b).await
+    }
+
+    /// link: a new name for a non-directory.
+    pub async fn link(&mut self, creds: &Creds, ino: u64, dir: u64, name: &[u8]) -> Result<Attr> {
+        let now = self.now();
+        let child = self.read_inode(ino).await?;
+        let d = self.search_dir(creds, dir).await?;
+        if check_name(name)? != NameKind::Normal {
+            return Err(FsError::Exists);
+        }
+        if self.find_entry(dir, name).await?.is_some() {
+            return Err(FsError::Exists);
+        }
+        if d.nlink.get() == 0 {
+            return Err(FsError::NotFound);
+        }
+        perm::check_access(creds, &d, MAY_WRITE | MAY_EXEC)?;
+        let kind = kind_of(ino, &child)?;
+        if kind == FileType::Directory {
+            return Err(FsError::Perm);
+        }
+        if child.nlink.get() == 0 {
+            return Err(FsError::NotFound);
+        }
+        if child.nlink.get() >= LINK_MAX {
+            return Err(FsError::TooManyLinks);
+        }
+        let pos = d.next_readdir_pos.get();
+        if !(DIRENT_FIRST_POS..DIRENT_LAST_POS).contains(&pos) {
+            return Err(FsError::NoSpace(format!(
+                "directory {dir} has used every readdir position"
+            )));
+        }
+
+        let mut b = self.batch();
+        b.track(dir, d);
+        b.track(ino, child);
+        let di = b.inode_mut(dir);
+        di.next_readdir_pos.set(pos + 1);
+        di.size.set(di.size.get() + name.len() as u64);
+        di.mtime = now;
+        di.ctime = now;
+        let ci = b.inode_mut(ino);
+        ci.nlink.set(ci.nlink.get() + 1);
+        ci.ctime = now;
+        let entry = Entry {
+            ino,
+            hash: self.hash(name),
+            pos,
+            ty: kind.dirent_type(),
+            name: name.to_vec(),
+        };
+        entry.put(&mut b, dir);
+        self.apply(b).await?;
+        self.getattr(ino).await
+    }
+
+    /// Up to `max` entries of `dir` at positions `from_pos` and after, in
+    /// position order; continue from the last position + 1. Positions 0
+    /// and 1 are "." and "..". Permission to read the directory is checked
+    /// when it is opened ([`Fs::open_ino`]).
+    pub async fn readdir(&mut self, dir: u64, from_pos: u64, max: usize) -> Result<Vec<DirEntry>> {
+        let d = self.read_inode(dir).await?;
+        if kind_of(dir, &d)? != FileType::Directory {
+            return Err(FsError::NotDir);
+        }
+        let mut out = Vec::new();
+        if from_pos == 0 && out.len() < max {
+            out.push(DirEntry {
+                pos: 0,
+                ino: dir,
+                kind: FileType::Directory,
+                name: b".".to_vec(),
+            });
+        }
+        if from_pos <= 1 && out.len() < max {
+            // A removed directory (still open) has no parent left.
+            let parent = match self.parent_of(dir).await {
+                Err(FsError::NotFound) => dir,
+                r => r?,
+            };
+            out.push(DirEntry {
+                pos: 1,
+                ino: parent,
+                kind: FileType::Directory,
+                name: b"..".to_vec(),
+            });
+        }
+        let want = max - out.len();
+        if want == 0 || from_pos >= DIRENT_LAST_POS {
+            return Ok(out);
+        }
+        let first = readdir_key(dir, from_pos.max(DIRENT_FIRST_POS));
+        let last = readdir_key(dir, DIRENT_LAST_POS);
+        for item in self.store.range(&first, &last, want).await? {
+            let e = Entry::decode(&item.key, &item.val)?;
+            let kind = FileType::from_dirent_type(e.ty).ok_or_else(|| {
+                FsError::corrupt(format!("entry {} has dirent type {}", item.key, e.ty))
+            })?;
+            if e.pos != item.key.second {
+                return Err(FsError::corrupt(format!(
+                    "readdir item {} holds position {}",
+                    item.key, e.pos
+                )));
+            }
+            out.push(DirEntry {
+                pos: e.pos,
+                ino: e.ino,
+                kind,
+                name: e.name,
+            });
+        }
+        Ok(out)
+    }
+}

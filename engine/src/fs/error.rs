@@ -1,0 +1,139 @@
+//! The fs layer's error: one variant per errno a POSIX operation can
+//! return, so frontends map it with [`FsError::errno`] and nothing else.
+
+use crate::txn::TxnError;
+
+pub type Result<T, E = FsError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("file name too long")]
+    NameTooLong,
+    #[error("too many links")]
+    TooManyLinks,
+    #[error("no space left on device: {0}")]
+    NoSpace(String),
+    #[error("read-only file system: {0}")]
+    ReadOnly(String),
+    #[error("invalid argument")]
+    Invalid,
+    #[error("operation not permitted")]
+    Perm,
+    #[error("permission denied")]
+    Access,
+    #[error("no such attribute")]
+    NoData,
+    #[error("name or buffer out of range")]
+    Range,
+    #[error("argument list too long (xattr value over 65535 bytes)")]
+    TooBig,
+    #[error("operation not supported (unknown xattr namespace)")]
+    NotSupported,
+    #[error("device or resource busy")]
+    Busy,
+    #[error("i/o error: {0}")]
+    Io(String),
+}
+
+impl FsError {
+    /// The errno a frontend returns for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::IsDir => libc::EISDIR,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::NameTooLong => libc::ENAMETOOLONG,
+            FsError::TooManyLinks => libc::EMLINK,
+            FsError::NoSpace(_) => libc::ENOSPC,
+            FsError::ReadOnly(_) => libc::EROFS,
+            FsError::Invalid => libc::EINVAL,
+            FsError::Perm => libc::EPERM,
+            FsError::Access => libc::EACCES,
+            FsError::NoData => libc::ENODATA,
+            FsError::Range => libc::ERANGE,
+            FsError::TooBig => libc::E2BIG,
+            FsError::NotSupported => libc::EOPNOTSUPP,
+            FsError::Busy => libc::EBUSY,
+            FsError::Io(_) => libc::EIO,
+        }
+    }
+
+    /// A stored item that doesn't decode: corruption, reported as EIO.
+    pub(crate) fn corrupt(what: impl std::fmt::Display) -> FsError {
+        tracing::error!("corrupt fs item: {what}");
+        FsError::Io(format!("corrupt fs item: {what}"))
+    }
+}
+
+/// A store error becomes the fs error with the same errno; anything
+/// without a POSIX meaning of its own is EIO.
+impl From<TxnError> for FsError {
+    fn from(e: TxnError) -> Self {
+        match e.errno() {
+            libc::ENOSPC => FsError::NoSpace(e.to_string()),
+            libc::EROFS => FsError::ReadOnly(e.to_string()),
+            libc::EINVAL => FsError::Invalid,
+            _ => FsError::Io(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_mapping_is_exact() {
+        let cases = [
+            (FsError::NotFound, libc::ENOENT),
+            (FsError::Exists, libc::EEXIST),
+            (FsError::NotDir, libc::ENOTDIR),
+            (FsError::IsDir, libc::EISDIR),
+            (FsError::NotEmpty, libc::ENOTEMPTY),
+            (FsError::NameTooLong, libc::ENAMETOOLONG),
+            (FsError::TooManyLinks, libc::EMLINK),
+            (FsError::NoSpace(String::new()), libc::ENOSPC),
+            (FsError::ReadOnly(String::new()), libc::EROFS),
+            (FsError::Invalid, libc::EINVAL),
+            (FsError::Perm, libc::EPERM),
+            (FsError::Access, libc::EACCES),
+            (FsError::NoData, libc::ENODATA),
+            (FsError::Range, libc::ERANGE),
+            (FsError::TooBig, libc::E2BIG),
+            (FsError::NotSupported, libc::EOPNOTSUPP),
+            (FsError::Busy, libc::EBUSY),
+            (FsError::Io(String::new()), libc::EIO),
+        ];
+        for (e, errno) in cases {
+            assert_eq!(e.errno(), errno, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn store_errors_keep_their_errno() {
+        let ro = FsError::from(TxnError::ReadOnly("commit failed".into()));
+        assert_eq!(ro.errno(), libc::EROFS);
+        let inval = FsError::from(TxnError::ValueTooLarge(1000));
+        assert_eq!(inval.errno(), libc::EINVAL);
+        let nospc = FsError::from(TxnError::Server(crate::server::ServerError::NoSpace(
+            "meta".into(),
+        )));
+        assert_eq!(nospc.errno(), libc::ENOSPC);
+        let io = FsError::from(TxnError::Server(crate::server::ServerError::Io(
+            "dev".into(),
+        )));
+        assert_eq!(io.errno(), libc::EIO);
+    }
+}

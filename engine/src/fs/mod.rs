@@ -1,0 +1,253 @@
+//! engine::fs — POSIX operations expressed on items.
+//!
+//! [`Fs`] turns each filesystem operation (on inode numbers, with the
+//! caller's [`Creds`]) into reads and writes of items through an
+//! [`ItemStore`]: the mount's [`crate::txn::Volume`] today, a
+//! reactor-backed store later. The items are scoutfs's (see
+//! ../shared/SCOUTFS.md):
+//!
+//! - inode: fs zone, `first = ino`, type INODE; value [`Inode`].
+//! - dirent: `(dir, DIRENT, name hash, readdir pos)`; readdir:
+//!   `(dir, READDIR, pos)`; link backref: `(ino, LINK_BACKREF, dir, pos)`.
+//!   All three hold the same value: the [`crate::format::inode::Dirent`]
+//!   header and the name. The name hash is [`name_hash`] (two chained
+//!   crc32c); entries whose names collide differ by their position, so a
+//!   lookup walks the positions of one hash and compares names. Each new
+//!   entry takes the directory's `next_readdir_pos` (from 2), so positions
+//!   never move while other entries come and go.
+//! - xattr: `(ino, XATTR, name hash, xattr id, part)`; the header, name and
+//!   value run over parts of up to 896 bytes.
+//! - symlink: `(ino, SYMLINK, part)`; the target and a NUL, up to 4096.
+//! - inode index: zone INODE_INDEX, type META_SEQ / DATA_SEQ, `second =
+//!   seq, third = ino`, no value; maintained by `Batch` (batch.rs).
+//! - orphan: zone ORPHAN, `first = rid, type ORPHAN, second = ino`: an
+//!   inode with no links that a handle still holds; [`Fs::open`] deletes
+//!   the ones a crash left behind.
+//!
+//! Directory sizes are the sum of their entries' name lengths (as
+//! scoutfs), so a directory is empty exactly when its size is 0; nlink is
+//! 2 plus its subdirectories.
+//!
+//! **Atomicity.** Every operation reads and checks all it needs first and
+//! gathers its changes in a `Batch` (batch.rs); only a complete batch is
+//! written, between [`ItemStore::hold_trans`] and
+//! [`ItemStore::release_trans`]. An error found by a check therefore
+//! leaves nothing behind. What the store must add: `Volume` may commit on
+//! its own after any write (dirty-block or age trigger) and a write can
+//! still fail for want of metadata space half-way through a batch; a
+//! `hold_trans` that reserves room and holds commits off closes both.
+
+mod batch;
+mod dir;
+mod dirent;
+mod error;
+mod inode;
+mod orphan;
+mod perm;
+mod rename;
+mod store;
+mod symlink;
+mod xattr;
+
+use std::collections::HashMap;
+
+use crate::format::inode::{Inode, Timespec, DIRENT_FIRST_POS, ROOT_INO};
+use crate::format::Key;
+use crate::server::Statfs;
+
+pub use batch::{data_seq_index_key, meta_seq_index_key};
+pub use dir::DirEntry;
+pub use dirent::name_hash;
+pub use error::{FsError, Result};
+pub use inode::{Attr, FileType, SetAttr};
+pub use orphan::orphan_key;
+pub use perm::{Creds, MAY_EXEC, MAY_READ, MAY_WRITE};
+pub use rename::{RENAME_EXCHANGE, RENAME_NOREPLACE};
+pub use store::ItemStore;
+pub use xattr::{XATTR_CREATE, XATTR_REPLACE};
+
+use batch::Batch;
+
+/// The current time, from the system clock.
+pub fn system_time() -> Timespec {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timespec::new(d.as_secs(), d.subsec_nanos())
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct FsOptions {
+    /// This mount's rid (as in `TxnOptions::rid`): its orphan items are
+    /// keyed by it.
+    pub rid: u64,
+    /// Inode numbers asked of the server at a time (scoutfs's
+    /// ino_alloc_per_lock).
+    pub ino_alloc_per_lock: u64,
+    /// The time stamped on changes.
+    pub clock: fn() -> Timespec,
+    /// The hash of entry and xattr names. It is part of the format: every
+    /// mount of a volume must use the same one. Tests replace it to force
+    /// collisions.
+    pub name_hash: fn(&[u8]) -> u64,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions {
+            rid: 1,
+            ino_alloc_per_lock: crate::format::key::LOCK_INODE_GROUP_NR,
+            clock: system_time,
+            name_hash,
+        }
+    }
+}
+
+/// A mounted filesystem over an item store.
+#[derive(Debug)]
+pub struct Fs<S: ItemStore> {
+    store: S,
+    opts: FsOptions,
+    format_version: u64,
+    /// Inode numbers granted and not yet used: `ino_next..ino_end`.
+    ino_next: u64,
+    ino_end: u64,
+    /// Handles held on each inode (open files, and whatever else a
+    /// frontend pins); an unlinked inode lives while its count is non-zero.
+    open_counts: HashMap<u64, u32>,
+}
+
+impl<S: ItemStore> Fs<S> {
+    /// Mount: make the root directory if the volume has none yet, and
+    /// delete the inodes this mount's crash left orphaned.
+    pub async fn open(store: S, opts: FsOptions) -> Result<Fs<S>> {
+        assert!(opts.ino_alloc_per_lock > 0);
+        let format_version = store.format_version();
+        let mut fs = Fs {
+            store,
+            opts,
+            format_version,
+            ino_next: 0,
+            ino_end: 0,
+            open_counts: HashMap::new(),
+        };
+        if fs.store.lookup(&Key::inode(ROOT_INO)).await?.is_none() {
+            fs.make_root().await?;
+        }
+        fs.delete_orphans().await?;
+        Ok(fs)
+    }
+
+    async fn make_root(&mut self) -> Result<()> {
+        let now = self.now();
+        let root = Inode {
+            mode: (libc::S_IFDIR | 0o755).into(),
+            nlink: 2.into(),
+            next_readdir_pos: DIRENT_FIRST_POS.into(),
+            atime: now,
+            ctime: now,
+            mtime: now,
+            crtime: now,
+            ..Inode::default()
+        };
+        let mut b = self.batch();
+        b.create_inode(ROOT_INO, root);
+        self.apply(b).await?;
+        self.store.commit().await?;
+        tracing::info!("created the root directory");
+        Ok(())
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// Unmount without committing (the caller commits or drops the store).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    /// Make every change so far durable (fsync, syncfs); the seq now durable.
+    pub async fn sync(&mut self) -> Result<u64> {
+        self.store.commit().await
+    }
+
+    pub async fn statfs(&mut self) -> Result<Statfs> {
+        self.store.statfs().await
+    }
+
+    fn now(&self) -> Timespec {
+        (self.opts.clock)()
+    }
+
+    fn hash(&self, name: &[u8]) -> u64 {
+        (self.opts.name_hash)(name)
+    }
+
+    fn batch(&self) -> Batch {
+        Batch::new(self.store.txn_seq(), self.format_version)
+    }
+
+    /// A new inode number from this mount's grant, asking for more when it
+    /// runs out.
+    async fn alloc_ino(&mut self) -> Result<u64> {
+        if self.ino_next == self.ino_end {
+            let (first, count) = self
+                .store
+                .alloc_inodes(self.opts.ino_alloc_per_lock)
+                .await?;
+            if count == 0 || first <= ROOT_INO {
+                return Err(FsError::NoSpace(format!(
+                    "the server granted no inode numbers ({first}, {count})"
+                )));
+            }
+            self.ino_next = first;
+            self.ino_end = first
+                .checked_add(count)
+                .ok_or(FsError::NoSpace("inode numbers are exhausted".into()))?;
+        }
+        let ino = self.ino_next;
+        self.ino_next += 1;
+        Ok(ino)
+    }
+
+    /// Write a batch: the only place operations write items.
+    async fn apply(&mut self, batch: Batch) -> Result<()> {
+        let writes = batch.into_writes();
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.store.hold_trans(writes.len()).await?;
+        let r = self.write_all(writes).await;
+        self.store.release_trans();
+        if let Err(e) = &r {
+            tracing::error!("an fs operation failed half-way through its writes: {e}");
+        }
+        r
+    }
+
+    async fn write_all(&mut self, writes: Vec<batch::ItemWrite>) -> Result<()> {
+        for (key, val) in writes {
+            match val {
+                Some(v) => self.store.upsert(key, &v).await?,
+                None => {
+                    self.store.delete(&key).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored inode, or ENOENT.
+    async fn read_inode(&mut self, ino: u64) -> Result<Inode> {
+        let Some(item) = self.store.lookup(&Key::inode(ino)).await? else {
+            return Err(FsError::NotFound);
+        };
+        Inode::from_value(&item.val, self.format_version)
+            .map_err(|e| FsError::corrupt(format!("inode {ino}: {e}")))
+    }
+}

@@ -1,0 +1,127 @@
+//! [`ItemStore`]: everything the fs layer asks of the metadata below it.
+//!
+//! The methods mirror [`Volume`]'s. They are futures so that a store whose
+//! reads wait on a device (the reactor-backed store) implements the same
+//! trait; [`Volume`] is synchronous today and its futures are ready at once.
+//! The trait is used generically (`Fs<S: ItemStore>`), never as `dyn`, and
+//! its futures need not be `Send` (a reactor runs them on one thread).
+
+use std::future::Future;
+
+use crate::btree::Item;
+use crate::format::Key;
+use crate::server::Statfs;
+use crate::txn::Volume;
+
+use super::error::Result;
+
+pub trait ItemStore {
+    /// The item at `key`, if any.
+    fn lookup(&mut self, key: &Key) -> impl Future<Output = Result<Option<Item>>>;
+
+    /// The first item in `[first, last]`.
+    fn next(&mut self, first: &Key, last: &Key) -> impl Future<Output = Result<Option<Item>>>;
+
+    /// The items in `[first, last]`, at most `max`, in key order.
+    fn range(
+        &mut self,
+        first: &Key,
+        last: &Key,
+        max: usize,
+    ) -> impl Future<Output = Result<Vec<Item>>>;
+
+    /// Create or replace the item at `key` in the open transaction.
+    fn upsert(&mut self, key: Key, val: &[u8]) -> impl Future<Output = Result<()>>;
+
+    /// Delete the item at `key`; whether it existed.
+    fn delete(&mut self, key: &Key) -> impl Future<Output = Result<bool>>;
+
+    /// A grant of `count` unused inode numbers: `(first, count)`.
+    fn alloc_inodes(&mut self, count: u64) -> impl Future<Output = Result<(u64, u64)>>;
+
+    /// The seq items written now carry (the open transaction's).
+    fn txn_seq(&self) -> u64;
+
+    /// Every seq up to this one is durable.
+    fn committed_seq(&self) -> u64;
+
+    /// Commit the open transaction; the seq now durable.
+    fn commit(&mut self) -> impl Future<Output = Result<u64>>;
+
+    fn statfs(&mut self) -> impl Future<Output = Result<Statfs>>;
+
+    /// The volume's format version (inode values are shorter in format 1).
+    fn format_version(&self) -> u64;
+
+    /// Called before an operation's first write, with the number of item
+    /// writes it will make; [`ItemStore::release_trans`] follows on every
+    /// path once they are done. Between the two the store must neither
+    /// commit (the operation's items belong to one transaction) nor fail a
+    /// write for want of space it could have refused here (scoutfs's
+    /// hold_trans / release_trans). The default does nothing; [`Volume`]
+    /// implements both.
+    fn hold_trans(&mut self, nr_items: usize) -> impl Future<Output = Result<()>> {
+        let _ = nr_items;
+        std::future::ready(Ok(()))
+    }
+
+    fn release_trans(&mut self) {}
+}
+
+impl ItemStore for Volume {
+    async fn lookup(&mut self, key: &Key) -> Result<Option<Item>> {
+        Ok(Volume::lookup(self, key)?)
+    }
+
+    async fn next(&mut self, first: &Key, last: &Key) -> Result<Option<Item>> {
+        Ok(Volume::next(self, first, last)?)
+    }
+
+    async fn range(&mut self, first: &Key, last: &Key, max: usize) -> Result<Vec<Item>> {
+        Ok(Volume::range(self, first, last, max)?)
+    }
+
+    async fn upsert(&mut self, key: Key, val: &[u8]) -> Result<()> {
+        Ok(Volume::upsert(self, key, val)?)
+    }
+
+    async fn delete(&mut self, key: &Key) -> Result<bool> {
+        Ok(Volume::delete(self, key)?)
+    }
+
+    async fn alloc_inodes(&mut self, count: u64) -> Result<(u64, u64)> {
+        Ok(Volume::alloc_inodes(self, count)?)
+    }
+
+    fn txn_seq(&self) -> u64 {
+        Volume::txn_seq(self)
+    }
+
+    fn committed_seq(&self) -> u64 {
+        Volume::committed_seq(self)
+    }
+
+    async fn commit(&mut self) -> Result<u64> {
+        Ok(Volume::commit(self)?)
+    }
+
+    async fn statfs(&mut self) -> Result<Statfs> {
+        Ok(Volume::statfs(self)?)
+    }
+
+    fn format_version(&self) -> u64 {
+        self.super_block().format_version()
+    }
+
+    async fn hold_trans(&mut self, nr_items: usize) -> Result<()> {
+        Ok(Volume::hold_trans(self, nr_items)?)
+    }
+
+    fn release_trans(&mut self) {
+        // A commit deferred by the hold runs now; if it fails the volume is
+        // read-only and the next operation reports it.
+        if let Err(e) = Volume::release_trans(self) {
+            tracing::error!("commit after an operation failed: {e}");
+        }
+    }
+}
