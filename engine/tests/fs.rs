@@ -1041,9 +1041,9 @@ fn enospc_when_the_metadata_device_is_full_changes_nothing() {
 /// The whole story: fill the device through the fs, every operation that
 /// fails must fail whole, and deleting must free space again (Volume's
 /// hold_trans checks an operation's space before its first write and keeps
-/// the commit reserve beyond it).
+/// the commit reserve beyond it; operations that mostly delete may use half
+/// of that reserve).
 #[test]
-#[ignore = "filling fails whole now (hold_trans); freeing on a full device still needs a deletion reserve in txn"]
 fn enospc_while_filling_through_the_fs_fails_whole_and_deleting_frees_space() {
     let mut t = T::with(fs_opts(), MkfsOptions::default(), 12 << 20);
     let value = vec![9u8; 20_000];

@@ -221,7 +221,10 @@ impl<S: ItemStore> Fs<S> {
         if writes.is_empty() {
             return Ok(());
         }
-        self.store.hold_trans(writes.len()).await?;
+        let deletes = writes.iter().filter(|(_, v)| v.is_none()).count();
+        self.store
+            .hold_trans(writes.len(), deletes * 2 > writes.len())
+            .await?;
         let r = self.write_all(writes).await;
         self.store.release_trans();
         if let Err(e) = &r {

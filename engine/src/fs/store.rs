@@ -60,8 +60,15 @@ pub trait ItemStore {
     /// write for want of space it could have refused here (scoutfs's
     /// hold_trans / release_trans). The default does nothing; [`Volume`]
     /// implements both.
-    fn hold_trans(&mut self, nr_items: usize) -> impl Future<Output = Result<()>> {
-        let _ = nr_items;
+    /// `frees_space`: the operation mostly deletes items, so it may dip into
+    /// space kept back from other operations (a full device can still
+    /// delete).
+    fn hold_trans(
+        &mut self,
+        nr_items: usize,
+        frees_space: bool,
+    ) -> impl Future<Output = Result<()>> {
+        let _ = (nr_items, frees_space);
         std::future::ready(Ok(()))
     }
 
@@ -113,8 +120,8 @@ impl ItemStore for Volume {
         self.super_block().format_version()
     }
 
-    async fn hold_trans(&mut self, nr_items: usize) -> Result<()> {
-        Ok(Volume::hold_trans(self, nr_items)?)
+    async fn hold_trans(&mut self, nr_items: usize, frees_space: bool) -> Result<()> {
+        Ok(Volume::hold_trans(self, nr_items, frees_space)?)
     }
 
     fn release_trans(&mut self) {

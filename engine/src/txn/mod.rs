@@ -427,14 +427,19 @@ impl Volume {
     /// Begin an operation that writes up to `nr_items` items which must all
     /// land in one transaction: fail now with ENOSPC if they might not fit
     /// (nothing written yet), and commit nothing until `release_trans`.
-    pub fn hold_trans(&mut self, nr_items: usize) -> Result<(), TxnError> {
+    /// `frees_space` (an operation that mostly deletes) may use half of the
+    /// commit reserve, so that a full device can still delete.
+    pub fn hold_trans(&mut self, nr_items: usize, frees_space: bool) -> Result<(), TxnError> {
         self.check_writable()?;
         if self.holds == 0 {
             // Each item change copies at most a root-to-leaf path and splits.
             let (reserve, fill) = self.store.cache.meta_targets();
-            let need = reserve + HOLD_BLOCKS_BASE + nr_items.saturating_mul(HOLD_BLOCKS_PER_ITEM);
+            let kept = if frees_space { reserve / 2 } else { reserve };
+            let need = kept + HOLD_BLOCKS_BASE + nr_items.saturating_mul(HOLD_BLOCKS_PER_ITEM);
             // Top up to at least what the operation needs, then check.
-            self.store.cache.set_meta_targets(need, fill.max(need));
+            self.store
+                .cache
+                .set_meta_targets(need.max(reserve), fill.max(need));
             let topped = self.call(Request::GetMetaAvail { for_commit: true });
             self.store.cache.set_meta_targets(reserve, fill);
             topped?;
