@@ -4,7 +4,7 @@
 //! and read and write the 4 KiB super block. Runs on whichever thread owns
 //! it by submitting to a queue pair and polling for completions.
 
-use crate::dev::{open_queue, BlockDev, Completion, DevError, IoRequest, QueueConfig, QueuePair};
+use crate::dev::{open_queue_with_pool, BlockDev, Completion, DevError, IoRequest, QueuePair};
 use crate::dma::DmaPool;
 use crate::format::block::{BLOCK_LG_SHIFT, BLOCK_LG_SIZE, BLOCK_SM_SIZE};
 use crate::format::super_block::SUPER_OFFSET_BYTES;
@@ -31,15 +31,7 @@ impl std::fmt::Debug for MetaIo {
 
 impl MetaIo {
     pub fn open(dev: &dyn BlockDev) -> Result<MetaIo, DevError> {
-        let pool = DmaPool::new(BLOCK_LG_SIZE, DEPTH as usize)
-            .map_err(|e| DevError::Setup(e.to_string()))?;
-        let qp = open_queue(
-            dev,
-            &QueueConfig {
-                depth: DEPTH,
-                pools: vec![pool.clone()],
-            },
-        )?;
+        let (qp, pool) = open_queue_with_pool(dev, BLOCK_LG_SIZE, DEPTH as usize, DEPTH)?;
         let total_blocks = dev.geometry().capacity_bytes >> BLOCK_LG_SHIFT;
         Ok(MetaIo {
             qp,

@@ -1,7 +1,7 @@
 //! Block I/O on the data device: 4 KiB file blocks read and written in
 //! runs of up to 1 MiB per request through a queue pair.
 
-use crate::dev::{open_queue, BlockDev, DevError, IoRequest, QueueConfig, QueuePair};
+use crate::dev::{open_queue_with_pool, BlockDev, DevError, IoRequest, QueuePair};
 use crate::dma::DmaPool;
 use crate::format::block::{BLOCK_SM_SHIFT, BLOCK_SM_SIZE};
 
@@ -25,15 +25,8 @@ impl std::fmt::Debug for DataIo {
 
 impl DataIo {
     pub fn open(dev: &dyn BlockDev) -> Result<DataIo, DevError> {
-        let pool = DmaPool::new(RUN_BLOCKS * BLOCK_SM_SIZE, DEPTH as usize)
-            .map_err(|e| DevError::Setup(e.to_string()))?;
-        let qp = open_queue(
-            dev,
-            &QueueConfig {
-                depth: DEPTH,
-                pools: vec![pool.clone()],
-            },
-        )?;
+        let (qp, pool) =
+            open_queue_with_pool(dev, RUN_BLOCKS * BLOCK_SM_SIZE, DEPTH as usize, DEPTH)?;
         Ok(DataIo {
             qp,
             pool,

@@ -274,6 +274,25 @@ impl fmt::Debug for QueuePair {
     }
 }
 
+/// A queue pair with its own pool of `count` buffers of `buf_size` bytes,
+/// registered with it (the common set-up of the engine's I/O paths).
+pub fn open_queue_with_pool(
+    dev: &dyn BlockDev,
+    buf_size: usize,
+    count: usize,
+    depth: u32,
+) -> Result<(QueuePair, DmaPool), DevError> {
+    let pool = DmaPool::new(buf_size, count).map_err(|e| DevError::Setup(e.to_string()))?;
+    let qp = open_queue(
+        dev,
+        &QueueConfig {
+            depth,
+            pools: vec![pool.clone()],
+        },
+    )?;
+    Ok((qp, pool))
+}
+
 /// Check a request against a device's geometry.
 pub fn check_request(geom: &Geometry, req: &IoRequest) -> Result<(), DevError> {
     let lbs = u64::from(geom.logical_block_size);

@@ -143,6 +143,23 @@ pub fn seal_block(block: &mut [u8], magic: BlockMagic, fsid: u64, blkno: u64, se
     block[..4].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Write a fixed-size structure at the start of a small (4 KiB) block,
+/// zero the rest, and seal it: the super and quorum blocks.
+pub fn seal_struct_block<T: bytemuck::Pod>(
+    value: &T,
+    block: &mut [u8],
+    magic: BlockMagic,
+    fsid: u64,
+    blkno: u64,
+    seq: u64,
+) {
+    assert_eq!(block.len(), BLOCK_SM_SIZE);
+    let bytes = bytemuck::bytes_of(value);
+    block[..bytes.len()].copy_from_slice(bytes);
+    block[bytes.len()..].fill(0);
+    seal_block(block, magic, fsid, blkno, seq);
+}
+
 /// Check a block read from disk against what the reference expected.
 ///
 /// The crc is checked first: a block whose crc fails is corrupt whatever its

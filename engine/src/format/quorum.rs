@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use bytemuck::{Pod, Zeroable};
 
-use super::block::{seal_block, BlockCheckError, BlockHeader, BlockMagic, BLOCK_SM_SIZE};
+use super::block::{BlockCheckError, BlockHeader, BlockMagic, BLOCK_SM_SIZE};
 use super::inode::Timespec;
 use super::le::{Le16, Le32, Le64};
 use super::super_block::{check_fixed_block, QUORUM_BLKNO};
@@ -180,11 +180,8 @@ impl QuorumBlock {
     /// Write the block for `slot` into a 4 KiB buffer and seal it: header
     /// seq = `write_nr`. Panics unless `block` is `BLOCK_SM_SIZE` long.
     pub fn to_block(&self, block: &mut [u8], fsid: u64, slot: usize) {
-        assert_eq!(block.len(), BLOCK_SM_SIZE);
-        let bytes = bytemuck::bytes_of(self);
-        block[..bytes.len()].copy_from_slice(bytes);
-        block[bytes.len()..].fill(0);
-        seal_block(
+        super::block::seal_struct_block(
+            self,
             block,
             BlockMagic::Quorum,
             fsid,
@@ -246,6 +243,7 @@ pub const MOUNTED_CLIENT_QUORUM: u8 = 1 << 0;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::block::seal_block;
     use crate::format::block::HeaderField;
     use proptest::prelude::*;
 

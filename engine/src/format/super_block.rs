@@ -20,7 +20,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::alloc::{AllocListHead, AllocRoot};
 use super::block::{
-    check_block, seal_block, BlockCheckError, BlockHeader, BlockMagic, Expected, BLOCK_LG_SHIFT,
+    check_block, BlockCheckError, BlockHeader, BlockMagic, Expected, BLOCK_LG_SHIFT,
     BLOCK_SM_SHIFT, BLOCK_SM_SIZE,
 };
 use super::btree::BtreeRoot;
@@ -216,11 +216,8 @@ impl SuperBlock {
     /// fsid from `hdr.fsid`, blkno [`SUPER_BLKNO`], header seq = `seq`.
     /// Panics unless `block` is `BLOCK_SM_SIZE` long.
     pub fn to_block(&self, block: &mut [u8]) {
-        assert_eq!(block.len(), BLOCK_SM_SIZE);
-        let bytes = bytemuck::bytes_of(self);
-        block[..bytes.len()].copy_from_slice(bytes);
-        block[bytes.len()..].fill(0);
-        seal_block(
+        super::block::seal_struct_block(
+            self,
             block,
             BlockMagic::Super,
             self.fsid(),
@@ -325,6 +322,7 @@ pub fn read_super(block: &[u8], expect: &SuperExpect) -> Result<SuperBlock, Supe
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::block::seal_block;
     use crate::format::block::{BlockRef, HeaderField};
     use crate::format::quorum::InetAddr;
     use proptest::prelude::*;

@@ -33,6 +33,24 @@ fn kind_of(ino: u64, inode: &Inode) -> Result<FileType> {
 impl<S: ItemStore> Fs<S> {
     /// A directory an operation looks into: it exists, is a directory, and
     /// `creds` may search it.
+    /// The directory `dir`, checked for adding the entry `name`: search
+    /// permission, a plain name not yet there (EEXIST), a directory that
+    /// isn't being deleted (ENOENT), write permission — in Linux's order.
+    async fn dir_for_new_entry(&mut self, creds: &Creds, dir: u64, name: &[u8]) -> Result<Inode> {
+        let d = self.search_dir(creds, dir).await?;
+        if check_name(name)? != NameKind::Normal {
+            return Err(FsError::Exists);
+        }
+        if self.find_entry(dir, name).await?.is_some() {
+            return Err(FsError::Exists);
+        }
+        if d.nlink.get() == 0 {
+            return Err(FsError::NotFound);
+        }
+        perm::check_access(creds, &d, MAY_WRITE | MAY_EXEC)?;
+        Ok(d)
+    }
+
     pub(super) async fn search_dir(&mut self, creds: &Creds, dir: u64) -> Result<Inode> {
         let d = self.read_inode(dir).await?;
         if kind_of(dir, &d)? != FileType::Directory {
@@ -115,17 +133,7 @@ impl<S: ItemStore> Fs<S> {
         let now = self.now();
         let kind = FileType::from_mode(mode).ok_or(FsError::Invalid)?;
         debug_assert_eq!(kind == FileType::Symlink, target.is_some());
-        let d = self.search_dir(creds, dir).await?;
-        if check_name(name)? != NameKind::Normal {
-            return Err(FsError::Exists);
-        }
-        if self.find_entry(dir, name).await?.is_some() {
-            return Err(FsError::Exists);
-        }
-        if d.nlink.get() == 0 {
-            return Err(FsError::NotFound);
-        }
-        perm::check_access(creds, &d, MAY_WRITE | MAY_EXEC)?;
+        let d = self.dir_for_new_entry(creds, dir, name).await?;
         if matches!(kind, FileType::CharDevice | FileType::BlockDevice) && !creds.is_root() {
             return Err(FsError::Perm);
         }
@@ -242,17 +250,7 @@ impl<S: ItemStore> Fs<S> {
     pub async fn link(&mut self, creds: &Creds, ino: u64, dir: u64, name: &[u8]) -> Result<Attr> {
         let now = self.now();
         let child = self.read_inode(ino).await?;
-        let d = self.search_dir(creds, dir).await?;
-        if check_name(name)? != NameKind::Normal {
-            return Err(FsError::Exists);
-        }
-        if self.find_entry(dir, name).await?.is_some() {
-            return Err(FsError::Exists);
-        }
-        if d.nlink.get() == 0 {
-            return Err(FsError::NotFound);
-        }
-        perm::check_access(creds, &d, MAY_WRITE | MAY_EXEC)?;
+        let d = self.dir_for_new_entry(creds, dir, name).await?;
         let kind = kind_of(ino, &child)?;
         if kind == FileType::Directory {
             return Err(FsError::Perm);
