@@ -9,11 +9,10 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::future::Future;
-use std::task::{Context, Poll, Waker};
 
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
+use scoutfs_engine::data::io::DataIo;
 use scoutfs_engine::dev::mem::{Fault, MemDev};
 use scoutfs_engine::dev::IoOp;
 use scoutfs_engine::format::inode::{Dirent, Inode, Timespec, LINK_MAX};
@@ -31,15 +30,7 @@ use scoutfs_engine::txn::{TxnOptions, Volume};
 // ---------------------------------------------------------------------------
 // Harness
 
-/// Run a future that a `Volume`-backed fs always finishes without waiting.
-fn block_on<F: Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    match f.as_mut().poll(&mut cx) {
-        Poll::Ready(v) => v,
-        Poll::Pending => panic!("a Volume-backed fs future was pending"),
-    }
-}
+use scoutfs_engine::util::ready as block_on;
 
 thread_local! {
     static CLOCK_US: Cell<u64> = const { Cell::new(0) };
@@ -123,8 +114,11 @@ impl T {
     }
 
     fn mount(&mut self) {
-        let vol = Volume::open(&self.meta, txn_opts()).unwrap();
-        self.fs = Some(block_on(Fs::open(vol, self.opts)).unwrap());
+        let mut vol = Volume::open(&self.meta, txn_opts()).unwrap();
+        vol.attach_data_device(&self.data).unwrap();
+        let mut fs = block_on(Fs::open(vol, self.opts)).unwrap();
+        fs.attach_data(DataIo::open(&self.data).unwrap());
+        self.fs = Some(fs);
     }
 
     fn fs(&mut self) -> &mut Fs<Volume> {
@@ -313,6 +307,7 @@ fn check_items(fs: &mut Fs<Volume>, hash: fn(&[u8]) -> u64) {
     let mut orphans = BTreeSet::new();
     let mut symlink_bytes: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     let mut xattrs: BTreeMap<XattrId, Vec<XattrPart>> = BTreeMap::new();
+    let mut online: BTreeMap<u64, u64> = BTreeMap::new();
     for it in &items {
         let k = it.key;
         match (k.zone, k.ty) {
@@ -348,8 +343,21 @@ fn check_items(fs: &mut Fs<Volume>, hash: fn(&[u8]) -> u64) {
                     .or_default()
                     .push((k.fourth, it.val.clone()));
             }
+            (zone::FS, item_type::DATA_EXTENT) => {
+                let e = scoutfs_engine::data::decode(k.first, it).unwrap();
+                if e.flags & scoutfs_engine::format::alloc::DATA_EXTENT_OFFLINE == 0 {
+                    *online.entry(k.first).or_default() += e.len;
+                }
+            }
             _ => panic!("unexpected item {k}"),
         }
+    }
+    for (ino, inode) in &inodes {
+        assert_eq!(
+            inode.online_blocks.get(),
+            online.get(ino).copied().unwrap_or(0),
+            "online_blocks of {ino}"
+        );
     }
     for ((ino, h, id), parts) in &xattrs {
         assert!(inodes.contains_key(ino), "xattr of missing inode {ino}");
@@ -2365,4 +2373,262 @@ fn the_default_name_hash_is_stable() {
     assert_eq!(name_hash(b"a"), name_hash(b"a"));
     let h = name_hash(b"hello");
     assert_eq!(h & 0xffff_ffff, u64::from(crc32c::crc32c(b"hello")));
+}
+
+// ---------------------------------------------------------------------------
+// File contents through the fs layer
+
+impl T {
+    fn write(&mut self, ino: u64, off: u64, data: &[u8]) -> u64 {
+        block_on(self.fs().write(&root(), ino, off, data)).unwrap()
+    }
+
+    fn read(&mut self, ino: u64, off: u64, len: usize) -> Vec<u8> {
+        block_on(self.fs().read(ino, off, len)).unwrap()
+    }
+
+    fn truncate(&mut self, ino: u64, size: u64) -> Attr {
+        let set = SetAttr {
+            size: Some(size),
+            ..SetAttr::default()
+        };
+        block_on(self.fs().setattr(&root(), ino, &set)).unwrap()
+    }
+
+    fn free_data(&mut self) -> u64 {
+        block_on(self.fs().statfs()).unwrap().free_data_blocks
+    }
+
+    fn commit(&mut self) {
+        block_on(self.fs().sync()).unwrap();
+    }
+}
+
+fn pattern(seed: u8, n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+}
+
+#[test]
+fn write_read_keeps_the_inode_in_step() {
+    let mut t = T::new();
+    let f = t.create(ROOT, "f");
+    let before = t.getattr(f.ino).unwrap();
+    let d = pattern(1, 10_000);
+    assert_eq!(t.write(f.ino, 5000, &d), 10_000);
+    let a = t.getattr(f.ino).unwrap();
+    assert_eq!(a.size, 15_000);
+    assert_eq!(a.data_version, before.data_version + 1);
+    assert_eq!(
+        a.online_blocks, 3,
+        "blocks 1..=3 written, block 0 a hole: {a:?}"
+    );
+    assert!(ns(a.mtime) > ns(before.mtime) && ns(a.ctime) > ns(before.ctime));
+    let mut want = vec![0u8; 5000];
+    want.extend_from_slice(&d);
+    assert_eq!(t.read(f.ino, 0, 100_000), want, "a read stops at the size");
+    assert!(
+        t.read(f.ino, 15_000, 10).is_empty(),
+        "a read at the end is empty"
+    );
+    // Filling the hole allocates block 0; overwriting in place nothing.
+    t.write(f.ino, 0, b"head");
+    let b = t.getattr(f.ino).unwrap();
+    assert_eq!((b.online_blocks, b.data_version), (4, a.data_version + 1));
+    t.write(f.ino, 6000, b"mid");
+    let c = t.getattr(f.ino).unwrap();
+    assert_eq!((c.online_blocks, c.data_version), (4, b.data_version + 1));
+    want[6000..6003].copy_from_slice(b"mid");
+    want[..4].copy_from_slice(b"head");
+    t.remount();
+    assert_eq!(t.read(f.ino, 0, 15_000), want);
+    // Reads and writes of a directory.
+    assert_eq!(errno(block_on(t.fs().read(ROOT, 0, 1))), libc::EISDIR);
+    assert_eq!(
+        errno(block_on(t.fs().write(&root(), ROOT, 0, b"x"))),
+        libc::EISDIR
+    );
+    let top = block_on(t.fs().write(&root(), f.ino, i64::MAX as u64 - 1, b"xy"));
+    assert_eq!(errno(top), libc::EFBIG);
+    t.check();
+}
+
+#[test]
+fn truncate_frees_blocks_and_zeroes_the_cut_block() {
+    let mut t = T::new();
+    let free0 = t.free_data();
+    let f = t.create(ROOT, "f");
+    t.write(f.ino, 0, &pattern(2, 1 << 20));
+    t.commit();
+    assert_eq!(t.free_data(), free0 - 256);
+    let v = t.getattr(f.ino).unwrap().data_version;
+    let a = t.truncate(f.ino, 6000);
+    assert_eq!((a.size, a.online_blocks, a.data_version), (6000, 2, v + 1));
+    t.commit();
+    assert_eq!(
+        t.free_data(),
+        free0 - 2,
+        "freed blocks come back after commit"
+    );
+    // Extending again reads zeros where the data was cut.
+    t.truncate(f.ino, 10_000);
+    let got = t.read(f.ino, 0, 10_000);
+    assert_eq!(&got[..6000], &pattern(2, 1 << 20)[..6000]);
+    assert!(got[6000..].iter().all(|&b| b == 0));
+    t.check();
+}
+
+#[test]
+fn unlink_frees_data_and_an_open_file_keeps_it_until_release() {
+    let mut t = T::new();
+    let free0 = t.free_data();
+    let f = t.create(ROOT, "f");
+    let g = t.create(ROOT, "g");
+    t.write(f.ino, 0, &pattern(3, 64 << 10));
+    t.write(g.ino, 0, &pattern(4, 64 << 10));
+    block_on(t.fs().open_ino(&root(), g.ino, MAY_READ)).unwrap();
+    t.unlink(ROOT, "f").unwrap();
+    t.unlink(ROOT, "g").unwrap();
+    t.commit();
+    assert_eq!(
+        t.free_data(),
+        free0 - 16,
+        "g's blocks are held by its handle"
+    );
+    assert_eq!(t.read(g.ino, 0, 64 << 10), pattern(4, 64 << 10));
+    block_on(t.fs().release(g.ino)).unwrap();
+    t.commit();
+    assert_eq!(t.free_data(), free0);
+    t.check();
+}
+
+#[test]
+fn large_fragmented_files_are_deleted_over_several_transactions() {
+    let mut t = T::new();
+    let free0 = t.free_data();
+    let f = t.create(ROOT, "f");
+    let g = t.create(ROOT, "g");
+    // Interleaved writes: each file gets one extent per block.
+    let n = 700u64;
+    for i in 0..n {
+        t.write(f.ino, i * 4096, &[1u8; 4096]);
+        t.write(g.ino, i * 4096, &[2u8; 4096]);
+    }
+    let items = |t: &mut T, ino: u64| {
+        let first = Key::new(zone::FS, ino, item_type::DATA_EXTENT, 0, 0, 0);
+        let last = Key::new(
+            zone::FS,
+            ino,
+            item_type::DATA_EXTENT,
+            u64::MAX,
+            u64::MAX,
+            u8::MAX,
+        );
+        t.vol().range(&first, &last, usize::MAX).unwrap().len()
+    };
+    assert_eq!(items(&mut t, f.ino), n as usize);
+    // Truncating most of g away takes several transactions too.
+    let a = t.truncate(g.ino, 10 * 4096 + 1);
+    assert_eq!(a.online_blocks, 11);
+    assert_eq!(items(&mut t, g.ino), 11);
+    t.unlink(ROOT, "f").unwrap();
+    assert_eq!(items(&mut t, f.ino), 0);
+    assert_eq!(t.getattr(f.ino).unwrap_err(), FsError::NotFound);
+    t.commit();
+    assert_eq!(t.free_data(), free0 - 11);
+    t.check();
+}
+
+#[test]
+fn fallocate_punch_and_seek() {
+    use scoutfs_engine::fs::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE};
+    let mut t = T::new();
+    let f = t.create(ROOT, "f");
+    let fs = |t: &mut T, mode, off, len| block_on(t.fs().fallocate(&root(), f.ino, mode, off, len));
+    fs(&mut t, FALLOC_FL_KEEP_SIZE, 0, 64 << 10).unwrap();
+    let a = t.getattr(f.ino).unwrap();
+    assert_eq!((a.size, a.online_blocks), (0, 16));
+    fs(&mut t, 0, 0, 100_000).unwrap();
+    let a = t.getattr(f.ino).unwrap();
+    assert_eq!((a.size, a.online_blocks), (100_000, 25));
+    assert_eq!(
+        t.read(f.ino, 0, 100_000),
+        vec![0u8; 100_000],
+        "preallocated reads zeros"
+    );
+    t.write(f.ino, 40_960, &[9u8; 8192]);
+    // Data at blocks 10..12; the rest is unwritten, which seeks as a hole.
+    let seek = |t: &mut T, off, data| block_on(t.fs().seek_data(f.ino, off, data));
+    assert_eq!(seek(&mut t, 0, true).unwrap(), 40_960);
+    assert_eq!(seek(&mut t, 0, false).unwrap(), 0);
+    assert_eq!(seek(&mut t, 41_000, false).unwrap(), 49_152);
+    assert_eq!(errno(seek(&mut t, 50_000, true)), libc::ENXIO);
+    assert_eq!(errno(seek(&mut t, 100_000, false)), libc::ENXIO);
+    let v = t.getattr(f.ino).unwrap().data_version;
+    fs(
+        &mut t,
+        FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+        40_000,
+        8000,
+    )
+    .unwrap();
+    let a = t.getattr(f.ino).unwrap();
+    assert_eq!((a.size, a.data_version), (100_000, v + 1));
+    let got = t.read(f.ino, 40_960, 8192);
+    assert!(got[..7040].iter().all(|&b| b == 0) && got[7040..].iter().all(|&b| b == 9));
+    assert_eq!(errno(fs(&mut t, FALLOC_FL_PUNCH_HOLE, 0, 1)), libc::EINVAL);
+    assert_eq!(errno(fs(&mut t, 0x10, 0, 1)), libc::EOPNOTSUPP);
+    assert_eq!(errno(fs(&mut t, 0, 0, 0)), libc::EINVAL);
+    t.check();
+}
+
+#[test]
+fn a_full_data_device_gives_a_short_write_then_enospc_and_delete_recovers() {
+    let mut t = T::new();
+    let f = t.create(ROOT, "f");
+    let mut off = 0u64;
+    let chunk = pattern(5, 1 << 20);
+    let err = loop {
+        match block_on(t.fs().write(&root(), f.ino, off, &chunk)) {
+            Ok(n) => {
+                assert!(n > 0);
+                off += n;
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.errno(), libc::ENOSPC, "{err}");
+    assert_eq!(t.getattr(f.ino).unwrap().size, off);
+    assert!(
+        off > 8 << 20,
+        "most of the 16 MiB device was written: {off}"
+    );
+    // Nothing else broke: metadata operations still work.
+    let g = t.create(ROOT, "g");
+    t.remount();
+    assert_eq!(t.read(f.ino, 0, 1 << 20), chunk);
+    t.unlink(ROOT, "f").unwrap();
+    t.commit();
+    assert_eq!(
+        t.write(g.ino, 0, &chunk),
+        1 << 20,
+        "deleting gave the space back"
+    );
+    t.check();
+}
+
+#[test]
+fn a_write_by_a_non_owner_clears_setuid() {
+    let mut t = T::new();
+    let f = t.create(ROOT, "f");
+    t.setattr(
+        &root(),
+        f.ino,
+        SetAttr {
+            mode: Some(0o4777),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+    block_on(t.fs().write(&user(1000), f.ino, 0, b"x")).unwrap();
+    assert_eq!(t.getattr(f.ino).unwrap().perm(), 0o777);
 }

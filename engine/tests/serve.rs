@@ -3,14 +3,18 @@
 
 use std::sync::Arc;
 
-use scoutfs_engine::data;
 use scoutfs_engine::dev::uring::{UringDev, UringOptions};
 use scoutfs_engine::dev::BlockDev;
-use scoutfs_engine::format::key::zone;
-use scoutfs_engine::format::Key;
+use scoutfs_engine::format::inode::ROOT_INO;
+use scoutfs_engine::fs::Creds;
 use scoutfs_engine::reactor::{CorePin, ReactorConfig};
 use scoutfs_engine::serve::{Engine, EngineError, EngineOptions};
 use scoutfs_engine::txn::mkfs::{mkfs, MkfsOptions};
+use scoutfs_engine::util::ready;
+
+fn dir_name(t: u64) -> Vec<u8> {
+    format!("d{t}").into_bytes()
+}
 
 fn devs(dir: &std::path::Path) -> (Arc<dyn BlockDev>, Arc<dyn BlockDev>) {
     let open = |name: &str, bytes: u64| -> Arc<dyn BlockDev> {
@@ -57,18 +61,25 @@ fn many_threads_share_one_engine_and_shutdown_commits() {
         .map(|t| {
             let e = engine.clone();
             std::thread::spawn(move || {
+                let dir = e
+                    .call(move |fs| ready(fs.mkdir(&Creds::root(), ROOT_INO, &dir_name(t), 0o755)))
+                    .unwrap()
+                    .unwrap()
+                    .ino;
                 for i in 0..200u64 {
-                    e.call(move |m| {
-                        m.vol
-                            .upsert(Key::new(zone::FS, 100 + t, 4, i, 0, 0), &i.to_le_bytes())
+                    e.call(move |fs| {
+                        ready(fs.create(&Creds::root(), dir, format!("f{i}").as_bytes(), 0o644))
                     })
                     .unwrap()
                     .unwrap();
                 }
                 let bytes = vec![t as u8 + 1; 100_000];
-                e.call(move |m| data::write(&mut m.vol, &mut m.data, 100 + t, 4096 * t, &bytes))
-                    .unwrap()
-                    .unwrap();
+                e.call(move |fs| {
+                    let f = ready(fs.lookup(&Creds::root(), dir, b"f7"))?;
+                    ready(fs.write(&Creds::root(), f.ino, 4096 * t, &bytes))
+                })
+                .unwrap()
+                .unwrap();
             })
         })
         .collect();
@@ -82,20 +93,17 @@ fn many_threads_share_one_engine_and_shutdown_commits() {
     let (m, d) = devs(dir.path());
     let engine = Engine::start(m, d, opts()).unwrap();
     for t in 0..4u64 {
-        let n = engine
-            .call(move |m| {
-                let last = Key::new(zone::FS, 100 + t, 4, u64::MAX, 0, 0);
-                m.vol
-                    .range(&Key::new(zone::FS, 100 + t, 4, 0, 0, 0), &last, usize::MAX)
-                    .unwrap()
-                    .len()
+        let (n, got, size) = engine
+            .call(move |fs| {
+                let dir = ready(fs.lookup(&Creds::root(), ROOT_INO, &dir_name(t))).unwrap();
+                let n = ready(fs.readdir(dir.ino, 2, usize::MAX)).unwrap().len();
+                let f = ready(fs.lookup(&Creds::root(), dir.ino, b"f7")).unwrap();
+                let got = ready(fs.read(f.ino, 4096 * t, 100_000)).unwrap();
+                (n, got, f.size)
             })
             .unwrap();
         assert_eq!(n, 200);
-        let got = engine
-            .call(move |m| data::read(&mut m.vol, &mut m.data, 100 + t, 4096 * t, 100_000))
-            .unwrap()
-            .unwrap();
+        assert_eq!(size, 4096 * t + 100_000);
         assert!(got.iter().all(|&b| b == t as u8 + 1));
     }
     engine.shutdown().unwrap();

@@ -27,7 +27,7 @@ use crate::format::alloc::{
 use crate::format::block::{BLOCK_SM_SHIFT, BLOCK_SM_SIZE};
 use crate::format::key::{item_type, zone};
 use crate::format::Key;
-use crate::txn::{TxnError, Volume};
+use crate::fs::{FsError, ItemStore};
 use io::DataIo;
 
 const BS: u64 = BLOCK_SM_SIZE as u64;
@@ -42,7 +42,7 @@ pub const MAX_IBLOCK: u64 = MAX_FILE_BYTES >> BLOCK_SM_SHIFT;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("{0}")]
-    Txn(#[from] TxnError),
+    Store(#[from] FsError),
     #[error("data device: {0}")]
     Dev(#[from] crate::dev::DevError),
     #[error("inode {ino} block {iblock} is offline (released to the archive)")]
@@ -56,7 +56,7 @@ pub enum DataError {
 impl DataError {
     pub fn errno(&self) -> i32 {
         match self {
-            DataError::Txn(e) => e.errno(),
+            DataError::Store(e) => e.errno(),
             DataError::Dev(e) => e.errno(),
             DataError::Offline { .. } => libc::ENODATA,
             DataError::Corrupt { .. } => libc::EIO,
@@ -81,7 +81,8 @@ impl FileExtent {
     }
 }
 
-fn decode(ino: u64, it: &Item) -> Result<FileExtent, DataError> {
+/// The extent a DATA_EXTENT item of `ino` describes.
+pub fn decode(ino: u64, it: &Item) -> Result<FileExtent, DataError> {
     let bad = |why: &str| DataError::Corrupt {
         ino,
         key: it.key,
@@ -108,7 +109,7 @@ fn decode(ino: u64, it: &Item) -> Result<FileExtent, DataError> {
     })
 }
 
-fn put(vol: &mut Volume, ino: u64, e: &FileExtent) -> Result<(), DataError> {
+async fn put<S: ItemStore>(vol: &mut S, ino: u64, e: &FileExtent) -> Result<(), DataError> {
     let v = DataExtentVal {
         blkno: e.blkno.into(),
         flags: e.flags,
@@ -117,18 +118,19 @@ fn put(vol: &mut Volume, ino: u64, e: &FileExtent) -> Result<(), DataError> {
     vol.upsert(
         data_extent_key(ino, e.iblock, e.len),
         bytemuck::bytes_of(&v),
-    )?;
+    )
+    .await?;
     Ok(())
 }
 
-fn del(vol: &mut Volume, ino: u64, e: &FileExtent) -> Result<(), DataError> {
-    vol.delete(&data_extent_key(ino, e.iblock, e.len))?;
+async fn del<S: ItemStore>(vol: &mut S, ino: u64, e: &FileExtent) -> Result<(), DataError> {
+    vol.delete(&data_extent_key(ino, e.iblock, e.len)).await?;
     Ok(())
 }
 
 /// The first extent of `ino` that ends at or after `iblock`.
-pub fn extent_from(
-    vol: &mut Volume,
+pub async fn extent_from<S: ItemStore>(
+    vol: &mut S,
     ino: u64,
     iblock: u64,
 ) -> Result<Option<FileExtent>, DataError> {
@@ -141,22 +143,22 @@ pub fn extent_from(
         u64::MAX,
         u8::MAX,
     );
-    match vol.next(&first, &last)? {
+    match vol.next(&first, &last).await? {
         Some(it) => Ok(Some(decode(ino, &it)?)),
         None => Ok(None),
     }
 }
 
 /// Every extent of `ino` overlapping blocks `[first, last]`.
-pub fn extents(
-    vol: &mut Volume,
+pub async fn extents<S: ItemStore>(
+    vol: &mut S,
     ino: u64,
     first: u64,
     last: u64,
 ) -> Result<Vec<FileExtent>, DataError> {
     let mut out = Vec::new();
     let mut at = first;
-    while let Some(e) = extent_from(vol, ino, at)? {
+    while let Some(e) = extent_from(vol, ino, at).await? {
         if e.iblock > last {
             break;
         }
@@ -171,8 +173,8 @@ pub fn extents(
 
 /// Replace `old` by the parts of it outside `[first, last]` (the part
 /// inside is returned, clipped). Does not free anything.
-fn cut(
-    vol: &mut Volume,
+async fn cut<S: ItemStore>(
+    vol: &mut S,
     ino: u64,
     old: &FileExtent,
     first: u64,
@@ -180,7 +182,7 @@ fn cut(
 ) -> Result<FileExtent, DataError> {
     let s = first.max(old.iblock);
     let e = last.min(old.end());
-    del(vol, ino, old)?;
+    del(vol, ino, old).await?;
     if old.iblock < s {
         put(
             vol,
@@ -189,7 +191,8 @@ fn cut(
                 len: s - old.iblock,
                 ..*old
             },
-        )?;
+        )
+        .await?;
     }
     if e < old.end() {
         let skip = e + 1 - old.iblock;
@@ -199,7 +202,7 @@ fn cut(
             blkno: old.blkno + skip,
             flags: old.flags,
         };
-        put(vol, ino, &keep)?;
+        put(vol, ino, &keep).await?;
     }
     Ok(FileExtent {
         iblock: s,
@@ -217,82 +220,118 @@ fn block_range(offset: u64, len: u64) -> Result<(u64, u64), DataError> {
     Ok((offset >> BLOCK_SM_SHIFT, (end - 1) >> BLOCK_SM_SHIFT))
 }
 
+/// What a write did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Bytes written from the start of the data (all of it, or less when
+    /// the device filled up or failed part-way).
+    pub bytes: u64,
+    /// Device blocks newly allocated to the file.
+    pub allocated: u64,
+}
+
 /// Write `data` at `offset` into file `ino`. The caller updates the size.
-pub fn write(
-    vol: &mut Volume,
+/// An error after some of the data is written returns the short count
+/// (what write(2) does when the device fills mid-write); an error before
+/// any is written is returned.
+pub async fn write<S: ItemStore>(
+    vol: &mut S,
     io: &mut DataIo,
     ino: u64,
     offset: u64,
     data: &[u8],
-) -> Result<(), DataError> {
+) -> Result<Written, DataError> {
+    let mut done = Written::default();
     if data.is_empty() {
-        return Ok(());
+        return Ok(done);
     }
     let (b0, b1) = block_range(offset, data.len() as u64)?;
     let mut b = b0;
     while b <= b1 {
-        let next = extent_from(vol, ino, b)?;
-        let (ext, fresh) = match next {
-            Some(e) if e.iblock <= b => {
-                if e.flags & DATA_EXTENT_OFFLINE != 0 {
-                    return Err(DataError::Offline { ino, iblock: b });
-                }
-                let run = cut_or_keep(vol, ino, &e, b, b1.min(b + STEP_BLOCKS - 1))?;
-                (run, e.flags & DATA_EXTENT_UNWRITTEN != 0)
+        match write_step(vol, io, ino, b, b1, offset, data).await {
+            Ok((end, allocated)) => {
+                done.allocated += allocated;
+                b = end + 1;
+                done.bytes = ((b << BLOCK_SM_SHIFT) - offset).min(data.len() as u64);
             }
-            other => {
-                // A hole up to the next extent (or past the write).
-                let hole_end = other.map_or(b1, |e| b1.min(e.iblock - 1));
-                let got = vol.alloc_data((hole_end - b + 1).min(STEP_BLOCKS))?;
-                let ext = FileExtent {
-                    iblock: b,
-                    len: got.len,
-                    blkno: got.start,
-                    flags: 0,
-                };
-                insert_merging(vol, ino, ext)?;
-                (ext, true)
+            Err(e) if done.bytes > 0 => {
+                tracing::debug!("inode {ino}: short write at block {b}: {e}");
+                break;
             }
-        };
-        write_run(io, &ext, fresh, offset, data)?;
-        b = ext.end() + 1;
+            Err(e) => return Err(e),
+        }
     }
-    Ok(())
+    Ok(done)
 }
 
-/// Written blocks are used as they are; an unwritten run becomes written.
-fn cut_or_keep(
-    vol: &mut Volume,
+/// One run of a write starting at block `b`: the last block written and
+/// the blocks allocated.
+async fn write_step<S: ItemStore>(
+    vol: &mut S,
+    io: &mut DataIo,
     ino: u64,
-    e: &FileExtent,
     b: u64,
     b1: u64,
-) -> Result<FileExtent, DataError> {
-    if e.flags & DATA_EXTENT_UNWRITTEN == 0 {
-        let last = b1.min(e.end());
-        return Ok(FileExtent {
-            iblock: b,
-            len: last - b + 1,
-            blkno: e.blkno + (b - e.iblock),
-            flags: e.flags,
-        });
+    offset: u64,
+    data: &[u8],
+) -> Result<(u64, u64), DataError> {
+    match extent_from(vol, ino, b).await? {
+        Some(e) if e.iblock <= b => {
+            if e.flags & DATA_EXTENT_OFFLINE != 0 {
+                return Err(DataError::Offline { ino, iblock: b });
+            }
+            let last = b1.min(b + STEP_BLOCKS - 1).min(e.end());
+            let run = FileExtent {
+                iblock: b,
+                len: last - b + 1,
+                blkno: e.blkno + (b - e.iblock),
+                flags: e.flags & !DATA_EXTENT_UNWRITTEN,
+            };
+            let unwritten = e.flags & DATA_EXTENT_UNWRITTEN != 0;
+            write_run(io, &run, unwritten, offset, data)?;
+            if unwritten {
+                // Written now: only then does the run stop reading as zeros.
+                cut(vol, ino, &e, run.iblock, run.end()).await?;
+                put(vol, ino, &run).await?;
+            }
+            Ok((run.end(), 0))
+        }
+        other => {
+            // A hole up to the next extent (or past the write).
+            let hole_end = other.map_or(b1, |e| b1.min(e.iblock - 1));
+            let got = vol.alloc_data((hole_end - b + 1).min(STEP_BLOCKS)).await?;
+            let ext = FileExtent {
+                iblock: b,
+                len: got.len,
+                blkno: got.start,
+                flags: 0,
+            };
+            // Write before recording: an extent item never points at blocks
+            // this write failed to fill.
+            if let Err(e) = write_run(io, &ext, true, offset, data) {
+                vol.free_data(got);
+                return Err(e);
+            }
+            insert_merging(vol, ino, ext).await?;
+            Ok((ext.end(), got.len))
+        }
     }
-    let mut run = cut(vol, ino, e, b, b1)?;
-    run.flags &= !DATA_EXTENT_UNWRITTEN;
-    put(vol, ino, &run)?;
-    Ok(run)
 }
 
 /// Insert an extent, merging it with the extent just before it when both
 /// are contiguous on the device with the same flags.
-fn insert_merging(vol: &mut Volume, ino: u64, ext: FileExtent) -> Result<(), DataError> {
+async fn insert_merging<S: ItemStore>(
+    vol: &mut S,
+    ino: u64,
+    ext: FileExtent,
+) -> Result<(), DataError> {
     if ext.iblock > 0 {
-        if let Some(prev) = extent_from(vol, ino, ext.iblock - 1)? {
+        if let Some(prev) = extent_from(vol, ino, ext.iblock - 1).await? {
             if prev.end() + 1 == ext.iblock
                 && prev.blkno + prev.len == ext.blkno
                 && prev.flags == ext.flags
             {
-                del(vol, ino, &prev)?;
+                del(vol, ino, &prev).await?;
                 return put(
                     vol,
                     ino,
@@ -300,11 +339,12 @@ fn insert_merging(vol: &mut Volume, ino: u64, ext: FileExtent) -> Result<(), Dat
                         len: prev.len + ext.len,
                         ..prev
                     },
-                );
+                )
+                .await;
             }
         }
     }
-    put(vol, ino, &ext)
+    put(vol, ino, &ext).await
 }
 
 /// Write the part of `data` (at file `offset`) that falls in `ext`'s blocks.
@@ -339,8 +379,8 @@ fn write_run(
 }
 
 /// Read `len` bytes at `offset` of file `ino`; the caller clamps to the size.
-pub fn read(
-    vol: &mut Volume,
+pub async fn read<S: ItemStore>(
+    vol: &mut S,
     io: &mut DataIo,
     ino: u64,
     offset: u64,
@@ -351,7 +391,7 @@ pub fn read(
         return Ok(out);
     }
     let (b0, b1) = block_range(offset, len as u64)?;
-    for e in extents(vol, ino, b0, b1)? {
+    for e in extents(vol, ino, b0, b1).await? {
         if e.flags & DATA_EXTENT_OFFLINE != 0 {
             return Err(DataError::Offline {
                 ino,
@@ -373,30 +413,38 @@ pub fn read(
     Ok(out)
 }
 
-/// Free the blocks of `[first, last]` (logical) and zero nothing.
-fn free_blocks(vol: &mut Volume, ino: u64, first: u64, last: u64) -> Result<(), DataError> {
-    for e in extents(vol, ino, first, last)? {
-        let gone = cut(vol, ino, &e, first, last)?;
+/// Free the blocks of `[first, last]` (logical) and zero nothing; the
+/// number of online blocks freed.
+async fn free_blocks<S: ItemStore>(
+    vol: &mut S,
+    ino: u64,
+    first: u64,
+    last: u64,
+) -> Result<u64, DataError> {
+    let mut freed = 0;
+    for e in extents(vol, ino, first, last).await? {
+        let gone = cut(vol, ino, &e, first, last).await?;
         if gone.flags & DATA_EXTENT_OFFLINE == 0 {
             vol.free_data(Extent {
                 start: gone.blkno,
                 len: gone.len,
             });
+            freed += gone.len;
         }
     }
-    Ok(())
+    Ok(freed)
 }
 
 /// Zero bytes `[from, to)` inside one block `iblock` if it is written.
-fn zero_in_block(
-    vol: &mut Volume,
+async fn zero_in_block<S: ItemStore>(
+    vol: &mut S,
     io: &mut DataIo,
     ino: u64,
     iblock: u64,
     from: usize,
     to: usize,
 ) -> Result<(), DataError> {
-    let Some(e) = extent_from(vol, ino, iblock)? else {
+    let Some(e) = extent_from(vol, ino, iblock).await? else {
         return Ok(());
     };
     if e.iblock > iblock || e.flags & (DATA_EXTENT_UNWRITTEN | DATA_EXTENT_OFFLINE) != 0 {
@@ -412,30 +460,121 @@ fn zero_in_block(
 
 /// Cut the file's data to `size` bytes: blocks past it are freed and the
 /// rest of the last partial block is zeroed (so a later extension reads
-/// zeros there).
-pub fn truncate(vol: &mut Volume, io: &mut DataIo, ino: u64, size: u64) -> Result<(), DataError> {
+/// zeros there). Returns the online blocks freed.
+pub async fn truncate<S: ItemStore>(
+    vol: &mut S,
+    io: &mut DataIo,
+    ino: u64,
+    size: u64,
+) -> Result<u64, DataError> {
     let first_gone = size.div_ceil(BS);
+    let mut freed = 0;
     if first_gone <= MAX_IBLOCK {
-        free_blocks(vol, ino, first_gone, MAX_IBLOCK)?;
+        freed = free_blocks(vol, ino, first_gone, MAX_IBLOCK).await?;
     }
     let within = (size % BS) as usize;
     if within != 0 {
-        zero_in_block(vol, io, ino, size / BS, within, BLOCK_SM_SIZE)?;
+        zero_in_block(vol, io, ino, size / BS, within, BLOCK_SM_SIZE).await?;
     }
-    Ok(())
+    Ok(freed)
+}
+
+/// The part of a truncate to `size` that one transaction always carries:
+/// the extent straddling the new end is cut and the rest of the last
+/// partial block zeroed. Whole extents past the end are left for
+/// [`free_extents_from`]. Returns the online blocks freed.
+pub async fn truncate_edge<S: ItemStore>(
+    vol: &mut S,
+    io: &mut DataIo,
+    ino: u64,
+    size: u64,
+) -> Result<u64, DataError> {
+    let first_gone = size.div_ceil(BS);
+    let mut freed = 0;
+    if first_gone <= MAX_IBLOCK {
+        if let Some(e) = extent_from(vol, ino, first_gone).await? {
+            if e.iblock < first_gone {
+                freed = free_blocks(vol, ino, first_gone, e.end()).await?;
+            }
+        }
+    }
+    let within = (size % BS) as usize;
+    if within != 0 {
+        zero_in_block(vol, io, ino, size / BS, within, BLOCK_SM_SIZE).await?;
+    }
+    Ok(freed)
+}
+
+/// The number of extents of `ino` at or after block `first`, counting up
+/// to `max` (callers size their transactions with it).
+pub async fn count_extents_from<S: ItemStore>(
+    vol: &mut S,
+    ino: u64,
+    first: u64,
+    max: usize,
+) -> Result<usize, DataError> {
+    let from = Key::new(zone::FS, ino, item_type::DATA_EXTENT, first, 0, 0);
+    let last = Key::new(
+        zone::FS,
+        ino,
+        item_type::DATA_EXTENT,
+        u64::MAX,
+        u64::MAX,
+        u8::MAX,
+    );
+    Ok(vol.range(&from, &last, max).await?.len())
+}
+
+/// Free up to `max` whole extents of `ino` that lie entirely at or after
+/// block `first` (a truncate or delete done over several transactions).
+/// Returns the online blocks freed and whether more remain.
+pub async fn free_extents_from<S: ItemStore>(
+    vol: &mut S,
+    ino: u64,
+    first: u64,
+    max: usize,
+) -> Result<(u64, bool), DataError> {
+    let from = Key::new(zone::FS, ino, item_type::DATA_EXTENT, first, 0, 0);
+    let last = Key::new(
+        zone::FS,
+        ino,
+        item_type::DATA_EXTENT,
+        u64::MAX,
+        u64::MAX,
+        u8::MAX,
+    );
+    let items = vol.range(&from, &last, max + 1).await?;
+    let more = items.len() > max;
+    let mut freed = 0;
+    for it in items.iter().take(max) {
+        let e = decode(ino, it)?;
+        if e.iblock < first {
+            // Straddles `first`: the caller's truncate cuts it.
+            continue;
+        }
+        del(vol, ino, &e).await?;
+        if e.flags & DATA_EXTENT_OFFLINE == 0 {
+            vol.free_data(Extent {
+                start: e.blkno,
+                len: e.len,
+            });
+            freed += e.len;
+        }
+    }
+    Ok((freed, more))
 }
 
 /// Punch a hole: `[offset, offset + len)` reads as zeros afterwards; whole
 /// blocks inside it are freed.
-pub fn punch_hole(
-    vol: &mut Volume,
+pub async fn punch_hole<S: ItemStore>(
+    vol: &mut S,
     io: &mut DataIo,
     ino: u64,
     offset: u64,
     len: u64,
-) -> Result<(), DataError> {
+) -> Result<u64, DataError> {
     if len == 0 {
-        return Ok(());
+        return Ok(0);
     }
     let end = offset
         .checked_add(len)
@@ -443,8 +582,9 @@ pub fn punch_hole(
         .ok_or(DataError::TooBig(offset))?;
     let first_whole = offset.div_ceil(BS);
     let after_whole = end / BS;
+    let mut freed = 0;
     if first_whole < after_whole {
-        free_blocks(vol, ino, first_whole, after_whole - 1)?;
+        freed = free_blocks(vol, ino, first_whole, after_whole - 1).await?;
     }
     // Partial blocks at either edge (or one block holding the whole range).
     let (b0, b1) = (offset / BS, (end - 1) / BS);
@@ -456,31 +596,39 @@ pub fn punch_hole(
             b0,
             (offset % BS) as usize,
             ((end - 1) % BS + 1) as usize,
-        )?;
+        )
+        .await?;
     } else {
         if !offset.is_multiple_of(BS) {
-            zero_in_block(vol, io, ino, b0, (offset % BS) as usize, BLOCK_SM_SIZE)?;
+            zero_in_block(vol, io, ino, b0, (offset % BS) as usize, BLOCK_SM_SIZE).await?;
         }
         if !end.is_multiple_of(BS) {
-            zero_in_block(vol, io, ino, b1, 0, (end % BS) as usize)?;
+            zero_in_block(vol, io, ino, b1, 0, (end % BS) as usize).await?;
         }
     }
-    Ok(())
+    Ok(freed)
 }
 
-/// Allocate unwritten extents for the holes in `[offset, offset + len)`.
-pub fn fallocate(vol: &mut Volume, ino: u64, offset: u64, len: u64) -> Result<(), DataError> {
+/// Allocate unwritten extents for the holes in `[offset, offset + len)`;
+/// the blocks allocated.
+pub async fn fallocate<S: ItemStore>(
+    vol: &mut S,
+    ino: u64,
+    offset: u64,
+    len: u64,
+) -> Result<u64, DataError> {
     if len == 0 {
-        return Ok(());
+        return Ok(0);
     }
+    let mut allocated = 0;
     let (b0, b1) = block_range(offset, len)?;
     let mut b = b0;
     while b <= b1 {
-        match extent_from(vol, ino, b)? {
+        match extent_from(vol, ino, b).await? {
             Some(e) if e.iblock <= b => b = e.end() + 1,
             other => {
                 let hole_end = other.map_or(b1, |e| b1.min(e.iblock - 1));
-                let got = vol.alloc_data(hole_end - b + 1)?;
+                let got = vol.alloc_data(hole_end - b + 1).await?;
                 insert_merging(
                     vol,
                     ino,
@@ -490,20 +638,23 @@ pub fn fallocate(vol: &mut Volume, ino: u64, offset: u64, len: u64) -> Result<()
                         blkno: got.start,
                         flags: DATA_EXTENT_UNWRITTEN,
                     },
-                )?;
+                )
+                .await?;
                 b += got.len;
+                allocated += got.len;
             }
         }
         if b == 0 {
             break;
         }
     }
-    Ok(())
+    Ok(allocated)
 }
 
 /// Blocks of file data online (written or unwritten) in `ino`.
-pub fn online_blocks(vol: &mut Volume, ino: u64) -> Result<u64, DataError> {
-    Ok(extents(vol, ino, 0, MAX_IBLOCK)?
+pub async fn online_blocks<S: ItemStore>(vol: &mut S, ino: u64) -> Result<u64, DataError> {
+    Ok(extents(vol, ino, 0, MAX_IBLOCK)
+        .await?
         .iter()
         .filter(|e| e.flags & DATA_EXTENT_OFFLINE == 0)
         .map(|e| e.len)

@@ -243,7 +243,6 @@ pub const MOUNTED_CLIENT_QUORUM: u8 = 1 << 0;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::block::seal_block;
     use crate::format::block::HeaderField;
     use proptest::prelude::*;
 

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::format::alloc::Extent;
 use crate::format::inode::Inode;
 use crate::format::key::{item_type, zone};
 use crate::format::Key;
@@ -60,6 +61,9 @@ pub struct Batch {
     format_version: u64,
     items: BTreeMap<Key, Option<Vec<u8>>>,
     inodes: BTreeMap<u64, InodeChange>,
+    /// Data extents whose items this batch deletes: freed once it is
+    /// written.
+    freed: Vec<Extent>,
 }
 
 impl Batch {
@@ -70,6 +74,7 @@ impl Batch {
             format_version,
             items: BTreeMap::new(),
             inodes: BTreeMap::new(),
+            freed: Vec::new(),
         }
     }
 
@@ -134,13 +139,20 @@ impl Batch {
         }
     }
 
-    /// The item writes, in key order.
-    pub fn into_writes(self) -> Vec<ItemWrite> {
+    /// Free `ext` (data blocks) when the batch is written.
+    pub fn free_data(&mut self, ext: Extent) {
+        self.freed.push(ext);
+    }
+
+    /// The item writes, in key order, and the data extents to free once
+    /// they are written.
+    pub fn into_writes(self) -> (Vec<ItemWrite>, Vec<Extent>) {
         let Batch {
             seq,
             format_version,
             mut items,
             inodes,
+            freed,
         } = self;
         let set = |items: &mut BTreeMap<Key, Option<Vec<u8>>>, k: Key, v: Option<Vec<u8>>| {
             items.insert(k, v);
@@ -195,7 +207,7 @@ impl Batch {
                 }
             }
         }
-        items.into_iter().collect()
+        (items.into_iter().collect(), freed)
     }
 }
 
@@ -219,7 +231,7 @@ mod tests {
         b.track(5, ino(4, 3));
         b.inode_mut(5).nlink.set(2);
         b.data_changed(5);
-        let w = b.into_writes();
+        let (w, _) = b.into_writes();
         let keys: Vec<(Key, bool)> = w.iter().map(|(k, v)| (*k, v.is_some())).collect();
         assert!(keys.contains(&(meta_seq_index_key(4, 5), false)));
         assert!(keys.contains(&(meta_seq_index_key(9, 5), true)));
@@ -238,12 +250,12 @@ mod tests {
         let mut b = Batch::new(9, 2);
         b.track(5, ino(9, 3));
         b.inode_mut(5).nlink.set(2);
-        let w = b.into_writes();
+        let (w, _) = b.into_writes();
         assert_eq!(w.len(), 1, "only the inode item: {w:?}");
         // An unchanged tracked inode writes nothing.
         let mut b = Batch::new(9, 2);
         b.track(5, ino(1, 1));
-        assert!(b.into_writes().is_empty());
+        assert!(b.into_writes().0.is_empty());
     }
 
     #[test]
@@ -252,7 +264,7 @@ mod tests {
         b.track(5, ino(4, 3));
         b.inode_mut(5).nlink.set(0);
         b.delete_inode(5);
-        let w = b.into_writes();
+        let (w, _) = b.into_writes();
         assert_eq!(
             w,
             vec![

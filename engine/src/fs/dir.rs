@@ -243,7 +243,8 @@ impl<S: ItemStore> Fs<S> {
         if nlink == 0 {
             self.drop_inode(&mut b, e.ino).await?;
         }
-        self.apply(b).await
+        self.apply(b).await?;
+        self.purge_pending().await
     }
 
     /// link: a new name for a non-directory.

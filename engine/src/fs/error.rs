@@ -43,6 +43,10 @@ pub enum FsError {
     Busy,
     #[error("i/o error: {0}")]
     Io(String),
+    #[error("file too large")]
+    FileTooBig,
+    #[error("no such device or address (seek past the data)")]
+    NoSuchAddress,
 }
 
 impl FsError {
@@ -67,6 +71,8 @@ impl FsError {
             FsError::NotSupported => libc::EOPNOTSUPP,
             FsError::Busy => libc::EBUSY,
             FsError::Io(_) => libc::EIO,
+            FsError::FileTooBig => libc::EFBIG,
+            FsError::NoSuchAddress => libc::ENXIO,
         }
     }
 
@@ -115,6 +121,8 @@ mod tests {
             (FsError::NotSupported, libc::EOPNOTSUPP),
             (FsError::Busy, libc::EBUSY),
             (FsError::Io(String::new()), libc::EIO),
+            (FsError::FileTooBig, libc::EFBIG),
+            (FsError::NoSuchAddress, libc::ENXIO),
         ];
         for (e, errno) in cases {
             assert_eq!(e.errno(), errno, "{e:?}");

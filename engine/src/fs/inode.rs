@@ -157,7 +157,7 @@ pub struct SetAttr {
     pub mode: Option<u32>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
-    /// Truncate or extend (regular files only; data extents come later).
+    /// Truncate or extend (regular files only).
     pub size: Option<u64>,
     pub atime: Option<Timespec>,
     pub mtime: Option<Timespec>,
@@ -273,6 +273,10 @@ impl<S: ItemStore> Fs<S> {
         }
         new.ctime = set.ctime.unwrap_or(now);
 
+        if set.size.is_some_and(|s| s < stored.size.get()) {
+            self.truncate_data(ino, stored, new).await?;
+            return self.getattr(ino).await;
+        }
         let mut b = self.batch();
         b.track(ino, stored);
         *b.inode_mut(ino) = new;

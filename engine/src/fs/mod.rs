@@ -41,6 +41,7 @@ mod batch;
 mod dir;
 mod dirent;
 mod error;
+mod file;
 mod inode;
 mod orphan;
 mod perm;
@@ -51,6 +52,7 @@ mod xattr;
 
 use std::collections::HashMap;
 
+use crate::data::io::DataIo;
 use crate::format::inode::{Inode, Timespec, DIRENT_FIRST_POS, ROOT_INO};
 use crate::format::Key;
 use crate::server::Statfs;
@@ -59,6 +61,7 @@ pub use batch::{data_seq_index_key, meta_seq_index_key};
 pub use dir::DirEntry;
 pub use dirent::name_hash;
 pub use error::{FsError, Result};
+pub use file::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE};
 pub use inode::{Attr, FileType, SetAttr};
 pub use orphan::orphan_key;
 pub use perm::{Creds, MAY_EXEC, MAY_READ, MAY_WRITE};
@@ -115,6 +118,11 @@ pub struct Fs<S: ItemStore> {
     /// Handles held on each inode (open files, and whatever else a
     /// frontend pins); an unlinked inode lives while its count is non-zero.
     open_counts: HashMap<u64, u32>,
+    /// Unlinked inodes too large to delete in the unlinking transaction
+    /// (orphan.rs).
+    pending_purge: Vec<u64>,
+    /// The data device's I/O; file contents need it (file.rs).
+    data: Option<DataIo>,
 }
 
 impl<S: ItemStore> Fs<S> {
@@ -130,6 +138,8 @@ impl<S: ItemStore> Fs<S> {
             ino_next: 0,
             ino_end: 0,
             open_counts: HashMap::new(),
+            pending_purge: Vec::new(),
+            data: None,
         };
         if fs.store.lookup(&Key::inode(ROOT_INO)).await?.is_none() {
             fs.make_root().await?;
@@ -217,8 +227,9 @@ impl<S: ItemStore> Fs<S> {
 
     /// Write a batch: the only place operations write items.
     async fn apply(&mut self, batch: Batch) -> Result<()> {
-        let writes = batch.into_writes();
+        let (writes, freed) = batch.into_writes();
         if writes.is_empty() {
+            debug_assert!(freed.is_empty());
             return Ok(());
         }
         let deletes = writes.iter().filter(|(_, v)| v.is_none()).count();
@@ -226,6 +237,11 @@ impl<S: ItemStore> Fs<S> {
             .hold_trans(writes.len(), deletes * 2 > writes.len())
             .await?;
         let r = self.write_all(writes).await;
+        if r.is_ok() {
+            for ext in freed {
+                self.store.free_data(ext);
+            }
+        }
         self.store.release_trans();
         if let Err(e) = &r {
             tracing::error!("an fs operation failed half-way through its writes: {e}");

@@ -3,6 +3,8 @@
 //! last handle is released. A crash leaves the orphan items of the inodes
 //! that were open; mounting deletes those inodes.
 
+use crate::btree::Item;
+use crate::format::alloc::{Extent, DATA_EXTENT_OFFLINE};
 use crate::format::key::{item_type, zone};
 use crate::format::Key;
 
@@ -66,42 +68,84 @@ impl<S: ItemStore> Fs<S> {
         if inode.nlink.get() > 0 {
             return Ok(());
         }
-        let mut b = self.batch();
-        b.track(ino, inode);
-        self.delete_inode_items(&mut b, ino).await?;
-        b.delete(orphan_key(self.opts.rid, ino));
-        self.apply(b).await
+        self.purge_inode(ino).await
     }
 
     /// `ino`, tracked by `b`, has lost its last link: keep it as an orphan
-    /// while a handle holds it, else delete it with all its items.
+    /// while a handle holds it, else delete it with all its items. An
+    /// inode with more items than one transaction should carry (a large
+    /// fragmented file) becomes an orphan too and is deleted over several
+    /// transactions by [`Fs::purge_pending`] after `b` is applied: a crash
+    /// part-way leaves the orphan item, and mount finishes the job.
     pub(super) async fn drop_inode(&mut self, b: &mut Batch, ino: u64) -> Result<()> {
         debug_assert_eq!(b.inode(ino).map(|i| i.nlink.get()), Some(0));
         if self.open_count(ino) > 0 {
             b.put(orphan_key(self.opts.rid, ino), Vec::new());
-            Ok(())
-        } else {
-            self.delete_inode_items(b, ino).await
+            return Ok(());
         }
-    }
-
-    /// Delete `ino` (tracked by `b`) and every item of it.
-    async fn delete_inode_items(&mut self, b: &mut Batch, ino: u64) -> Result<()> {
-        let items = self
-            .store
-            .range(&Key::inode_first(ino), &Key::inode_last(ino), usize::MAX)
-            .await?;
+        let items = self.inode_items(ino, PURGE_CHUNK + 1).await?;
+        if items.len() > PURGE_CHUNK {
+            b.put(orphan_key(self.opts.rid, ino), Vec::new());
+            self.pending_purge.push(ino);
+            return Ok(());
+        }
         for item in items {
-            if item.key != Key::inode(ino) {
-                b.delete(item.key);
-            }
+            delete_item(b, ino, item)?;
         }
         b.delete_inode(ino);
         Ok(())
     }
 
+    /// Finish the deletions [`Fs::drop_inode`] deferred.
+    pub(super) async fn purge_pending(&mut self) -> Result<()> {
+        while let Some(ino) = self.pending_purge.pop() {
+            self.purge_inode(ino).await?;
+        }
+        Ok(())
+    }
+
+    /// Up to `max` items of `ino` other than its inode item.
+    async fn inode_items(&mut self, ino: u64, max: usize) -> Result<Vec<Item>> {
+        let mut items = self
+            .store
+            .range(&Key::inode_first(ino), &Key::inode_last(ino), max + 1)
+            .await?;
+        items.retain(|it| it.key != Key::inode(ino));
+        items.truncate(max);
+        Ok(items)
+    }
+
+    /// Delete an unlinked inode, its items (freeing its data blocks) and
+    /// its orphan item, in transactions of at most [`PURGE_CHUNK`] items.
+    async fn purge_inode(&mut self, ino: u64) -> Result<()> {
+        loop {
+            let items = self.inode_items(ino, PURGE_CHUNK + 1).await?;
+            let last = items.len() <= PURGE_CHUNK;
+            let mut b = self.batch();
+            for item in items.into_iter().take(PURGE_CHUNK) {
+                delete_item(&mut b, ino, item)?;
+            }
+            if last {
+                match self.read_inode(ino).await {
+                    Ok(inode) => {
+                        b.track(ino, inode);
+                        b.delete_inode(ino);
+                    }
+                    Err(FsError::NotFound) => {}
+                    Err(e) => return Err(e),
+                }
+                b.delete(orphan_key(self.opts.rid, ino));
+            }
+            self.apply(b).await?;
+            if last {
+                return Ok(());
+            }
+        }
+    }
+
     /// At mount: the orphans this mount left (it crashed with unlinked
-    /// files open) are deleted with their inodes. Returns how many.
+    /// files open, or part-way through deleting a large one) are deleted
+    /// with their inodes. Returns how many.
     pub(super) async fn delete_orphans(&mut self) -> Result<usize> {
         let rid = self.opts.rid;
         let orphans = self
@@ -110,18 +154,16 @@ impl<S: ItemStore> Fs<S> {
             .await?;
         for item in &orphans {
             let ino = item.key.second;
-            let mut b = self.batch();
             match self.read_inode(ino).await {
-                Ok(inode) if inode.nlink.get() == 0 => {
-                    b.track(ino, inode);
-                    self.delete_inode_items(&mut b, ino).await?;
-                }
+                Ok(inode) if inode.nlink.get() == 0 => self.purge_inode(ino).await?,
                 // Linked again (O_TMPFILE then linkat) or already gone.
-                Ok(_) | Err(FsError::NotFound) => {}
+                Ok(_) | Err(FsError::NotFound) => {
+                    let mut b = self.batch();
+                    b.delete(item.key);
+                    self.apply(b).await?;
+                }
                 Err(e) => return Err(e),
             }
-            b.delete(item.key);
-            self.apply(b).await?;
         }
         if !orphans.is_empty() {
             self.store.commit().await?;
@@ -129,4 +171,23 @@ impl<S: ItemStore> Fs<S> {
         }
         Ok(orphans.len())
     }
+}
+
+/// Items of one inode deleted in one transaction at most.
+pub(super) const PURGE_CHUNK: usize = 256;
+
+/// Delete one of an inode's items in `b`; a data extent's blocks are freed
+/// with it.
+fn delete_item(b: &mut Batch, ino: u64, item: Item) -> Result<()> {
+    if item.key.ty == item_type::DATA_EXTENT {
+        let e = crate::data::decode(ino, &item).map_err(FsError::corrupt)?;
+        if e.flags & DATA_EXTENT_OFFLINE == 0 {
+            b.free_data(Extent {
+                start: e.blkno,
+                len: e.len,
+            });
+        }
+    }
+    b.delete(item.key);
+    Ok(())
 }

@@ -220,6 +220,7 @@ impl<S: ItemStore> Fs<S> {
             d.mtime = now;
             d.ctime = now;
         }
-        self.apply(b).await
+        self.apply(b).await?;
+        self.purge_pending().await
     }
 }

@@ -9,6 +9,7 @@
 use std::future::Future;
 
 use crate::btree::Item;
+use crate::format::alloc::Extent;
 use crate::format::Key;
 use crate::server::Statfs;
 use crate::txn::Volume;
@@ -38,6 +39,14 @@ pub trait ItemStore {
 
     /// A grant of `count` unused inode numbers: `(first, count)`.
     fn alloc_inodes(&mut self, count: u64) -> impl Future<Output = Result<(u64, u64)>>;
+
+    /// Up to `want` contiguous free blocks of the data device (fewer when
+    /// free space is fragmented; ENOSPC when there is none).
+    fn alloc_data(&mut self, want: u64) -> impl Future<Output = Result<Extent>>;
+
+    /// Data blocks no longer referenced by this transaction's items; they
+    /// are reused only once it has committed.
+    fn free_data(&mut self, ext: Extent);
 
     /// The seq items written now carry (the open transaction's).
     fn txn_seq(&self) -> u64;
@@ -98,6 +107,14 @@ impl ItemStore for Volume {
 
     async fn alloc_inodes(&mut self, count: u64) -> Result<(u64, u64)> {
         Ok(Volume::alloc_inodes(self, count)?)
+    }
+
+    async fn alloc_data(&mut self, want: u64) -> Result<Extent> {
+        Ok(Volume::alloc_data(self, want)?)
+    }
+
+    fn free_data(&mut self, ext: Extent) {
+        Volume::free_data(self, ext)
     }
 
     fn txn_seq(&self) -> u64 {

@@ -13,15 +13,13 @@ use std::sync::Arc;
 
 use crate::data::io::DataIo;
 use crate::dev::{BlockDev, DevError};
+use crate::fs::{Fs, FsError, FsOptions};
 use crate::reactor::{Local, Reactor, ReactorConfig, ReactorError};
 use crate::txn::{TxnError, TxnOptions, Volume};
+use crate::util::ready;
 
-/// The mounted volume, as work on the reactor sees it.
-#[derive(Debug)]
-pub struct Mounted {
-    pub vol: Volume,
-    pub data: DataIo,
-}
+/// The mounted filesystem, as work on the reactor sees it.
+pub type Mounted = Fs<Volume>;
 
 thread_local! {
     /// The volume mounted by the engine whose reactor runs on this thread.
@@ -35,6 +33,8 @@ pub enum EngineError {
     #[error("{0}")]
     Txn(#[from] TxnError),
     #[error("{0}")]
+    Fs(#[from] FsError),
+    #[error("{0}")]
     Reactor(#[from] ReactorError),
     #[error("the engine has no mounted volume (it is shutting down)")]
     NotMounted,
@@ -45,6 +45,7 @@ impl EngineError {
         match self {
             EngineError::Dev(e) => e.errno(),
             EngineError::Txn(e) => e.errno(),
+            EngineError::Fs(e) => e.errno(),
             EngineError::Reactor(_) | EngineError::NotMounted => libc::ESHUTDOWN,
         }
     }
@@ -54,6 +55,7 @@ impl EngineError {
 pub struct EngineOptions {
     pub reactor: ReactorConfig,
     pub txn: TxnOptions,
+    pub fs: FsOptions,
 }
 
 /// A running engine: a reactor with a mounted volume.
@@ -75,12 +77,14 @@ impl Engine {
         meta.lock_exclusive()?;
         data.lock_exclusive()?;
         let (m, d) = (meta.clone(), data.clone());
-        let txn = opts.txn;
+        let (txn, fs_opts) = (opts.txn, opts.fs);
         let reactor = Reactor::start(opts.reactor, move |_local: &Local| {
             let mut vol = Volume::open(&*m, txn)?;
             vol.attach_data_device(&*d)?;
             let data = DataIo::open(&*d)?;
-            MOUNTED.with(|cell| *cell.borrow_mut() = Some(Mounted { vol, data }));
+            let mut fs = ready(Fs::open(vol, fs_opts))?;
+            fs.attach_data(data);
+            MOUNTED.with(|cell| *cell.borrow_mut() = Some(fs));
             Ok(())
         })?;
         Ok(Engine {
@@ -90,8 +94,10 @@ impl Engine {
         })
     }
 
-    /// Run `f` on the reactor with the mounted volume and wait for it.
-    /// Calls from many threads are served one after another.
+    /// Run `f` on the reactor with the mounted filesystem and wait for it.
+    /// Calls from many threads are served one after another. The fs
+    /// futures are driven with [`ready`] inside `f`: over today's
+    /// synchronous `Volume` they never wait.
     pub fn call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Mounted) -> T + Send + 'static,
@@ -110,7 +116,7 @@ impl Engine {
     pub fn shutdown(self) -> Result<u64, EngineError> {
         let r = self.reactor.remote().call(|_: &Local| {
             let m = MOUNTED.with(|cell| cell.borrow_mut().take());
-            let r = m.map(|m| m.vol.unmount());
+            let r = m.map(|fs| fs.into_store().unmount());
             async move { r }
         })?;
         self.reactor.shutdown();

@@ -12,7 +12,10 @@ use crate::block::store::Store;
 use crate::block::BlockAccess;
 use crate::btree;
 use crate::dev::BlockDev;
-use crate::format::alloc::{alloc_list_entries, Extent};
+use crate::forest::{self, ForestRoots};
+use crate::format::alloc::{alloc_list_entries, Extent, DATA_EXTENT_OFFLINE};
+use crate::format::key::{item_type, zone};
+use crate::format::Key;
 use crate::format::block::BLOCK_SM_SIZE;
 use crate::format::super_block::{
     read_super, DeviceKind, SuperExpect, DATA_DEV_START_BLKNO, META_DEV_START_BLKNO,
@@ -27,6 +30,8 @@ pub struct CheckReport {
     pub items: u64,
     pub free_meta_blocks: u64,
     pub free_data_blocks: u64,
+    /// Data blocks in files' extents.
+    pub used_data_blocks: u64,
 }
 
 /// What referenced a metadata block, for messages.
@@ -42,6 +47,97 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// Every file's data extent against the data allocator: each data
+    /// block is used by one extent of one existing inode or free, once.
+    fn data_extents(&mut self, roots: &ForestRoots, free: Vec<Extent>) {
+        let total = self.sb.total_data_blocks.get();
+        let mut used: Vec<(Extent, u64)> = Vec::new();
+        let mut from = Key::zone_first(zone::FS);
+        let last = Key::zone_last(zone::FS);
+        let mut inode_seen = 0u64;
+        loop {
+            let batch = match self
+                .store
+                .retry(|c| forest::range(c, roots, &from, &last, 4096))
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    self.problem(format!("reading file items: {e}"));
+                    return;
+                }
+            };
+            let Some(tail) = batch.last().map(|it| it.key) else {
+                break;
+            };
+            for it in &batch {
+                let ino = it.key.first;
+                match it.key.ty {
+                    item_type::INODE => inode_seen = ino,
+                    item_type::DATA_EXTENT => {
+                        if inode_seen != ino {
+                            self.problem(format!("data extent {} of a missing inode", it.key));
+                        }
+                        match crate::data::decode(ino, it) {
+                            Ok(e) if e.flags & DATA_EXTENT_OFFLINE == 0 => used.push((
+                                Extent {
+                                    start: e.blkno,
+                                    len: e.len,
+                                },
+                                ino,
+                            )),
+                            Ok(_) => {}
+                            Err(e) => self.problem(e.to_string()),
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            match tail.next() {
+                Some(n) if n <= last => from = n,
+                _ => break,
+            }
+        }
+        let who = |o: Option<u64>| o.map_or("free space".to_string(), |i| format!("inode {i}"));
+        let mut all: Vec<(Extent, Option<u64>)> =
+            used.iter().map(|(e, i)| (*e, Some(*i))).collect();
+        all.extend(free.into_iter().map(|e| (e, None)));
+        all.sort_by_key(|(e, _)| e.start);
+        let mut covered = 0u64;
+        let mut end = DATA_DEV_START_BLKNO;
+        let mut prev_owner: Option<u64> = None;
+        for (e, owner) in all {
+            if e.start.saturating_add(e.len) > total || e.start < DATA_DEV_START_BLKNO {
+                self.problem(format!(
+                    "data extent [{}, +{}) of {} is outside the data device",
+                    e.start,
+                    e.len,
+                    who(owner)
+                ));
+                continue;
+            }
+            if e.start < end {
+                self.problem(format!(
+                    "data blocks [{}, +{}) of {} overlap {}",
+                    e.start,
+                    e.len,
+                    who(owner),
+                    who(prev_owner)
+                ));
+            }
+            covered += e.len;
+            end = end.max(e.start + e.len);
+            prev_owner = owner;
+        }
+        let want = total.saturating_sub(DATA_DEV_START_BLKNO);
+        if covered < want {
+            self.problem(format!(
+                "{} data blocks are neither used by a file nor free",
+                want - covered
+            ));
+        }
+        self.report.used_data_blocks = used.iter().map(|(e, _)| e.len).sum();
+    }
+
     fn problem(&mut self, p: String) {
         self.report.problems.push(p);
     }
@@ -195,6 +291,7 @@ pub fn check_volume_with_progress<'a>(
         u8::MAX,
     );
     let logs_root = sb.logs_root;
+    let mut log_roots = Vec::new();
     match ck
         .store
         .retry(|c| btree::range(c, &logs_root, &first, &last, usize::MAX))
@@ -202,10 +299,13 @@ pub fn check_volume_with_progress<'a>(
         Ok(items) => {
             for it in items {
                 match bytemuck::try_pod_read_unaligned::<LogTrees>(&it.val) {
-                    Ok(lt) => ck.tree(
-                        &format!("log tree rid {} nr {}", lt.rid.get(), lt.nr.get()),
-                        &lt.item_root,
-                    ),
+                    Ok(lt) => {
+                        ck.tree(
+                            &format!("log tree rid {} nr {}", lt.rid.get(), lt.nr.get()),
+                            &lt.item_root,
+                        );
+                        log_roots.push(lt.item_root);
+                    }
                     Err(_) => ck.problem(format!(
                         "logs root item {} has a {}-byte value",
                         it.key,
@@ -338,5 +438,10 @@ pub fn check_volume_with_progress<'a>(
         }
     }
     ck.report.free_data_blocks = data_sum;
+    let roots = ForestRoots {
+        fs_root: sb.fs_root,
+        log_roots,
+    };
+    ck.data_extents(&roots, data_free);
     ck.report
 }
