@@ -15,6 +15,7 @@
 //! the same four calls.
 
 pub mod mem;
+pub mod nvme;
 pub mod uring;
 
 use std::fmt;
