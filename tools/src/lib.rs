@@ -10,6 +10,7 @@ mod check;
 mod device;
 mod devinfo;
 mod mkfs;
+mod mount;
 mod print;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,12 @@ pub enum Command {
     Print(print::Args),
     /// Check a volume's metadata (fsck); exits 1 on any problem.
     Check(check::Args),
+    /// Run the engine: mount a volume through FUSE and serve it until
+    /// SIGINT or SIGTERM.
+    Mount(mount::Args),
+    /// Print a running mount's counters (operations, bytes, commits,
+    /// cache hits, errors).
+    Counters(mount::CountersArgs),
 }
 
 /// Run a parsed command; returns the process exit code.
@@ -50,5 +57,22 @@ pub fn run(cli: Cli, build_commit: &str) -> i32 {
         Command::Mkfs(a) => mkfs::run(&a),
         Command::Print(a) => print::run(&a),
         Command::Check(a) => check::run(&a),
+        Command::Mount(a) => {
+            init_logging();
+            mount::run(&a)
+        }
+        Command::Counters(a) => mount::counters(&a),
     }
+}
+
+/// Log through `tracing` to stderr; RUST_LOG picks the level (info by
+/// default).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
 }

@@ -49,6 +49,11 @@ pub struct UringDev {
     geom: Geometry,
     opts: UringOptions,
     is_block_device: bool,
+    /// The device lock's own descriptor (`lock_exclusive`). Not `file`:
+    /// io_uring rings that registered `file` keep its open file
+    /// description alive until the kernel tears them down, after the
+    /// process is gone, so a lock on it would outlive a killed engine.
+    lock: std::sync::Mutex<Option<File>>,
 }
 
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
@@ -136,6 +141,7 @@ impl UringDev {
             geom,
             opts,
             is_block_device,
+            lock: std::sync::Mutex::new(None),
         })
     }
 
@@ -145,17 +151,6 @@ impl UringDev {
 
     pub fn options(&self) -> UringOptions {
         self.opts
-    }
-}
-
-impl Drop for UringDev {
-    fn drop(&mut self) {
-        // Release the device lock now: io_uring rings that registered this
-        // file keep its open file description (and so the lock) alive until
-        // the kernel finishes tearing them down, after we've returned.
-        // SAFETY: flock on a descriptor we own; unlocking an unlocked file
-        // is harmless.
-        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
     }
 }
 
@@ -169,11 +164,22 @@ impl BlockDev for UringDev {
     }
 
     fn lock_exclusive(&self) -> Result<(), DevError> {
-        // An advisory lock on our open file description: another process,
-        // or another open of the same path here, is refused while we live.
+        // An advisory lock on an open file description of its own: another
+        // process, or another open of the same path here, is refused while
+        // we live, and the lock dies with the process.
+        let mut held = self.lock.lock().map_err(|_| DevError::Busy(self.name()))?;
+        if held.is_some() {
+            return Ok(());
+        }
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&self.path)
+            .map_err(|e| open_err(&self.path, e))?;
         // SAFETY: flock on a descriptor we own.
-        let rc = unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc == 0 {
+            *held = Some(f);
             return Ok(());
         }
         let e = std::io::Error::last_os_error();

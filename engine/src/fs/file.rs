@@ -110,12 +110,25 @@ impl<S: ItemStore> Fs<S> {
             .filter(|&e| e <= MAX_FILE_BYTES)
             .ok_or(FsError::FileTooBig)?;
         let nr_items = INODE_ITEMS + WRITE_ITEMS_PER_MIB * (buf.len() >> 20).max(1);
-        self.store.hold_trans(nr_items, false).await?;
-        let r = self.write_held(creds, ino, stored, offset, buf).await;
-        self.store.release_trans();
-        let written = r?;
-        debug_assert!(offset + written <= end);
-        Ok(written)
+        let mut retried = false;
+        loop {
+            self.store.hold_trans(nr_items, false).await?;
+            let r = self.write_held(creds, ino, stored, offset, buf).await;
+            self.store.release_trans();
+            match r {
+                // Blocks freed by this transaction (a file just deleted)
+                // come back with its commit: make it, and try once more.
+                Err(FsError::NoSpace(_)) if !retried && self.store.pending_data_frees() => {
+                    self.store.commit().await?;
+                    retried = true;
+                }
+                r => {
+                    let written = r?;
+                    debug_assert!(offset + written <= end);
+                    return Ok(written);
+                }
+            }
+        }
     }
 
     async fn write_held(

@@ -48,6 +48,12 @@ pub trait ItemStore {
     /// are reused only once it has committed.
     fn free_data(&mut self, ext: Extent);
 
+    /// Whether data blocks freed in the open transaction wait for its
+    /// commit (so a commit would give ENOSPC writers room).
+    fn pending_data_frees(&self) -> bool {
+        false
+    }
+
     /// The seq items written now carry (the open transaction's).
     fn txn_seq(&self) -> u64;
 
@@ -115,6 +121,10 @@ impl ItemStore for Volume {
 
     fn free_data(&mut self, ext: Extent) {
         Volume::free_data(self, ext)
+    }
+
+    fn pending_data_frees(&self) -> bool {
+        self.has_pending_data_frees()
     }
 
     fn txn_seq(&self) -> u64 {

@@ -9,6 +9,7 @@
 //! path to awaited reads).
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::sync::Arc;
 
 use crate::data::io::DataIo;
@@ -58,6 +59,33 @@ pub struct EngineOptions {
     pub fs: FsOptions,
 }
 
+/// Commit a transaction that has aged past `age` even when no operation
+/// comes along to trigger it, until the reactor shuts down.
+async fn commit_when_quiet(local: Local, age: std::time::Duration) {
+    let period = (age / 2).max(std::time::Duration::from_millis(10));
+    let mut stop = std::pin::pin!(local.shutdown_signal());
+    loop {
+        let mut nap = std::pin::pin!(local.sleep(period));
+        let stopped = std::future::poll_fn(|cx| {
+            if stop.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(true);
+            }
+            nap.as_mut().poll(cx).map(|_| false)
+        })
+        .await;
+        if stopped {
+            return;
+        }
+        MOUNTED.with(|cell| {
+            if let Some(fs) = cell.borrow_mut().as_mut() {
+                if let Err(e) = fs.store_mut().commit_if_due() {
+                    tracing::error!("periodic commit failed: {e}");
+                }
+            }
+        });
+    }
+}
+
 /// A running engine: a reactor with a mounted volume.
 #[derive(Debug)]
 pub struct Engine {
@@ -78,13 +106,15 @@ impl Engine {
         data.lock_exclusive()?;
         let (m, d) = (meta.clone(), data.clone());
         let (txn, fs_opts) = (opts.txn, opts.fs);
-        let reactor = Reactor::start(opts.reactor, move |_local: &Local| {
+        let age = txn.commit_age;
+        let reactor = Reactor::start(opts.reactor, move |local: &Local| {
             let mut vol = Volume::open(&*m, txn)?;
             vol.attach_data_device(&*d)?;
             let data = DataIo::open(&*d)?;
             let mut fs = ready(Fs::open(vol, fs_opts))?;
             fs.attach_data(data);
             MOUNTED.with(|cell| *cell.borrow_mut() = Some(fs));
+            local.spawn(commit_when_quiet(local.clone(), age));
             Ok(())
         })?;
         Ok(Engine {

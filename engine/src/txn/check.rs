@@ -14,12 +14,12 @@ use crate::btree;
 use crate::dev::BlockDev;
 use crate::forest::{self, ForestRoots};
 use crate::format::alloc::{alloc_list_entries, Extent, DATA_EXTENT_OFFLINE};
-use crate::format::key::{item_type, zone};
-use crate::format::Key;
 use crate::format::block::BLOCK_SM_SIZE;
+use crate::format::key::{item_type, zone};
 use crate::format::super_block::{
     read_super, DeviceKind, SuperExpect, DATA_DEV_START_BLKNO, META_DEV_START_BLKNO,
 };
+use crate::format::Key;
 use crate::format::{BlockMagic, BtreeRoot, LogTrees, SuperBlock};
 
 #[derive(Clone, Debug, Default)]

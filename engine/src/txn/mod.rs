@@ -385,6 +385,12 @@ impl Volume {
         self.txn_writes += 1;
     }
 
+    /// Data extents freed in the open transaction (allocatable after it
+    /// commits): a full device is worth a commit when there are some.
+    pub fn has_pending_data_frees(&self) -> bool {
+        !self.data_freed.is_empty()
+    }
+
     pub fn alloc_data(&mut self, want: u64) -> Result<Extent, TxnError> {
         self.check_writable()?;
         self.call(Request::GetMetaAvail { for_commit: false })?;
@@ -416,6 +422,15 @@ impl Volume {
                 "unexpected server response {other:?}"
             ))),
         }
+    }
+
+    /// Commit if the open transaction has reached a trigger (its age, for
+    /// a mount that has gone quiet) and no operation holds it open.
+    pub fn commit_if_due(&mut self) -> Result<(), TxnError> {
+        if self.read_only().is_some() {
+            return Ok(());
+        }
+        self.maybe_commit()
     }
 
     /// Whether the open transaction has reached a commit trigger.

@@ -1,0 +1,98 @@
+//! Operation counters of a mount, read by `scoutfs counters` through the
+//! admin socket. Plain relaxed atomics: handler threads bump them without
+//! coordinating.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use scoutfs_engine::fs::FsError;
+
+macro_rules! counters {
+    ($($name:ident => $text:literal),* $(,)?) => {
+        /// What is counted.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter { $($name),* }
+
+        impl Counter {
+            pub const ALL: &'static [Counter] = &[$(Counter::$name),*];
+
+            pub fn name(self) -> &'static str {
+                match self { $(Counter::$name => $text),* }
+            }
+        }
+    };
+}
+
+counters! {
+    Lookup => "fuse_lookup",
+    Getattr => "fuse_getattr",
+    Setattr => "fuse_setattr",
+    Readlink => "fuse_readlink",
+    Create => "fuse_create",
+    Remove => "fuse_remove",
+    Rename => "fuse_rename",
+    Open => "fuse_open",
+    Release => "fuse_release",
+    Read => "fuse_read",
+    Write => "fuse_write",
+    Fsync => "fuse_fsync",
+    Statfs => "fuse_statfs",
+    Xattr => "fuse_xattr",
+    Readdir => "fuse_readdir",
+    BytesRead => "bytes_read",
+    BytesWritten => "bytes_written",
+    Errors => "errors",
+    Refused => "refused",
+    ErrorsNoSpace => "errors_enospc",
+    ErrorsIo => "errors_eio",
+    ErrorsReadOnly => "errors_erofs",
+}
+
+#[derive(Debug)]
+pub struct Counters {
+    values: Vec<AtomicU64>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            values: Counter::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl Counters {
+    pub fn add(&self, c: Counter, n: u64) {
+        self.values[c as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn bump(&self, c: Counter) {
+        self.add(c, 1);
+    }
+
+    pub fn get(&self, c: Counter) -> u64 {
+        self.values[c as usize].load(Ordering::Relaxed)
+    }
+
+    /// An operation failed with `e`. Answers that are the caller's
+    /// (ENOENT from a lookup, EEXIST, ENODATA, EACCES, ...) count as
+    /// `refused`; failures of the volume (no space, I/O errors, read-only)
+    /// as `errors` and by kind.
+    pub fn error(&self, e: &FsError) {
+        let kind = match e.errno() {
+            libc::ENOSPC => Counter::ErrorsNoSpace,
+            libc::EIO => Counter::ErrorsIo,
+            libc::EROFS => Counter::ErrorsReadOnly,
+            _ => return self.bump(Counter::Refused),
+        };
+        self.bump(Counter::Errors);
+        self.bump(kind);
+    }
+
+    /// Every counter as `(name, value)`.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        Counter::ALL
+            .iter()
+            .map(|&c| (c.name(), self.get(c)))
+            .collect()
+    }
+}

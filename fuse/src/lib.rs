@@ -1,0 +1,690 @@
+//! The FUSE request handler: [`ScoutFuse`] implements fuse-backend-rs's
+//! `FileSystem` trait once, over the [`Engine`]. Every request becomes one
+//! `Engine::call` (a closure run on the reactor that owns the mounted
+//! `Fs`); handler threads never touch the btree. The same type serves
+//! /dev/fuse here ([`mount`]) and virtio descriptor chains in the virtiofs
+//! endpoint, unchanged: fuse-backend-rs's `Server` decodes either
+//! transport into the same trait calls.
+//!
+//! Permission checks: the kernel mounts with `default_permissions` (the
+//! session always asks for it), so it checks mode bits with the caller's
+//! full credentials before a request arrives; the engine checks again with
+//! uid, gid and the supplementary groups read from /proc (cached briefly
+//! per pid), which other frontends rely on.
+
+mod counters;
+mod creds;
+mod session;
+
+use std::ffi::CStr;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuse_backend_rs::abi::fuse_abi::{
+    stat64, statvfs64, CreateIn, FsOptions, OpenOptions, SetattrValid,
+};
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry as FuseDirEntry, Entry, FileSystem, GetxattrReply, ListxattrReply,
+    ZeroCopyReader, ZeroCopyWriter,
+};
+use scoutfs_engine::format::inode::Timespec;
+use scoutfs_engine::fs::{Attr, Creds, FsError, SetAttr, MAY_EXEC, MAY_READ, MAY_WRITE};
+use scoutfs_engine::serve::{Engine, Mounted};
+use scoutfs_engine::util::ready;
+
+pub use counters::{Counter, Counters};
+pub use session::{mount, FuseMount};
+
+/// How the mount behaves toward the kernel's caches.
+#[derive(Clone, Debug)]
+pub struct FuseOptions {
+    /// How long the kernel may trust a name lookup.
+    pub entry_timeout: Duration,
+    /// How long the kernel may trust attributes.
+    pub attr_timeout: Duration,
+    /// Let the kernel cache writes and send them in large batches (FUSE
+    /// writeback caching). Faster for small writes; other frontends of the
+    /// same volume see the data only once the kernel flushes it.
+    pub writeback_cache: bool,
+    /// Answer readdir with attributes (readdirplus), saving the lookups
+    /// that `ls -l` and `find` would send.
+    pub readdirplus: bool,
+    /// Handler threads reading /dev/fuse.
+    pub threads: usize,
+    /// Mount read-only.
+    pub read_only: bool,
+}
+
+impl Default for FuseOptions {
+    fn default() -> Self {
+        FuseOptions {
+            entry_timeout: Duration::from_secs(1),
+            attr_timeout: Duration::from_secs(1),
+            writeback_cache: false,
+            readdirplus: true,
+            threads: 2,
+            read_only: false,
+        }
+    }
+}
+
+/// The filesystem as FUSE sees it.
+#[derive(Debug)]
+pub struct ScoutFuse {
+    engine: Arc<Engine>,
+    opts: FuseOptions,
+    counters: Arc<Counters>,
+    groups: creds::GroupCache,
+    next_handle: AtomicU64,
+}
+
+/// A handle's number carries the open's access mode in its low bits, so
+/// no table is needed to know whether a handle may write.
+fn handle_writable(h: u64) -> bool {
+    matches!(h as i32 & libc::O_ACCMODE, libc::O_WRONLY | libc::O_RDWR)
+}
+
+fn errno(e: FsError) -> io::Error {
+    io::Error::from_raw_os_error(e.errno())
+}
+
+fn name_bytes(name: &CStr) -> Vec<u8> {
+    name.to_bytes().to_vec()
+}
+
+fn ts(sec: i64, nsec: i64) -> Timespec {
+    Timespec::new(sec.max(0) as u64, nsec.clamp(0, 999_999_999) as u32)
+}
+
+/// An engine attribute as the kernel's stat.
+pub fn stat_of(a: &Attr) -> stat64 {
+    // SAFETY: stat64 is plain data; all-zero is a valid value.
+    let mut st: stat64 = unsafe { std::mem::zeroed() };
+    st.st_ino = a.ino;
+    st.st_mode = a.mode;
+    st.st_nlink = a.nlink.into();
+    st.st_uid = a.uid;
+    st.st_gid = a.gid;
+    st.st_rdev = a.rdev.into();
+    st.st_size = a.size as i64;
+    st.st_blksize = 4096;
+    st.st_blocks = (a.online_blocks * 8) as i64;
+    st.st_atime = a.atime.sec.get() as i64;
+    st.st_atime_nsec = a.atime.nsec.get().into();
+    st.st_mtime = a.mtime.sec.get() as i64;
+    st.st_mtime_nsec = a.mtime.nsec.get().into();
+    st.st_ctime = a.ctime.sec.get() as i64;
+    st.st_ctime_nsec = a.ctime.nsec.get().into();
+    st
+}
+
+impl ScoutFuse {
+    pub fn new(engine: Arc<Engine>, opts: FuseOptions, counters: Arc<Counters>) -> ScoutFuse {
+        ScoutFuse {
+            engine,
+            opts,
+            counters,
+            groups: creds::GroupCache::default(),
+            next_handle: AtomicU64::new(1),
+        }
+    }
+
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    /// Run `f` on the reactor; count it and map errors to errnos.
+    fn call<T: Send + 'static>(
+        &self,
+        what: Counter,
+        f: impl FnOnce(&mut Mounted) -> Result<T, FsError> + Send + 'static,
+    ) -> io::Result<T> {
+        self.counters.bump(what);
+        match self.engine.call(f) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                self.counters.error(&e);
+                Err(errno(e))
+            }
+            Err(e) => {
+                self.counters.bump(Counter::Errors);
+                tracing::error!("engine call failed: {e}");
+                Err(io::Error::from_raw_os_error(e.errno()))
+            }
+        }
+    }
+
+    fn creds(&self, ctx: &Context) -> Creds {
+        self.groups.creds(ctx.uid, ctx.gid, ctx.pid)
+    }
+
+    fn entry(&self, a: &Attr) -> Entry {
+        Entry {
+            inode: a.ino,
+            generation: 0,
+            attr: stat_of(a),
+            attr_flags: 0,
+            attr_timeout: self.opts.attr_timeout,
+            entry_timeout: self.opts.entry_timeout,
+        }
+    }
+
+    fn new_handle(&self, flags: u32) -> u64 {
+        let n = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        (n << 2) | (flags as u64 & libc::O_ACCMODE as u64)
+    }
+}
+
+fn open_mask(flags: u32) -> u32 {
+    let f = flags as i32;
+    let mut mask = match f & libc::O_ACCMODE {
+        libc::O_RDONLY => MAY_READ,
+        libc::O_WRONLY => MAY_WRITE,
+        _ => MAY_READ | MAY_WRITE,
+    };
+    if f & libc::O_TRUNC != 0 {
+        mask |= MAY_WRITE;
+    }
+    mask
+}
+
+impl FileSystem for ScoutFuse {
+    type Inode = u64;
+    type Handle = u64;
+
+    fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        let mut want = FsOptions::ASYNC_READ
+            | FsOptions::BIG_WRITES
+            | FsOptions::PARALLEL_DIROPS
+            | FsOptions::MAX_PAGES
+            | FsOptions::HANDLE_KILLPRIV;
+        if self.opts.readdirplus {
+            want |= FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO;
+        }
+        if self.opts.writeback_cache {
+            want |= FsOptions::WRITEBACK_CACHE;
+        }
+        let got = capable & want;
+        tracing::info!("FUSE init: kernel offers {capable:?}, using {got:?}");
+        Ok(got)
+    }
+
+    fn destroy(&self) {
+        tracing::info!("FUSE session ended");
+    }
+
+    fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+        let (c, n) = (self.creds(ctx), name_bytes(name));
+        let a = self.call(Counter::Lookup, move |fs| ready(fs.lookup(&c, parent, &n)))?;
+        Ok(self.entry(&a))
+    }
+
+    fn forget(&self, _ctx: &Context, _inode: u64, _count: u64) {
+        // Inodes live by their links and open handles, not by the
+        // kernel's lookup counts.
+    }
+
+    fn getattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: Option<u64>,
+    ) -> io::Result<(stat64, Duration)> {
+        let a = self.call(Counter::Getattr, move |fs| ready(fs.getattr(inode)))?;
+        Ok((stat_of(&a), self.opts.attr_timeout))
+    }
+
+    fn setattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        attr: stat64,
+        handle: Option<u64>,
+        valid: SetattrValid,
+    ) -> io::Result<(stat64, Duration)> {
+        let c = self.creds(ctx);
+        let now = scoutfs_engine::fs::system_time();
+        let mut set = SetAttr::default();
+        if valid.contains(SetattrValid::MODE) {
+            set.mode = Some(attr.st_mode & 0o7777);
+        }
+        if valid.contains(SetattrValid::UID) {
+            set.uid = Some(attr.st_uid);
+        }
+        if valid.contains(SetattrValid::GID) {
+            set.gid = Some(attr.st_gid);
+        }
+        if valid.contains(SetattrValid::SIZE) {
+            set.size = Some(attr.st_size as u64);
+            set.handle_writable = handle.is_some_and(handle_writable);
+        }
+        if valid.contains(SetattrValid::ATIME_NOW) {
+            set.atime = Some(now);
+        } else if valid.contains(SetattrValid::ATIME) {
+            set.atime = Some(ts(attr.st_atime, attr.st_atime_nsec));
+        }
+        if valid.contains(SetattrValid::MTIME_NOW) {
+            set.mtime = Some(now);
+        } else if valid.contains(SetattrValid::MTIME) {
+            set.mtime = Some(ts(attr.st_mtime, attr.st_mtime_nsec));
+        }
+        if valid.contains(SetattrValid::CTIME) {
+            set.ctime = Some(ts(attr.st_ctime, attr.st_ctime_nsec));
+        }
+        // utimensat(UTIME_NOW) for both times (or a NULL times pointer)
+        // needs only write permission.
+        set.times_now = (valid.contains(SetattrValid::ATIME_NOW)
+            || !valid.contains(SetattrValid::ATIME))
+            && (valid.contains(SetattrValid::MTIME_NOW) || !valid.contains(SetattrValid::MTIME));
+        let a = self.call(Counter::Setattr, move |fs| {
+            ready(fs.setattr(&c, inode, &set))
+        })?;
+        Ok((stat_of(&a), self.opts.attr_timeout))
+    }
+
+    fn readlink(&self, _ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
+        self.call(Counter::Readlink, move |fs| ready(fs.readlink(inode)))
+    }
+
+    fn symlink(
+        &self,
+        ctx: &Context,
+        linkname: &CStr,
+        parent: u64,
+        name: &CStr,
+    ) -> io::Result<Entry> {
+        let (c, n, t) = (self.creds(ctx), name_bytes(name), name_bytes(linkname));
+        let a = self.call(Counter::Create, move |fs| {
+            ready(fs.symlink(&c, parent, &n, &t))
+        })?;
+        Ok(self.entry(&a))
+    }
+
+    fn mknod(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        rdev: u32,
+        _umask: u32,
+    ) -> io::Result<Entry> {
+        let (c, n) = (self.creds(ctx), name_bytes(name));
+        let a = self.call(Counter::Create, move |fs| {
+            ready(fs.mknod(&c, parent, &n, mode, rdev))
+        })?;
+        Ok(self.entry(&a))
+    }
+
+    fn mkdir(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        _umask: u32,
+    ) -> io::Result<Entry> {
+        let (c, n) = (self.creds(ctx), name_bytes(name));
+        let a = self.call(Counter::Create, move |fs| {
+            ready(fs.mkdir(&c, parent, &n, mode))
+        })?;
+        Ok(self.entry(&a))
+    }
+
+    fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        let (c, n) = (self.creds(ctx), name_bytes(name));
+        self.call(Counter::Remove, move |fs| ready(fs.unlink(&c, parent, &n)))
+    }
+
+    fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        let (c, n) = (self.creds(ctx), name_bytes(name));
+        self.call(Counter::Remove, move |fs| ready(fs.rmdir(&c, parent, &n)))
+    }
+
+    fn rename(
+        &self,
+        ctx: &Context,
+        olddir: u64,
+        oldname: &CStr,
+        newdir: u64,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        let (c, o, n) = (self.creds(ctx), name_bytes(oldname), name_bytes(newname));
+        self.call(Counter::Rename, move |fs| {
+            ready(fs.rename(&c, olddir, &o, newdir, &n, flags))
+        })
+    }
+
+    fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
+        let (c, n) = (self.creds(ctx), name_bytes(newname));
+        let a = self.call(Counter::Create, move |fs| {
+            ready(fs.link(&c, inode, newparent, &n))
+        })?;
+        Ok(self.entry(&a))
+    }
+
+    fn open(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        flags: u32,
+        _fuse_flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        let c = self.creds(ctx);
+        let mask = open_mask(flags);
+        self.call(Counter::Open, move |fs| ready(fs.open_ino(&c, inode, mask)))?;
+        Ok((Some(self.new_handle(flags)), OpenOptions::empty(), None))
+    }
+
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        args: CreateIn,
+    ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
+        let (c, n) = (self.creds(ctx), name_bytes(name));
+        let mode = args.mode;
+        let a = self.call(Counter::Create, move |fs| {
+            let a = ready(fs.create(&c, parent, &n, mode))?;
+            // The new file is open: hold it in the same reactor turn.
+            fs.hold_ino(a.ino);
+            Ok(a)
+        })?;
+        Ok((
+            self.entry(&a),
+            Some(self.new_handle(args.flags)),
+            OpenOptions::empty(),
+            None,
+        ))
+    }
+
+    fn read(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: u64,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+        _lock_owner: Option<u64>,
+        _flags: u32,
+    ) -> io::Result<usize> {
+        let data = self.call(Counter::Read, move |fs| {
+            ready(fs.read(inode, offset, size as usize))
+        })?;
+        self.counters.add(Counter::BytesRead, data.len() as u64);
+        io::Write::write_all(w, &data)?;
+        Ok(data.len())
+    }
+
+    fn write(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        _handle: u64,
+        r: &mut dyn ZeroCopyReader,
+        size: u32,
+        offset: u64,
+        _lock_owner: Option<u64>,
+        _delayed_write: bool,
+        _flags: u32,
+        _fuse_flags: u32,
+    ) -> io::Result<usize> {
+        let mut buf = vec![0u8; size as usize];
+        io::Read::read_exact(r, &mut buf)?;
+        let c = self.creds(ctx);
+        let n = self.call(Counter::Write, move |fs| {
+            ready(fs.write(&c, inode, offset, &buf))
+        })?;
+        self.counters.add(Counter::BytesWritten, n);
+        Ok(n as usize)
+    }
+
+    fn flush(&self, _ctx: &Context, _inode: u64, _handle: u64, _lock_owner: u64) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn fsync(&self, _ctx: &Context, _inode: u64, _datasync: bool, _handle: u64) -> io::Result<()> {
+        self.call(Counter::Fsync, move |fs| ready(fs.sync()).map(|_| ()))
+    }
+
+    fn fallocate(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        _handle: u64,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        let c = self.creds(ctx);
+        self.call(Counter::Write, move |fs| {
+            ready(fs.fallocate(&c, inode, mode, offset, length))
+        })
+    }
+
+    fn release(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _flags: u32,
+        _handle: u64,
+        _flush: bool,
+        _flock_release: bool,
+        _lock_owner: Option<u64>,
+    ) -> io::Result<()> {
+        self.call(Counter::Release, move |fs| ready(fs.release(inode)))
+    }
+
+    fn statfs(&self, _ctx: &Context, _inode: u64) -> io::Result<statvfs64> {
+        let s = self.call(Counter::Statfs, move |fs| ready(fs.statfs()))?;
+        // SAFETY: statvfs64 is plain data; all-zero is a valid value.
+        let mut st: statvfs64 = unsafe { std::mem::zeroed() };
+        st.f_bsize = 4096;
+        st.f_frsize = 4096;
+        st.f_blocks = s.total_data_blocks;
+        st.f_bfree = s.free_data_blocks;
+        st.f_bavail = s.free_data_blocks;
+        // Inodes are items: about one per free metadata block's worth of
+        // items is a fair estimate of what can still be created.
+        let per_block = 16;
+        st.f_files = s.total_meta_blocks * per_block;
+        st.f_ffree = s.free_meta_blocks * per_block;
+        st.f_favail = st.f_ffree;
+        st.f_fsid = s.fsid;
+        st.f_namemax = 255;
+        Ok(st)
+    }
+
+    fn setxattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        let (c, n, v) = (self.creds(ctx), name_bytes(name), value.to_vec());
+        self.call(Counter::Xattr, move |fs| {
+            ready(fs.set_xattr(&c, inode, &n, &v, flags))
+        })
+    }
+
+    fn getxattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
+        let (c, n) = (self.creds(ctx), name_bytes(name));
+        let v = self.call(Counter::Xattr, move |fs| ready(fs.get_xattr(&c, inode, &n)))?;
+        if size == 0 {
+            Ok(GetxattrReply::Count(v.len() as u32))
+        } else if v.len() > size as usize {
+            Err(io::Error::from_raw_os_error(libc::ERANGE))
+        } else {
+            Ok(GetxattrReply::Value(v))
+        }
+    }
+
+    fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+        let c = self.creds(ctx);
+        let names = self.call(Counter::Xattr, move |fs| ready(fs.list_xattrs(&c, inode)))?;
+        let mut buf = Vec::new();
+        for n in names {
+            buf.extend_from_slice(&n);
+            buf.push(0);
+        }
+        if size == 0 {
+            Ok(ListxattrReply::Count(buf.len() as u32))
+        } else if buf.len() > size as usize {
+            Err(io::Error::from_raw_os_error(libc::ERANGE))
+        } else {
+            Ok(ListxattrReply::Names(buf))
+        }
+    }
+
+    fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
+        let (c, n) = (self.creds(ctx), name_bytes(name));
+        self.call(Counter::Xattr, move |fs| {
+            ready(fs.remove_xattr(&c, inode, &n))
+        })
+    }
+
+    fn opendir(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions)> {
+        let c = self.creds(ctx);
+        self.call(Counter::Open, move |fs| {
+            let a = ready(fs.open_ino(&c, inode, MAY_READ))?;
+            if a.kind != scoutfs_engine::fs::FileType::Directory {
+                ready(fs.release(inode))?;
+                return Err(FsError::NotDir);
+            }
+            Ok(())
+        })?;
+        Ok((Some(self.new_handle(flags)), OpenOptions::empty()))
+    }
+
+    fn readdir(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: u64,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(FuseDirEntry<'_>) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        // Each entry takes at least 32 bytes of the reply: fetch about as
+        // many as fit, and more if the names were short.
+        let mut pos = offset;
+        let per_call = (size as usize / 32).clamp(8, 1024);
+        loop {
+            let entries = self.call(Counter::Readdir, move |fs| {
+                ready(fs.readdir(inode, pos, per_call))
+            })?;
+            if entries.is_empty() {
+                return Ok(());
+            }
+            for e in &entries {
+                let n = add_entry(FuseDirEntry {
+                    ino: e.ino,
+                    offset: e.pos + 1,
+                    type_: e.kind.kernel_dirent_type().into(),
+                    name: &e.name,
+                })?;
+                if n == 0 {
+                    return Ok(());
+                }
+                pos = e.pos + 1;
+            }
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: u64,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(FuseDirEntry<'_>, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let mut pos = offset;
+        let per_call = (size as usize / 160).clamp(4, 256);
+        loop {
+            let entries = self.call(Counter::Readdir, move |fs| {
+                let list = ready(fs.readdir(inode, pos, per_call))?;
+                let mut out = Vec::with_capacity(list.len());
+                for e in list {
+                    // An entry removed since the listing is skipped.
+                    match ready(fs.getattr(e.ino)) {
+                        Ok(a) => out.push((e, Some(a))),
+                        Err(FsError::NotFound) => out.push((e, None)),
+                        Err(err) => return Err(err),
+                    }
+                }
+                Ok(out)
+            })?;
+            if entries.is_empty() {
+                return Ok(());
+            }
+            for (e, a) in &entries {
+                pos = e.pos + 1;
+                let Some(a) = a else { continue };
+                let n = add_entry(
+                    FuseDirEntry {
+                        ino: e.ino,
+                        offset: e.pos + 1,
+                        type_: e.kind.kernel_dirent_type().into(),
+                        name: &e.name,
+                    },
+                    self.entry(a),
+                )?;
+                if n == 0 {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn fsyncdir(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        self.fsync(ctx, inode, datasync, handle)
+    }
+
+    fn releasedir(&self, _ctx: &Context, inode: u64, _flags: u32, _handle: u64) -> io::Result<()> {
+        self.call(Counter::Release, move |fs| ready(fs.release(inode)))
+    }
+
+    fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
+        let c = self.creds(ctx);
+        let m = mask & (MAY_READ | MAY_WRITE | MAY_EXEC);
+        self.call(Counter::Getattr, move |fs| ready(fs.access(&c, inode, m)))
+    }
+
+    fn lseek(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: u64,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        let want_data = match whence as i32 {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        };
+        self.call(Counter::Read, move |fs| {
+            ready(fs.seek_data(inode, offset, want_data))
+        })
+    }
+}

@@ -1,0 +1,431 @@
+//! `scoutfs mount META DATA --fuse DIR`: the engine process. Opens and
+//! claims both devices, recovers the volume, mounts it through FUSE and
+//! serves until SIGINT or SIGTERM (or until the mount is unmounted from
+//! outside), then unmounts, commits and exits. `scoutfs counters` reads
+//! its counters through the admin socket.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use scoutfs_engine::dev::BlockDev;
+use scoutfs_engine::fs::FsOptions;
+use scoutfs_engine::reactor::{CorePin, IdlePolicy, ReactorConfig};
+use scoutfs_engine::serve::{Engine, EngineOptions};
+use scoutfs_engine::txn::TxnOptions;
+use scoutfs_fuse::{Counters, FuseOptions, ScoutFuse};
+
+use crate::device;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The metadata device (file or block device).
+    pub meta: PathBuf,
+    /// The data device.
+    pub data: PathBuf,
+    /// Mount through FUSE at this directory.
+    #[arg(long, value_name = "DIR")]
+    pub fuse: PathBuf,
+    /// Mount options, comma separated, as scoutfs's: ino_alloc_per_lock=N,
+    /// ro, rw.
+    #[arg(short = 'o', long = "options", value_name = "OPTS")]
+    pub options: Option<String>,
+    /// Pin the reactor to this core ("auto": the last core when there are
+    /// several; "none": don't pin).
+    #[arg(long, default_value = "auto")]
+    pub core: String,
+    /// Reactor idle policy: "adaptive" (spin briefly, then sleep) or
+    /// "busy" (spin forever: lowest latency, one core always busy).
+    #[arg(long, default_value = "adaptive")]
+    pub idle: String,
+    /// Metadata block cache budget (K, M, G suffixes).
+    #[arg(long, default_value = "256M")]
+    pub cache: String,
+    /// Seconds the kernel may cache name lookups (0 for none: every
+    /// lookup asks the engine, as other frontends of the volume need).
+    #[arg(long, default_value_t = 1.0)]
+    pub entry_timeout: f64,
+    /// Seconds the kernel may cache attributes.
+    #[arg(long, default_value_t = 1.0)]
+    pub attr_timeout: f64,
+    /// FUSE writeback caching: the kernel gathers writes in its page cache.
+    #[arg(long)]
+    pub writeback_cache: bool,
+    /// Don't answer directory reads with attributes (readdirplus).
+    #[arg(long)]
+    pub no_readdirplus: bool,
+    /// FUSE handler threads.
+    #[arg(long, default_value_t = 2)]
+    pub fuse_threads: usize,
+    /// The admin socket `scoutfs counters` talks to (default: derived
+    /// from the mount point, under /run/scoutfs).
+    #[arg(long)]
+    pub admin_socket: Option<PathBuf>,
+}
+
+/// The mount options we understand.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct MountOptions {
+    pub ino_alloc_per_lock: Option<u64>,
+    pub read_only: bool,
+}
+
+pub fn parse_options(s: &str) -> Result<MountOptions, String> {
+    let mut o = MountOptions::default();
+    for opt in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+        let (k, v) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
+        let num = |v: Option<&str>| -> Result<u64, String> {
+            v.ok_or(format!("mount option {k} needs a value"))?
+                .parse::<u64>()
+                .map_err(|_| format!("mount option {k}={}: not a number", v.unwrap_or("")))
+        };
+        match k {
+            "ino_alloc_per_lock" => {
+                let n = num(v)?;
+                if n == 0 {
+                    return Err("ino_alloc_per_lock must be at least 1".into());
+                }
+                o.ino_alloc_per_lock = Some(n);
+            }
+            "ro" => o.read_only = true,
+            "rw" => o.read_only = false,
+            _ => {
+                return Err(format!(
+                    "unknown mount option {opt:?} (known: ino_alloc_per_lock=N, ro, rw)"
+                ))
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// Where a mount's admin socket lives when not given.
+pub fn default_socket(mountpoint: &Path) -> PathBuf {
+    let canon = mountpoint
+        .canonicalize()
+        .unwrap_or_else(|_| mountpoint.to_path_buf());
+    let name: String = canon
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let dir = if nix_is_root() {
+        PathBuf::from("/run/scoutfs")
+    } else {
+        std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir)
+            .join("scoutfs")
+    };
+    dir.join(format!("mount{name}.sock"))
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn secs(s: f64, what: &str) -> Result<Duration, String> {
+    if !(0.0..=86400.0 * 365.0).contains(&s) {
+        return Err(format!("{what} {s} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+/// Block SIGINT and SIGTERM in this thread (and the threads it starts),
+/// and wait for them in one thread that reports to `tx`.
+fn catch_signals(tx: mpsc::Sender<String>) -> Result<(), String> {
+    // SAFETY: sigset operations on a local set, then pthread_sigmask on
+    // the calling thread; sigwait in the spawned thread only reads the set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err("blocking signals failed".into());
+        }
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || loop {
+                let mut sig = 0;
+                if libc::sigwait(&set, &mut sig) == 0 {
+                    let name = match sig {
+                        libc::SIGINT => "SIGINT",
+                        libc::SIGTERM => "SIGTERM",
+                        _ => "SIGHUP",
+                    };
+                    if tx.send(format!("received {name}")).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+pub fn run(a: &Args) -> i32 {
+    match serve(a) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("scoutfs mount: {e}");
+            1
+        }
+    }
+}
+
+fn serve(a: &Args) -> Result<(), String> {
+    let mo = parse_options(a.options.as_deref().unwrap_or(""))?;
+    let pin = match a.core.as_str() {
+        "auto" => CorePin::Auto,
+        "none" => CorePin::None,
+        n => CorePin::Core(n.parse().map_err(|_| format!("bad --core {n:?}"))?),
+    };
+    let idle: IdlePolicy = a.idle.parse()?;
+    let cache_bytes = device::parse_size(&a.cache)? as usize;
+    let fuse_opts = FuseOptions {
+        entry_timeout: secs(a.entry_timeout, "--entry-timeout")?,
+        attr_timeout: secs(a.attr_timeout, "--attr-timeout")?,
+        writeback_cache: a.writeback_cache,
+        readdirplus: !a.no_readdirplus,
+        threads: a.fuse_threads.clamp(1, 64),
+        read_only: mo.read_only,
+    };
+    if !a.fuse.is_dir() {
+        return Err(format!("{}: not a directory", a.fuse.display()));
+    }
+
+    let (tx, rx) = mpsc::channel::<String>();
+    catch_signals(tx.clone())?;
+
+    let meta: Arc<dyn BlockDev> =
+        Arc::new(device::open(&a.meta).map_err(|e| format!("{}: {e}", a.meta.display()))?);
+    let data: Arc<dyn BlockDev> =
+        Arc::new(device::open(&a.data).map_err(|e| format!("{}: {e}", a.data.display()))?);
+    let mut fs = FsOptions::default();
+    if let Some(n) = mo.ino_alloc_per_lock {
+        fs.ino_alloc_per_lock = n;
+    }
+    let opts = EngineOptions {
+        reactor: ReactorConfig {
+            pin,
+            idle,
+            ..ReactorConfig::default()
+        },
+        txn: TxnOptions {
+            cache_bytes,
+            ..TxnOptions::default()
+        },
+        fs,
+    };
+    let engine = Arc::new(Engine::start(meta, data, opts).map_err(|e| e.to_string())?);
+    let statfs = engine
+        .call(|fs| scoutfs_engine::util::ready(fs.statfs()))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    tracing::info!(
+        "volume {:#018x} recovered at seq {}",
+        statfs.fsid,
+        statfs.committed_seq
+    );
+
+    let counters = Arc::new(Counters::default());
+    let socket = a
+        .admin_socket
+        .clone()
+        .unwrap_or_else(|| default_socket(&a.fuse));
+    let admin = start_admin(&socket, engine.clone(), counters.clone())?;
+
+    let handler = ScoutFuse::new(engine.clone(), fuse_opts, counters);
+    let fsname = format!("scoutfs:{:016x}", statfs.fsid);
+    let mount = match scoutfs_fuse::mount(handler, &a.fuse, &fsname, tx) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_file(&socket);
+            shutdown_engine(engine)?;
+            return Err(e);
+        }
+    };
+    eprintln!(
+        "scoutfs: serving volume {:#018x} at {} (admin socket {}); Ctrl-C or SIGTERM unmounts",
+        statfs.fsid,
+        a.fuse.display(),
+        socket.display()
+    );
+
+    let why = rx.recv().unwrap_or_else(|_| "all senders gone".into());
+    tracing::info!("stopping: {why}");
+    let unmounted = mount.unmount();
+    drop(admin);
+    let _ = std::fs::remove_file(&socket);
+    let seq = shutdown_engine(engine)?;
+    eprintln!(
+        "scoutfs: unmounted {} ({why}); committed seq {seq}",
+        a.fuse.display()
+    );
+    unmounted
+}
+
+fn shutdown_engine(engine: Arc<Engine>) -> Result<u64, String> {
+    // Handler threads are joined, so the engine has one owner left; the
+    // admin thread may still hold a clone for a moment.
+    let mut engine = engine;
+    for _ in 0..100 {
+        match Arc::try_unwrap(engine) {
+            Ok(e) => return e.shutdown().map_err(|e| format!("unmount: {e}")),
+            Err(e) => {
+                engine = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    Err("the engine is still in use; not committed cleanly".into())
+}
+
+/// The admin socket: each connection gets the counters, one `name value`
+/// per line, and is closed.
+struct Admin {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    path: PathBuf,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        // Wake the accept.
+        let _ = UnixStream::connect(&self.path);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn start_admin(path: &Path, engine: Arc<Engine>, counters: Arc<Counters>) -> Result<Admin, String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    if UnixStream::connect(path).is_ok() {
+        return Err(format!(
+            "{}: another scoutfs mount answers on this admin socket",
+            path.display()
+        ));
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let weak = Arc::downgrade(&engine);
+    drop(engine);
+    let thread = std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let mut lines: Vec<(String, u64)> = counters
+                    .snapshot()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect();
+                if let Some(engine) = weak.upgrade() {
+                    if let Ok(stats) = engine.call(|fs| {
+                        let v = fs.store_mut();
+                        let c = v.cache_stats();
+                        [
+                            ("commits", v.commits()),
+                            ("committed_seq", v.committed_seq()),
+                            ("cache_hits", c.hits),
+                            ("cache_misses", c.misses),
+                            ("cache_evictions", c.evictions),
+                            ("meta_device_reads", v.device_reads()),
+                        ]
+                    }) {
+                        lines.extend(stats.iter().map(|(k, v)| (k.to_string(), *v)));
+                    }
+                }
+                let mut out = String::new();
+                for (k, v) in lines {
+                    out.push_str(&format!("{k} {v}\n"));
+                }
+                let _ = conn.write_all(out.as_bytes());
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(Admin {
+        stop,
+        path: path.to_path_buf(),
+        thread: Some(thread),
+    })
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CountersArgs {
+    /// The mount point (its admin socket is found from it) or the socket.
+    pub target: PathBuf,
+}
+
+pub fn counters(a: &CountersArgs) -> i32 {
+    let is_socket = std::fs::metadata(&a.target).is_ok_and(|m| {
+        use std::os::unix::fs::FileTypeExt;
+        m.file_type().is_socket()
+    });
+    let path = if is_socket {
+        a.target.clone()
+    } else {
+        default_socket(&a.target)
+    };
+    let conn = match UnixStream::connect(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "scoutfs counters: {}: {e} (is a scoutfs mount serving {}?)",
+                path.display(),
+                a.target.display()
+            );
+            return 1;
+        }
+    };
+    for line in BufReader::new(conn).lines() {
+        match line {
+            Ok(l) => println!("{l}"),
+            Err(e) => {
+                eprintln!("scoutfs counters: {e}");
+                return 1;
+            }
+        }
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_options_parse_and_reject_clearly() {
+        assert_eq!(parse_options("").unwrap(), MountOptions::default());
+        let o = parse_options("ino_alloc_per_lock=64,ro").unwrap();
+        assert_eq!((o.ino_alloc_per_lock, o.read_only), (Some(64), true));
+        assert!(parse_options("bogus")
+            .unwrap_err()
+            .contains("unknown mount option"));
+        assert!(parse_options("ino_alloc_per_lock=x")
+            .unwrap_err()
+            .contains("not a number"));
+        assert!(parse_options("ino_alloc_per_lock")
+            .unwrap_err()
+            .contains("needs a value"));
+        assert!(parse_options("ino_alloc_per_lock=0").is_err());
+    }
+}
