@@ -40,7 +40,7 @@ impl GroupCache {
             return Creds {
                 uid,
                 gid,
-                groups: Vec::new(),
+                ..Creds::default()
             };
         }
         let key = (pid, uid, gid);
@@ -52,6 +52,7 @@ impl GroupCache {
                         uid,
                         gid,
                         groups: groups.clone(),
+                        ..Creds::default()
                     };
                 }
             }
@@ -66,7 +67,12 @@ impl GroupCache {
             }
             map.insert(key, (now, groups.clone()));
         }
-        Creds { uid, gid, groups }
+        Creds {
+            uid,
+            gid,
+            groups,
+            ..Creds::default()
+        }
     }
 }
 
