@@ -105,6 +105,20 @@ pub fn normalize_bdf(s: &str) -> Option<String> {
     ))
 }
 
+/// Open a device as a user names it: `nvme://BDF/NSID` through VFIO, any
+/// other name as a file or block device through io_uring. For the tools
+/// and benchmarks that accept either wherever a device path goes.
+pub fn open_any(
+    spec: &str,
+    uring: super::uring::UringOptions,
+) -> Result<Arc<dyn BlockDev>, DevError> {
+    if NvmeAddr::is_nvme(spec) {
+        Ok(Arc::new(NvmeDev::open(spec)?))
+    } else {
+        Ok(Arc::new(super::uring::UringDev::open(spec, uring)?))
+    }
+}
+
 /// Controllers opened by this process, by PCI address, so namespaces of
 /// one controller (metadata and data, say) share it.
 static CONTROLLERS: Mutex<Option<HashMap<String, Weak<Controller>>>> = Mutex::new(None);
