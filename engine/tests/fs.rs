@@ -56,6 +56,7 @@ static RC: Creds = Creds {
     uid: 0,
     gid: 0,
     groups: Vec::new(),
+    umask: 0,
 };
 
 fn root() -> Creds {
@@ -780,6 +781,7 @@ fn eperm_and_eacces() {
         uid: 1000,
         gid: 1000,
         groups: vec![50],
+        umask: 0,
     };
     t.setattr(&member, f.ino, set_gid(50)).unwrap();
     assert_eq!(errno(t.setattr(&member, f.ino, set_gid(51))), libc::EPERM);
@@ -857,6 +859,7 @@ fn setgid_directories_pass_group_and_setgid_on() {
         uid: 1000,
         gid: 1000,
         groups: vec![],
+        umask: 0,
     };
     let shared = t.mkdir(ROOT, "shared");
     t.setattr(
@@ -1352,7 +1355,7 @@ fn xattrs_up_to_65535_bytes_round_trip_in_parts() {
         block_on(fs.get_xattr(&r, f.ino, b"user.empty")).unwrap(),
         b""
     );
-    block_on(fs.set_xattr(&r, f.ino, b"system.posix_acl_access", b"\x02\0\0\0", 0)).unwrap();
+    block_on(fs.set_xattr(&r, f.ino, ACCESS, &named_acl(), 0)).unwrap();
     assert_eq!(block_on(fs.list_xattrs(&r, f.ino)).unwrap().len(), 3);
     // Unlinking the file deletes every part.
     t.unlink(ROOT, "f").unwrap();
@@ -1451,6 +1454,608 @@ fn statfs_passes_the_servers_counts_through() {
     assert!(s.total_data_blocks > 0);
     t.create(ROOT, "f");
     assert!(block_on(t.fs().statfs()).unwrap().next_ino > s.next_ino || s.next_ino > ROOT);
+}
+
+// ---------------------------------------------------------------------------
+// POSIX ACLs
+
+const ACCESS: &[u8] = b"system.posix_acl_access";
+const DEFAULT: &[u8] = b"system.posix_acl_default";
+const UNDEF: u32 = u32::MAX;
+const USER_OBJ: u16 = 0x01;
+const NAMED_USER: u16 = 0x02;
+const GROUP_OBJ: u16 = 0x04;
+const NAMED_GROUP: u16 = 0x08;
+const MASK: u16 = 0x10;
+const OTHER: u16 = 0x20;
+
+/// An ACL xattr value, built by hand (not by the engine's encoder):
+/// version 2, then (tag, perm, id) entries, little-endian.
+fn acl_value(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for &(tag, perm, id) in entries {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+/// user::rw- user:2000:rw- user:2001:r-- group::r-- group:300:rw-
+/// mask::rw- other::---
+fn named_acl() -> Vec<u8> {
+    acl_value(&[
+        (USER_OBJ, 6, UNDEF),
+        (NAMED_USER, 6, 2000),
+        (NAMED_USER, 4, 2001),
+        (GROUP_OBJ, 4, UNDEF),
+        (NAMED_GROUP, 6, 300),
+        (MASK, 6, UNDEF),
+        (OTHER, 0, UNDEF),
+    ])
+}
+
+fn who(uid: u32, gid: u32, groups: &[u32]) -> Creds {
+    Creds {
+        uid,
+        gid,
+        groups: groups.to_vec(),
+        umask: 0,
+    }
+}
+
+fn with_umask(c: Creds, umask: u32) -> Creds {
+    Creds { umask, ..c }
+}
+
+impl T {
+    fn set_acl(&mut self, c: &Creds, ino: u64, name: &[u8], v: &[u8]) -> Result<(), FsError> {
+        block_on(self.fs().set_xattr(c, ino, name, v, 0))
+    }
+
+    fn get_acl(&mut self, ino: u64, name: &[u8]) -> Result<Vec<u8>, FsError> {
+        block_on(self.fs().get_xattr(&root(), ino, name))
+    }
+
+    fn access(&mut self, c: &Creds, ino: u64, mask: u32) -> Result<(), FsError> {
+        block_on(self.fs().access(c, ino, mask))
+    }
+
+    fn xattr_items(&mut self, ino: u64) -> usize {
+        self.inode_items(ino)
+            .iter()
+            .filter(|k| k.ty == item_type::XATTR)
+            .count()
+    }
+
+    /// A regular file in `dir` owned by `uid`:`gid` with `perm`.
+    fn owned_file(&mut self, dir: u64, name: &str, uid: u32, gid: u32, perm: u32) -> Attr {
+        let f = self.create(dir, name);
+        let set = SetAttr {
+            mode: Some(perm),
+            uid: Some(uid),
+            gid: Some(gid),
+            ..SetAttr::default()
+        };
+        self.setattr(&root(), f.ino, set).unwrap()
+    }
+}
+
+#[test]
+fn access_acl_round_trips_and_sets_the_mode() {
+    let mut t = T::new();
+    let f = t.owned_file(ROOT, "f", 1000, 100, 0o644);
+    // The unnamed entries' ids are ignored and read back undefined.
+    let loose = acl_value(&[
+        (USER_OBJ, 6, 0),
+        (NAMED_USER, 6, 2000),
+        (NAMED_USER, 4, 2001),
+        (GROUP_OBJ, 4, 7),
+        (NAMED_GROUP, 6, 300),
+        (MASK, 6, 0),
+        (OTHER, 0, 0),
+    ]);
+    let before = t.getattr(f.ino).unwrap();
+    t.set_acl(&who(1000, 100, &[]), f.ino, ACCESS, &loose)
+        .unwrap();
+    let a = t.getattr(f.ino).unwrap();
+    assert_eq!(
+        a.perm(),
+        0o660,
+        "owner rw-, group bits from the mask, other ---"
+    );
+    assert!(ns(a.ctime) > ns(before.ctime));
+    assert_eq!(t.get_acl(f.ino, ACCESS).unwrap(), named_acl());
+    let names = block_on(t.fs().list_xattrs(&root(), f.ino)).unwrap();
+    assert_eq!(names, vec![ACCESS.to_vec()]);
+    t.remount();
+    assert_eq!(t.get_acl(f.ino, ACCESS).unwrap(), named_acl());
+    assert_eq!(t.getattr(f.ino).unwrap().perm(), 0o660);
+    // Replacing it keeps one xattr.
+    let other = acl_value(&[
+        (USER_OBJ, 7, UNDEF),
+        (GROUP_OBJ, 0, UNDEF),
+        (NAMED_GROUP, 5, 301),
+        (MASK, 5, UNDEF),
+        (OTHER, 4, UNDEF),
+    ]);
+    t.set_acl(&root(), f.ino, ACCESS, &other).unwrap();
+    assert_eq!(t.get_acl(f.ino, ACCESS).unwrap(), other);
+    assert_eq!(t.getattr(f.ino).unwrap().perm(), 0o754);
+    assert_eq!(t.xattr_items(f.ino), 1);
+    t.check();
+}
+
+#[test]
+fn malformed_acls_are_refused_and_change_nothing() {
+    let mut t = T::new();
+    let f = t.owned_file(ROOT, "f", 1000, 100, 0o644);
+    let base = [
+        (USER_OBJ, 6, UNDEF),
+        (GROUP_OBJ, 4, UNDEF),
+        (OTHER, 4, UNDEF),
+    ];
+    let bad: Vec<Vec<u8>> = vec![
+        vec![2, 0, 0],
+        [acl_value(&base), vec![0; 3]].concat(),
+        acl_value(&[(USER_OBJ, 6, UNDEF), (GROUP_OBJ, 4, UNDEF)]),
+        acl_value(&[
+            (GROUP_OBJ, 4, UNDEF),
+            (USER_OBJ, 6, UNDEF),
+            (OTHER, 4, UNDEF),
+        ]),
+        acl_value(&[
+            (USER_OBJ, 6, UNDEF),
+            (USER_OBJ, 6, UNDEF),
+            (GROUP_OBJ, 4, UNDEF),
+            (OTHER, 4, UNDEF),
+        ]),
+        acl_value(&[
+            (USER_OBJ, 8, UNDEF),
+            (GROUP_OBJ, 4, UNDEF),
+            (OTHER, 4, UNDEF),
+        ]),
+        acl_value(&[
+            (USER_OBJ, 6, UNDEF),
+            (GROUP_OBJ, 4, UNDEF),
+            (0x40, 4, UNDEF),
+        ]),
+        // A named entry without a mask.
+        acl_value(&[
+            (USER_OBJ, 6, UNDEF),
+            (NAMED_USER, 4, 5),
+            (GROUP_OBJ, 4, UNDEF),
+            (OTHER, 4, UNDEF),
+        ]),
+        // Named ids out of order, repeated, undefined.
+        acl_value(&[
+            (USER_OBJ, 6, UNDEF),
+            (NAMED_USER, 4, 6),
+            (NAMED_USER, 4, 5),
+            (GROUP_OBJ, 4, UNDEF),
+            (MASK, 4, UNDEF),
+            (OTHER, 4, UNDEF),
+        ]),
+        acl_value(&[
+            (USER_OBJ, 6, UNDEF),
+            (GROUP_OBJ, 4, UNDEF),
+            (NAMED_GROUP, 4, 5),
+            (NAMED_GROUP, 2, 5),
+            (MASK, 4, UNDEF),
+            (OTHER, 4, UNDEF),
+        ]),
+        acl_value(&[
+            (USER_OBJ, 6, UNDEF),
+            (NAMED_USER, 4, UNDEF),
+            (GROUP_OBJ, 4, UNDEF),
+            (MASK, 4, UNDEF),
+            (OTHER, 4, UNDEF),
+        ]),
+    ];
+    let owner = who(1000, 100, &[]);
+    for v in &bad {
+        let r = t.set_acl(&owner, f.ino, ACCESS, v);
+        assert_eq!(errno(r), libc::EINVAL, "{v:?}");
+        let d = t.lookup(ROOT, ".").unwrap();
+        let r = t.set_acl(&root(), d.ino, DEFAULT, v);
+        assert_eq!(errno(r), libc::EINVAL, "{v:?}");
+    }
+    // Another version is unsupported, as Linux.
+    let mut v1 = acl_value(&base);
+    v1[0] = 1;
+    assert_eq!(
+        errno(t.set_acl(&owner, f.ino, ACCESS, &v1)),
+        libc::EOPNOTSUPP
+    );
+    assert_eq!(t.getattr(f.ino).unwrap().perm(), 0o644);
+    assert_eq!(t.xattr_items(f.ino), 0);
+    assert_eq!(t.xattr_items(ROOT), 0);
+    t.check();
+}
+
+#[test]
+fn an_acl_the_mode_can_say_is_not_stored() {
+    let mut t = T::new();
+    let f = t.owned_file(ROOT, "f", 1000, 100, 0o644);
+    let owner = who(1000, 100, &[]);
+    let plain = acl_value(&[
+        (USER_OBJ, 7, UNDEF),
+        (GROUP_OBJ, 5, UNDEF),
+        (OTHER, 0, UNDEF),
+    ]);
+    t.set_acl(&owner, f.ino, ACCESS, &plain).unwrap();
+    assert_eq!(t.getattr(f.ino).unwrap().perm(), 0o750);
+    assert_eq!(t.xattr_items(f.ino), 0);
+    assert_eq!(errno(t.get_acl(f.ino, ACCESS)), libc::ENODATA);
+    // Over a stored ACL, an equivalent one removes it.
+    t.set_acl(&owner, f.ino, ACCESS, &named_acl()).unwrap();
+    assert_eq!(t.xattr_items(f.ino), 1);
+    t.set_acl(&owner, f.ino, ACCESS, &plain).unwrap();
+    assert_eq!(t.xattr_items(f.ino), 0);
+    assert_eq!(t.getattr(f.ino).unwrap().perm(), 0o750);
+    // An ACL of no entries, or no value, removes too.
+    t.set_acl(&owner, f.ino, ACCESS, &named_acl()).unwrap();
+    t.set_acl(&owner, f.ino, ACCESS, &acl_value(&[])).unwrap();
+    assert_eq!(t.xattr_items(f.ino), 0);
+    t.set_acl(&owner, f.ino, ACCESS, &named_acl()).unwrap();
+    t.set_acl(&owner, f.ino, ACCESS, b"").unwrap();
+    assert_eq!(t.xattr_items(f.ino), 0);
+    t.check();
+}
+
+#[test]
+fn removing_the_access_acl_keeps_the_mode() {
+    let mut t = T::new();
+    let f = t.owned_file(ROOT, "f", 1000, 100, 0o644);
+    let owner = who(1000, 100, &[]);
+    t.set_acl(&owner, f.ino, ACCESS, &named_acl()).unwrap();
+    assert_eq!(t.getattr(f.ino).unwrap().perm(), 0o660);
+    block_on(t.fs().remove_xattr(&owner, f.ino, ACCESS)).unwrap();
+    assert_eq!(t.getattr(f.ino).unwrap().perm(), 0o660);
+    assert_eq!(t.xattr_items(f.ino), 0);
+    // Removing an absent ACL succeeds (as ext4 and xfs), others don't.
+    block_on(t.fs().remove_xattr(&owner, f.ino, ACCESS)).unwrap();
+    block_on(t.fs().remove_xattr(&owner, f.ino, DEFAULT)).unwrap();
+    assert_eq!(
+        errno(block_on(t.fs().remove_xattr(&owner, f.ino, b"user.x"))),
+        libc::ENODATA
+    );
+    t.check();
+}
+
+#[test]
+fn chmod_keeps_the_access_acl_in_step() {
+    let mut t = T::new();
+    let f = t.owned_file(ROOT, "f", 1000, 100, 0o644);
+    let owner = who(1000, 100, &[]);
+    t.set_acl(&owner, f.ino, ACCESS, &named_acl()).unwrap();
+    t.setattr(&owner, f.ino, set_mode(0o751)).unwrap();
+    let want = acl_value(&[
+        (USER_OBJ, 7, UNDEF),
+        (NAMED_USER, 6, 2000),
+        (NAMED_USER, 4, 2001),
+        (GROUP_OBJ, 4, UNDEF),
+        (NAMED_GROUP, 6, 300),
+        (MASK, 5, UNDEF),
+        (OTHER, 1, UNDEF),
+    ]);
+    assert_eq!(t.get_acl(f.ino, ACCESS).unwrap(), want);
+    // With a truncation in the same setattr, both land.
+    block_on(t.fs().write(&root(), f.ino, 0, &[1u8; 10000])).unwrap();
+    let set = SetAttr {
+        mode: Some(0o600),
+        size: Some(10),
+        ..SetAttr::default()
+    };
+    let a = t.setattr(&root(), f.ino, set).unwrap();
+    assert_eq!((a.perm(), a.size), (0o600, 10));
+    let want = acl_value(&[
+        (USER_OBJ, 6, UNDEF),
+        (NAMED_USER, 6, 2000),
+        (NAMED_USER, 4, 2001),
+        (GROUP_OBJ, 4, UNDEF),
+        (NAMED_GROUP, 6, 300),
+        (MASK, 0, UNDEF),
+        (OTHER, 0, UNDEF),
+    ]);
+    assert_eq!(t.get_acl(f.ino, ACCESS).unwrap(), want);
+    // A chown leaves the ACL alone.
+    t.setattr(&root(), f.ino, set_uid(1001)).unwrap();
+    assert_eq!(t.get_acl(f.ino, ACCESS).unwrap(), want);
+    t.check();
+}
+
+#[test]
+fn only_the_owner_or_root_sets_acls() {
+    let mut t = T::new();
+    let f = t.owned_file(ROOT, "f", 1000, 100, 0o666);
+    let d = t.mkdir(ROOT, "d");
+    t.setattr(&root(), d.ino, set_uid(1000)).unwrap();
+    let other = who(2000, 100, &[]);
+    for (ino, name) in [(f.ino, ACCESS), (d.ino, ACCESS), (d.ino, DEFAULT)] {
+        assert_eq!(
+            errno(t.set_acl(&other, ino, name, &named_acl())),
+            libc::EPERM
+        );
+        assert_eq!(
+            errno(block_on(t.fs().remove_xattr(&other, ino, name))),
+            libc::EPERM
+        );
+    }
+    // Anyone reads them.
+    t.set_acl(&root(), f.ino, ACCESS, &named_acl()).unwrap();
+    let got = block_on(t.fs().get_xattr(&other, f.ino, ACCESS)).unwrap();
+    assert_eq!(got, named_acl());
+    // A default ACL belongs on a directory: EACCES elsewhere (before the
+    // owner check), and removing one from a file is a no-op.
+    for c in [root(), other.clone()] {
+        assert_eq!(
+            errno(t.set_acl(&c, f.ino, DEFAULT, &named_acl())),
+            libc::EACCES
+        );
+        block_on(t.fs().remove_xattr(&c, f.ino, DEFAULT)).unwrap();
+    }
+    t.set_acl(&who(1000, 1000, &[]), d.ino, DEFAULT, &named_acl())
+        .unwrap();
+    // Symlinks have none.
+    let l = block_on(t.fs().symlink(&root(), ROOT, b"l", b"f")).unwrap();
+    assert_eq!(
+        errno(t.set_acl(&root(), l.ino, ACCESS, &named_acl())),
+        libc::EOPNOTSUPP
+    );
+    assert_eq!(errno(t.get_acl(l.ino, ACCESS)), libc::EOPNOTSUPP);
+    t.check();
+}
+
+#[test]
+fn setting_an_access_acl_drops_setgid_outside_the_group() {
+    let mut t = T::new();
+    let f = t.owned_file(ROOT, "f", 1000, 50, 0o2775);
+    t.set_acl(&who(1000, 1000, &[50]), f.ino, ACCESS, &named_acl())
+        .unwrap();
+    assert_eq!(t.getattr(f.ino).unwrap().perm(), 0o2660);
+    t.setattr(&root(), f.ino, set_mode(0o2775)).unwrap();
+    t.set_acl(&who(1000, 1000, &[]), f.ino, ACCESS, &named_acl())
+        .unwrap();
+    assert_eq!(t.getattr(f.ino).unwrap().perm(), 0o660);
+    t.setattr(&root(), f.ino, set_mode(0o2775)).unwrap();
+    t.set_acl(&root(), f.ino, ACCESS, &named_acl()).unwrap();
+    assert_eq!(t.getattr(f.ino).unwrap().perm(), 0o2660);
+    t.check();
+}
+
+#[test]
+fn new_inodes_inherit_the_default_acl_and_ignore_the_umask() {
+    let mut t = T::new();
+    let d = t.mkdir(ROOT, "d");
+    t.setattr(&root(), d.ino, set_mode(0o777)).unwrap();
+    // user::rwx user:2000:rwx group::r-x mask::rwx other::r-x
+    let default = acl_value(&[
+        (USER_OBJ, 7, UNDEF),
+        (NAMED_USER, 7, 2000),
+        (GROUP_OBJ, 5, UNDEF),
+        (MASK, 7, UNDEF),
+        (OTHER, 5, UNDEF),
+    ]);
+    t.set_acl(&root(), d.ino, DEFAULT, &default).unwrap();
+    assert_eq!(
+        t.getattr(d.ino).unwrap().perm(),
+        0o777,
+        "a default ACL leaves the mode"
+    );
+    let c = with_umask(who(1000, 1000, &[]), 0o077);
+
+    let f = t.create_as(&c, d.ino, "f", 0o666).unwrap();
+    assert_eq!(f.perm(), 0o664, "the umask is not applied");
+    let access = acl_value(&[
+        (USER_OBJ, 6, UNDEF),
+        (NAMED_USER, 7, 2000),
+        (GROUP_OBJ, 5, UNDEF),
+        (MASK, 6, UNDEF),
+        (OTHER, 4, UNDEF),
+    ]);
+    assert_eq!(t.get_acl(f.ino, ACCESS).unwrap(), access);
+    assert_eq!(errno(t.get_acl(f.ino, DEFAULT)), libc::ENODATA);
+
+    let fifo = block_on(t.fs().mknod(&c, d.ino, b"p", libc::S_IFIFO | 0o640, 0)).unwrap();
+    assert_eq!(fifo.perm(), 0o640);
+    assert!(t.get_acl(fifo.ino, ACCESS).is_ok());
+
+    let sub = t.mkdir_as(&c, d.ino, "sub", 0o777).unwrap();
+    assert_eq!(sub.perm(), 0o775);
+    let access = acl_value(&[
+        (USER_OBJ, 7, UNDEF),
+        (NAMED_USER, 7, 2000),
+        (GROUP_OBJ, 5, UNDEF),
+        (MASK, 7, UNDEF),
+        (OTHER, 5, UNDEF),
+    ]);
+    assert_eq!(t.get_acl(sub.ino, ACCESS).unwrap(), access);
+    assert_eq!(t.get_acl(sub.ino, DEFAULT).unwrap(), default);
+    // ...and passes it on.
+    let g = t.create_as(&c, sub.ino, "g", 0o600).unwrap();
+    assert_eq!(g.perm(), 0o600);
+    let access = acl_value(&[
+        (USER_OBJ, 6, UNDEF),
+        (NAMED_USER, 7, 2000),
+        (GROUP_OBJ, 5, UNDEF),
+        (MASK, 0, UNDEF),
+        (OTHER, 0, UNDEF),
+    ]);
+    assert_eq!(t.get_acl(g.ino, ACCESS).unwrap(), access);
+
+    // Symlinks take nothing.
+    let l = block_on(t.fs().symlink(&c, d.ino, b"l", b"f")).unwrap();
+    assert_eq!(l.perm(), 0o777);
+    assert_eq!(t.xattr_items(l.ino), 0);
+
+    // A minimal default ACL gives no access ACL, only the mode, and still
+    // keeps the umask off.
+    let e = t.mkdir(ROOT, "e");
+    t.setattr(&root(), e.ino, set_mode(0o777)).unwrap();
+    let minimal = acl_value(&[
+        (USER_OBJ, 7, UNDEF),
+        (GROUP_OBJ, 5, UNDEF),
+        (OTHER, 0, UNDEF),
+    ]);
+    t.set_acl(&root(), e.ino, DEFAULT, &minimal).unwrap();
+    let h = t.create_as(&c, e.ino, "h", 0o666).unwrap();
+    assert_eq!(h.perm(), 0o640);
+    assert_eq!(t.xattr_items(h.ino), 0);
+    t.remount();
+    assert_eq!(t.get_acl(sub.ino, DEFAULT).unwrap(), default);
+    t.check();
+}
+
+#[test]
+fn the_umask_applies_without_a_default_acl() {
+    let mut t = T::new();
+    let d = t.mkdir(ROOT, "d");
+    t.setattr(&root(), d.ino, set_mode(0o777)).unwrap();
+    let c = with_umask(who(1000, 1000, &[]), 0o027);
+    assert_eq!(t.create_as(&c, d.ino, "f", 0o666).unwrap().perm(), 0o640);
+    assert_eq!(t.mkdir_as(&c, d.ino, "s", 0o777).unwrap().perm(), 0o750);
+    let p = block_on(t.fs().mknod(&c, d.ino, b"p", libc::S_IFIFO | 0o666, 0)).unwrap();
+    assert_eq!(p.perm(), 0o640);
+    let l = block_on(t.fs().symlink(&c, d.ino, b"l", b"f")).unwrap();
+    assert_eq!(l.perm(), 0o777);
+    // Only the rwx bits of a umask count.
+    let c = with_umask(who(1000, 1000, &[]), 0o7022);
+    let s = t.mkdir_as(&c, d.ino, "t", 0o1777).unwrap();
+    assert_eq!(s.perm(), 0o1755);
+    t.check();
+}
+
+#[test]
+fn named_entries_and_the_mask_decide_access() {
+    let mut t = T::new();
+    let f = t.owned_file(ROOT, "f", 1000, 100, 0o644);
+    t.set_acl(&root(), f.ino, ACCESS, &named_acl()).unwrap();
+    let rw = MAY_READ | MAY_WRITE;
+    // Named users: 2000 rw-, 2001 r--.
+    assert_eq!(t.access(&who(2000, 2000, &[]), f.ino, rw), Ok(()));
+    assert_eq!(t.access(&who(2001, 2001, &[]), f.ino, MAY_READ), Ok(()));
+    assert_eq!(
+        errno(t.access(&who(2001, 2001, &[]), f.ino, MAY_WRITE)),
+        libc::EACCES
+    );
+    // Owning group r--; named group 300 rw-: any group granting all wins.
+    assert_eq!(t.access(&who(2002, 100, &[]), f.ino, MAY_READ), Ok(()));
+    assert_eq!(
+        errno(t.access(&who(2002, 100, &[]), f.ino, MAY_WRITE)),
+        libc::EACCES
+    );
+    assert_eq!(t.access(&who(2002, 100, &[300]), f.ino, rw), Ok(()));
+    // A matching group that grants nothing shuts OTHER out; OTHER is ---.
+    assert_eq!(
+        errno(t.access(&who(2003, 2003, &[]), f.ino, MAY_READ)),
+        libc::EACCES
+    );
+    // The owner goes by USER_OBJ, root by its overrides.
+    assert_eq!(t.access(&who(1000, 7, &[]), f.ino, rw), Ok(()));
+    assert_eq!(t.access(&root(), f.ino, rw), Ok(()));
+    // open checks the same way.
+    let bob = who(2000, 2000, &[]);
+    block_on(t.fs().open_ino(&bob, f.ino, rw)).unwrap();
+    block_on(t.fs().release(f.ino)).unwrap();
+
+    // chmod g-w lowers the mask: 2000 and group 300 lose write.
+    t.setattr(&root(), f.ino, set_mode(0o640)).unwrap();
+    assert_eq!(errno(t.access(&bob, f.ino, MAY_WRITE)), libc::EACCES);
+    assert_eq!(t.access(&bob, f.ino, MAY_READ), Ok(()));
+    assert_eq!(
+        errno(t.access(&who(2002, 100, &[300]), f.ino, MAY_WRITE)),
+        libc::EACCES
+    );
+    assert_eq!(
+        errno(block_on(t.fs().open_ino(&bob, f.ino, rw))),
+        libc::EACCES
+    );
+    // With the group bits (the mask) all off, the ACL isn't consulted:
+    // others' bits count for everyone but the owner, as in Linux.
+    t.setattr(&root(), f.ino, set_mode(0o604)).unwrap();
+    assert_eq!(t.access(&bob, f.ino, MAY_READ), Ok(()));
+    t.check();
+}
+
+#[test]
+fn directory_acls_decide_search_create_and_delete() {
+    let mut t = T::new();
+    let d = t.mkdir(ROOT, "d");
+    t.setattr(&root(), d.ino, set_mode(0o750)).unwrap();
+    t.create(d.ino, "victim");
+    let bob = who(2000, 2000, &[]);
+    let eve = who(2001, 2001, &[]);
+    assert_eq!(errno(t.create_as(&bob, d.ino, "x", 0o644)), libc::EACCES);
+    // user:2000:rwx group::r-x mask::rwx other::---
+    let acl = acl_value(&[
+        (USER_OBJ, 7, UNDEF),
+        (NAMED_USER, 7, 2000),
+        (GROUP_OBJ, 5, UNDEF),
+        (MASK, 7, UNDEF),
+        (OTHER, 0, UNDEF),
+    ]);
+    t.set_acl(&root(), d.ino, ACCESS, &acl).unwrap();
+    assert_eq!(t.getattr(d.ino).unwrap().perm(), 0o770);
+    t.create_as(&bob, d.ino, "x", 0o644).unwrap();
+    block_on(t.fs().lookup(&bob, d.ino, b"x")).unwrap();
+    block_on(t.fs().unlink(&bob, d.ino, b"victim")).unwrap();
+    block_on(t.fs().rename(&bob, d.ino, b"x", d.ino, b"y", 0)).unwrap();
+    assert_eq!(
+        errno(block_on(t.fs().lookup(&eve, d.ino, b"y"))),
+        libc::EACCES
+    );
+    assert_eq!(errno(t.create_as(&eve, d.ino, "z", 0o644)), libc::EACCES);
+    t.check();
+}
+
+#[test]
+fn noacl_refuses_acl_xattrs_and_evaluates_none() {
+    let mut t = T::new();
+    let f = t.owned_file(ROOT, "f", 1000, 100, 0o644);
+    let d = t.mkdir(ROOT, "d");
+    t.setattr(&root(), d.ino, set_mode(0o777)).unwrap();
+    t.set_acl(&root(), f.ino, ACCESS, &named_acl()).unwrap();
+    let default = acl_value(&[
+        (USER_OBJ, 7, UNDEF),
+        (NAMED_USER, 7, 2000),
+        (GROUP_OBJ, 5, UNDEF),
+        (MASK, 7, UNDEF),
+        (OTHER, 5, UNDEF),
+    ]);
+    t.set_acl(&root(), d.ino, DEFAULT, &default).unwrap();
+    let bob = who(2000, 2000, &[]);
+    assert_eq!(t.access(&bob, f.ino, MAY_WRITE), Ok(()));
+
+    t.opts.acl = false;
+    t.remount();
+    for (ino, name) in [(f.ino, ACCESS), (d.ino, DEFAULT)] {
+        assert_eq!(
+            errno(t.set_acl(&root(), ino, name, &named_acl())),
+            libc::EOPNOTSUPP
+        );
+        assert_eq!(errno(t.get_acl(ino, name)), libc::EOPNOTSUPP);
+        assert_eq!(
+            errno(block_on(t.fs().remove_xattr(&root(), ino, name))),
+            libc::EOPNOTSUPP
+        );
+        assert!(block_on(t.fs().list_xattrs(&root(), ino))
+            .unwrap()
+            .is_empty());
+    }
+    // The stored ACL is not evaluated: bob is "other" with ---.
+    assert_eq!(errno(t.access(&bob, f.ino, MAY_READ)), libc::EACCES);
+    // Nor inherited: the umask applies, no ACL is stored.
+    let c = with_umask(who(1000, 1000, &[]), 0o022);
+    let g = t.create_as(&c, d.ino, "g", 0o666).unwrap();
+    assert_eq!(g.perm(), 0o644);
+    assert_eq!(t.xattr_items(g.ino), 0);
+    // chmod doesn't touch it either.
+    t.setattr(&root(), f.ino, set_mode(0o600)).unwrap();
+    t.opts.acl = true;
+    t.remount();
+    assert_eq!(t.get_acl(f.ino, ACCESS).unwrap(), named_acl());
+    t.check();
 }
 
 // ---------------------------------------------------------------------------
@@ -2120,7 +2725,12 @@ impl Harness {
             (1001, 1001, vec![1000]),
         ][who % 3]
             .clone();
-        let r = Creds { uid, gid, groups };
+        let r = Creds {
+            uid,
+            gid,
+            groups,
+            umask: 0,
+        };
         let w = Who {
             uid: r.uid,
             gid: r.gid,

@@ -14,6 +14,7 @@ use super::dirent::{check_name, readdir_key, Entry, NameKind};
 use super::error::{FsError, Result};
 use super::inode::{Attr, FileType};
 use super::perm::{self, Creds, MAY_EXEC, MAY_WRITE};
+use super::xattr::put_xattr;
 use super::{symlink, Fs, ItemStore};
 
 /// One readdir entry. Positions 0 and 1 are "." and ".."; stored entries
@@ -47,7 +48,8 @@ impl<S: ItemStore> Fs<S> {
         if d.nlink.get() == 0 {
             return Err(FsError::NotFound);
         }
-        perm::check_access(creds, &d, MAY_WRITE | MAY_EXEC)?;
+        self.check_access(creds, dir, &d, MAY_WRITE | MAY_EXEC)
+            .await?;
         Ok(d)
     }
 
@@ -56,7 +58,7 @@ impl<S: ItemStore> Fs<S> {
         if kind_of(dir, &d)? != FileType::Directory {
             return Err(FsError::NotDir);
         }
-        perm::check_access(creds, &d, MAY_EXEC)?;
+        self.check_access(creds, dir, &d, MAY_EXEC).await?;
         Ok(d)
     }
 
@@ -120,7 +122,8 @@ impl<S: ItemStore> Fs<S> {
     }
 
     /// Make a new inode of `mode` (type included) named `name` in `dir`;
-    /// `target` is a symlink's.
+    /// `target` is a symlink's. The new inode inherits `dir`'s default
+    /// ACL, or else its mode loses the caller's umask (symlinks neither).
     pub(super) async fn create_node(
         &mut self,
         creds: &Creds,
@@ -147,7 +150,20 @@ impl<S: ItemStore> Fs<S> {
             )));
         }
 
+        // Linux applies the umask before the setgid rules when ACLs are
+        // off (`mode_strip_umask`), and after them, only without a default
+        // ACL, when they are on (`posix_acl_create`).
+        let mode = if self.opts.acl || kind == FileType::Symlink {
+            mode
+        } else {
+            mode & !(creds.umask & 0o777)
+        };
         let (uid, gid, mode) = perm::new_inode_owner(creds, &d, mode);
+        let (mode, acls) = if self.opts.acl {
+            self.inherit_acls(creds, dir, mode).await?
+        } else {
+            (mode, Vec::new())
+        };
         let ino = self.alloc_ino().await?;
         let inode = Inode {
             size: target.map_or(0, |t| t.len() as u64).into(),
@@ -175,6 +191,10 @@ impl<S: ItemStore> Fs<S> {
         di.mtime = now;
         di.ctime = now;
         b.create_inode(ino, inode);
+        for (acl_kind, value) in acls {
+            let name = acl_kind.xattr_name();
+            put_xattr(&mut b, ino, self.hash(name), name, &value, None);
+        }
         let entry = Entry {
             ino,
             hash: self.hash(name),
@@ -213,7 +233,7 @@ impl<S: ItemStore> Fs<S> {
             return Err(FsError::NotFound);
         };
         let child = self.read_inode(e.ino).await?;
-        perm::check_may_delete(creds, &d, &child)?;
+        self.check_may_delete(creds, dir, &d, &child).await?;
         let is_dir = kind_of(e.ino, &child)? == FileType::Directory;
         if rmdir && !is_dir {
             return Err(FsError::NotDir);

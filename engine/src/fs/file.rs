@@ -16,6 +16,7 @@ use crate::format::alloc::DATA_EXTENT_UNWRITTEN;
 use crate::format::block::BLOCK_SM_SIZE;
 use crate::format::inode::{Inode, Timespec};
 
+use super::batch::Batch;
 use super::error::{FsError, Result};
 use super::inode::{Attr, FileType};
 use super::orphan::PURGE_CHUNK;
@@ -157,12 +158,14 @@ impl<S: ItemStore> Fs<S> {
     }
 
     /// Free the data past a new, smaller size and store `new` (the inode
-    /// with its new size and whatever else setattr changed).
+    /// with its new size and whatever else setattr changed) with the item
+    /// changes `more` adds (an ACL a chmod rewrote).
     pub(super) async fn truncate_data(
         &mut self,
         ino: u64,
         stored: Inode,
         mut new: Inode,
+        more: impl FnOnce(&mut Batch),
     ) -> Result<()> {
         let size = new.size.get();
         let first_gone = size.div_ceil(BS);
@@ -187,6 +190,7 @@ impl<S: ItemStore> Fs<S> {
             b.track(ino, stored);
             *b.inode_mut(ino) = new;
             b.data_changed(ino);
+            more(&mut b);
             self.apply(b).await
         }
         .await;

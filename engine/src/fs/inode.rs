@@ -5,8 +5,11 @@ use crate::format::inode::{
     Inode, Timespec, DT_BLK, DT_CHR, DT_DIR, DT_FIFO, DT_LNK, DT_REG, DT_SOCK,
 };
 
+use super::acl::ACL_ACCESS_XATTR;
+use super::batch::Batch;
 use super::error::{FsError, Result};
 use super::perm::{self, Creds, MAY_WRITE};
+use super::xattr::put_xattr;
 use super::{Fs, ItemStore};
 
 /// The type of an inode, from its mode's `S_IFMT` bits.
@@ -191,14 +194,15 @@ impl<S: ItemStore> Fs<S> {
     /// access(2): may `creds` access `ino` for `mask` (`MAY_*`)?
     pub async fn access(&mut self, creds: &Creds, ino: u64, mask: u32) -> Result<()> {
         let inode = self.read_inode(ino).await?;
-        perm::check_access(creds, &inode, mask)
+        self.check_access(creds, ino, &inode, mask).await
     }
 
     /// chmod, chown, truncate and utimes, with Linux's permission rules:
     /// truncation needs write permission (EACCES), a mode change or
     /// explicit times the owner (EPERM), an owner change root and a group
     /// change the owner in that group (EPERM), times "now" the owner or
-    /// write permission (EACCES). Every change sets ctime.
+    /// write permission (EACCES). Every change sets ctime; a mode change
+    /// rewrites the access ACL, if any, to match.
     pub async fn setattr(&mut self, creds: &Creds, ino: u64, set: &SetAttr) -> Result<Attr> {
         let now = self.now();
         let stored = self.read_inode(ino).await?;
@@ -220,7 +224,7 @@ impl<S: ItemStore> Fs<S> {
                 return Err(FsError::Invalid);
             }
             if !set.handle_writable {
-                perm::check_access(creds, &stored, MAY_WRITE)?;
+                self.check_access(creds, ino, &stored, MAY_WRITE).await?;
             }
         }
         if let Some(uid) = set.uid {
@@ -235,7 +239,7 @@ impl<S: ItemStore> Fs<S> {
         let times = set.atime.is_some() || set.mtime.is_some() || set.ctime.is_some();
         if times && !creds.owns_or_root(&stored) {
             if set.times_now && set.ctime.is_none() {
-                perm::check_access(creds, &stored, MAY_WRITE)?;
+                self.check_access(creds, ino, &stored, MAY_WRITE).await?;
             } else {
                 return Err(FsError::Perm);
             }
@@ -273,13 +277,26 @@ impl<S: ItemStore> Fs<S> {
         }
         new.ctime = set.ctime.unwrap_or(now);
 
+        // chmod keeps an access ACL in step (`posix_acl_chmod`), in the
+        // same transaction as the mode.
+        let acl = match set.mode {
+            Some(_) => self.acl_after_chmod(ino, &stored, new.mode.get()).await?,
+            None => None,
+        };
+        let put_acl = move |b: &mut Batch| {
+            if let Some((value, found)) = acl {
+                put_xattr(b, ino, found.hash, ACL_ACCESS_XATTR, &value, Some(&found));
+            }
+        };
+
         if set.size.is_some_and(|s| s < stored.size.get()) {
-            self.truncate_data(ino, stored, new).await?;
+            self.truncate_data(ino, stored, new, put_acl).await?;
             return self.getattr(ino).await;
         }
         let mut b = self.batch();
         b.track(ino, stored);
         *b.inode_mut(ino) = new;
+        put_acl(&mut b);
         if data_changed {
             b.data_changed(ino);
         }

@@ -17,6 +17,9 @@
 //!   never move while other entries come and go.
 //! - xattr: `(ino, XATTR, name hash, xattr id, part)`; the header, name and
 //!   value run over parts of up to 896 bytes.
+//!   POSIX ACLs are the xattrs `system.posix_acl_access` / `_default`
+//!   (acl.rs): an access ACL is stored only when the mode can't say it,
+//!   and the mode's rwx bits always follow it.
 //! - symlink: `(ino, SYMLINK, part)`; the target and a NUL, up to 4096.
 //! - inode index: zone INODE_INDEX, type META_SEQ / DATA_SEQ, `second =
 //!   seq, third = ino`, no value; maintained by `Batch` (batch.rs).
@@ -37,6 +40,7 @@
 //! still fail for want of metadata space half-way through a batch; a
 //! `hold_trans` that reserves room and holds commits off closes both.
 
+mod acl;
 mod batch;
 mod dir;
 mod dirent;
@@ -57,6 +61,10 @@ use crate::format::inode::{Inode, Timespec, DIRENT_FIRST_POS, ROOT_INO};
 use crate::format::Key;
 use crate::server::Statfs;
 
+pub use acl::{
+    Acl, AclEntry, AclKind, ACL_ACCESS_XATTR, ACL_DEFAULT_XATTR, ACL_GROUP, ACL_GROUP_OBJ,
+    ACL_MASK, ACL_OTHER, ACL_UNDEFINED_ID, ACL_USER, ACL_USER_OBJ, ACL_XATTR_VERSION,
+};
 pub use batch::{data_seq_index_key, meta_seq_index_key};
 pub use dir::DirEntry;
 pub use dirent::name_hash;
@@ -93,6 +101,11 @@ pub struct FsOptions {
     /// mount of a volume must use the same one. Tests replace it to force
     /// collisions.
     pub name_hash: fn(&[u8]) -> u64,
+    /// POSIX ACLs (the `acl` mount option, on by default): access ACLs
+    /// decide permissions and default ACLs are inherited. With `noacl`
+    /// the `system.posix_acl_*` xattrs are EOPNOTSUPP and no ACL is
+    /// evaluated (the umask always applies).
+    pub acl: bool,
 }
 
 impl Default for FsOptions {
@@ -102,6 +115,7 @@ impl Default for FsOptions {
             ino_alloc_per_lock: crate::format::key::LOCK_INODE_GROUP_NR,
             clock: system_time,
             name_hash,
+            acl: true,
         }
     }
 }

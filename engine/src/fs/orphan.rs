@@ -11,7 +11,7 @@ use crate::format::Key;
 use super::batch::Batch;
 use super::error::{FsError, Result};
 use super::inode::{Attr, FileType};
-use super::perm::{self, Creds, MAY_EXEC, MAY_WRITE};
+use super::perm::{Creds, MAY_EXEC, MAY_WRITE};
 use super::{Fs, ItemStore};
 
 /// The orphan item of `ino` left by mount `rid`.
@@ -39,7 +39,7 @@ impl<S: ItemStore> Fs<S> {
                 return Err(FsError::Access);
             }
         }
-        perm::check_access(creds, &inode, mask)?;
+        self.check_access(creds, ino, &inode, mask).await?;
         self.hold_ino(ino);
         Ok(attr)
     }

@@ -3,11 +3,13 @@
 //! sticky bit, and who may change modes, owners and times.
 //!
 //! EACCES is "the mode bits say no"; EPERM is "only the owner (or root)
-//! may do that". POSIX ACLs are a later step: these are the checks Linux
-//! makes when an inode has none.
+//! may do that". An inode's access ACL, when it has one, decides for
+//! callers other than root and the owner ([`check_access`] takes it; the
+//! `Fs` side in acl.rs reads it only when [`acl_may_matter`]).
 
 use crate::format::inode::Inode;
 
+use super::acl::Acl;
 use super::error::{FsError, Result};
 
 /// Read permission (the `r` bit).
@@ -19,14 +21,18 @@ pub const MAY_EXEC: u32 = 1;
 
 const S_IXUGO: u32 = 0o111;
 
-/// Who asks: the caller's fs uid, fs gid and supplementary groups.
-/// uid 0 is root with every capability (CAP_DAC_OVERRIDE, CAP_FOWNER,
-/// CAP_CHOWN, CAP_FSETID, CAP_MKNOD, CAP_SYS_ADMIN).
+/// Who asks: the caller's fs uid, fs gid, supplementary groups and
+/// umask. uid 0 is root with every capability (CAP_DAC_OVERRIDE,
+/// CAP_FOWNER, CAP_CHOWN, CAP_FSETID, CAP_MKNOD, CAP_SYS_ADMIN).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Creds {
     pub uid: u32,
     pub gid: u32,
     pub groups: Vec<u32>,
+    /// The process's umask (its rwx bits count), applied to new inodes
+    /// unless the directory has a default ACL. The frontend passes the
+    /// request's and keeps the kernel from applying it too.
+    pub umask: u32,
 }
 
 impl Creds {
@@ -39,6 +45,7 @@ impl Creds {
             uid,
             gid,
             groups: Vec::new(),
+            umask: 0,
         }
     }
 
@@ -66,9 +73,23 @@ fn is_dir(inode: &Inode) -> bool {
     inode.mode.get() & libc::S_IFMT == libc::S_IFDIR
 }
 
+/// Whether `inode`'s access ACL, if it has one, could decide a check by
+/// `creds`: not for root (whose overrides give the mode's answer), the
+/// owner (the mode's owner bits are USER_OBJ), a symlink (never has one),
+/// nor when the mode's group bits (the MASK) are 0, where Linux's
+/// `acl_permission_check` doesn't look either.
+pub fn acl_may_matter(creds: &Creds, inode: &Inode) -> bool {
+    let mode = inode.mode.get();
+    !creds.is_root()
+        && creds.uid != inode.uid.get()
+        && mode & 0o070 != 0
+        && mode & libc::S_IFMT != libc::S_IFLNK
+}
+
 /// Linux's `generic_permission`: may `creds` access `inode` for every bit
-/// in `mask` (`MAY_*`)? EACCES if not.
-pub fn check_access(creds: &Creds, inode: &Inode, mask: u32) -> Result<()> {
+/// in `mask` (`MAY_*`)? EACCES if not. `acl` is the inode's access ACL,
+/// when it has one and [`acl_may_matter`].
+pub fn check_access(creds: &Creds, inode: &Inode, acl: Option<&Acl>, mask: u32) -> Result<()> {
     debug_assert!(mask & !(MAY_READ | MAY_WRITE | MAY_EXEC) == 0);
     let mode = inode.mode.get();
     if creds.is_root() {
@@ -81,6 +102,8 @@ pub fn check_access(creds: &Creds, inode: &Inode, mask: u32) -> Result<()> {
     }
     let bits = if creds.uid == inode.uid.get() {
         mode >> 6
+    } else if let (Some(acl), true) = (acl, acl_may_matter(creds, inode)) {
+        return acl.permission(creds, inode, mask);
     } else if creds.in_group(inode.gid.get()) {
         mode >> 3
     } else {
@@ -108,9 +131,15 @@ pub fn check_sticky(creds: &Creds, dir: &Inode, victim: &Inode) -> Result<()> {
 }
 
 /// Linux's `may_delete` once the victim is found: write and search on the
-/// directory (EACCES), then the sticky bit (EPERM).
-pub fn check_may_delete(creds: &Creds, dir: &Inode, victim: &Inode) -> Result<()> {
-    check_access(creds, dir, MAY_WRITE | MAY_EXEC)?;
+/// directory (EACCES; `dir_acl` is its access ACL), then the sticky bit
+/// (EPERM).
+pub fn check_may_delete(
+    creds: &Creds,
+    dir: &Inode,
+    dir_acl: Option<&Acl>,
+    victim: &Inode,
+) -> Result<()> {
+    check_access(creds, dir, dir_acl, MAY_WRITE | MAY_EXEC)?;
     check_sticky(creds, dir, victim)
 }
 
@@ -220,18 +249,25 @@ mod tests {
         // Owner with no bits is refused even though others may read.
         let f = inode(libc::S_IFREG | 0o044, 10, 20);
         assert_eq!(
-            check_access(&Creds::user(10, 20), &f, MAY_READ),
+            check_access(&Creds::user(10, 20), &f, None, MAY_READ),
             Err(FsError::Access)
         );
-        assert_eq!(check_access(&Creds::user(11, 20), &f, MAY_READ), Ok(()));
-        assert_eq!(check_access(&Creds::user(11, 21), &f, MAY_READ), Ok(()));
+        assert_eq!(
+            check_access(&Creds::user(11, 20), &f, None, MAY_READ),
+            Ok(())
+        );
+        assert_eq!(
+            check_access(&Creds::user(11, 21), &f, None, MAY_READ),
+            Ok(())
+        );
         let g = Creds {
             uid: 11,
             gid: 5,
             groups: vec![20],
+            umask: 0,
         };
         assert_eq!(
-            check_access(&g, &f, MAY_READ | MAY_WRITE),
+            check_access(&g, &f, None, MAY_READ | MAY_WRITE),
             Err(FsError::Access)
         );
     }
@@ -240,12 +276,15 @@ mod tests {
     fn root_needs_an_x_bit_to_execute_a_file_but_not_to_search() {
         let f = inode(libc::S_IFREG, 10, 20);
         let root = Creds::root();
-        assert_eq!(check_access(&root, &f, MAY_READ | MAY_WRITE), Ok(()));
-        assert_eq!(check_access(&root, &f, MAY_EXEC), Err(FsError::Access));
+        assert_eq!(check_access(&root, &f, None, MAY_READ | MAY_WRITE), Ok(()));
+        assert_eq!(
+            check_access(&root, &f, None, MAY_EXEC),
+            Err(FsError::Access)
+        );
         let fx = inode(libc::S_IFREG | 0o001, 10, 20);
-        assert_eq!(check_access(&root, &fx, MAY_EXEC), Ok(()));
+        assert_eq!(check_access(&root, &fx, None, MAY_EXEC), Ok(()));
         let d = inode(libc::S_IFDIR, 10, 20);
-        assert_eq!(check_access(&root, &d, MAY_EXEC | MAY_WRITE), Ok(()));
+        assert_eq!(check_access(&root, &d, None, MAY_EXEC | MAY_WRITE), Ok(()));
     }
 
     #[test]
@@ -253,16 +292,16 @@ mod tests {
         let d = inode(libc::S_IFDIR | 0o1777, 1, 1);
         let f = inode(libc::S_IFREG | 0o666, 2, 2);
         assert_eq!(
-            check_may_delete(&Creds::user(3, 3), &d, &f),
+            check_may_delete(&Creds::user(3, 3), &d, None, &f),
             Err(FsError::Perm)
         );
-        assert_eq!(check_may_delete(&Creds::user(2, 3), &d, &f), Ok(()));
-        assert_eq!(check_may_delete(&Creds::user(1, 3), &d, &f), Ok(()));
-        assert_eq!(check_may_delete(&Creds::root(), &d, &f), Ok(()));
+        assert_eq!(check_may_delete(&Creds::user(2, 3), &d, None, &f), Ok(()));
+        assert_eq!(check_may_delete(&Creds::user(1, 3), &d, None, &f), Ok(()));
+        assert_eq!(check_may_delete(&Creds::root(), &d, None, &f), Ok(()));
         // Without write permission it is EACCES before the sticky check.
         let d = inode(libc::S_IFDIR | 0o1755, 1, 1);
         assert_eq!(
-            check_may_delete(&Creds::user(3, 3), &d, &f),
+            check_may_delete(&Creds::user(3, 3), &d, None, &f),
             Err(FsError::Access)
         );
     }
@@ -274,6 +313,7 @@ mod tests {
             uid: 10,
             gid: 20,
             groups: vec![30],
+            umask: 0,
         };
         assert_eq!(check_chown(&owner, &f, 11), Err(FsError::Perm));
         assert_eq!(check_chown(&owner, &f, 10), Ok(()));

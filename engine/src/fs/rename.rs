@@ -19,7 +19,7 @@ use crate::format::inode::{DIRENT_FIRST_POS, DIRENT_LAST_POS, LINK_MAX};
 use super::dirent::{backref_key, check_name, Entry, NameKind};
 use super::error::{FsError, Result};
 use super::inode::{Attr, FileType};
-use super::perm::{self, Creds, MAY_EXEC, MAY_WRITE};
+use super::perm::{Creds, MAY_EXEC, MAY_WRITE};
 use super::{Fs, ItemStore};
 
 /// Fail with EEXIST rather than replace an existing target.
@@ -98,10 +98,10 @@ impl<S: ItemStore> Fs<S> {
         if tgt.as_ref().is_some_and(|t| t.ino == src.ino) {
             return Ok(());
         }
-        perm::check_may_delete(creds, &od, &si)?;
+        self.check_may_delete(creds, old_dir, &od, &si).await?;
         match &ti {
             Some(ti) => {
-                perm::check_may_delete(creds, &nd, ti)?;
+                self.check_may_delete(creds, new_dir, &nd, ti).await?;
                 if !exchange && s_dir && !t_dir {
                     return Err(FsError::NotDir);
                 }
@@ -113,15 +113,16 @@ impl<S: ItemStore> Fs<S> {
                 if nd.nlink.get() == 0 {
                     return Err(FsError::NotFound);
                 }
-                perm::check_access(creds, &nd, MAY_WRITE | MAY_EXEC)?;
+                self.check_access(creds, new_dir, &nd, MAY_WRITE | MAY_EXEC)
+                    .await?;
             }
         }
         if old_dir != new_dir {
             if s_dir {
-                perm::check_access(creds, &si, MAY_WRITE)?;
+                self.check_access(creds, src.ino, &si, MAY_WRITE).await?;
             }
-            if let (true, true, Some(ti)) = (exchange, t_dir, &ti) {
-                perm::check_access(creds, ti, MAY_WRITE)?;
+            if let (true, true, Some(t), Some(ti)) = (exchange, t_dir, &tgt, &ti) {
+                self.check_access(creds, t.ino, ti, MAY_WRITE).await?;
             }
             if s_dir && !t_dir && nd.nlink.get() >= LINK_MAX {
                 return Err(FsError::TooManyLinks);

@@ -6,19 +6,24 @@
 //! Namespaces and who may use them, as Linux without an LSM: `user.` by
 //! the mode bits (regular files and directories only), `trusted.` by root
 //! only (invisible to others), `security.` read by all and written by
-//! root, `system.` read by all and written by the owner (POSIX ACLs are
-//! stored but not enforced yet). Errors come in the syscall's order: the
-//! name's length (ERANGE), the value's (E2BIG), access, then the
-//! namespace (EOPNOTSUPP), then presence (EEXIST / ENODATA).
+//! root, `system.` read by all and written by the owner. The two POSIX
+//! ACL names (`system.posix_acl_access`, `system.posix_acl_default`) go
+//! to acl.rs when set or removed: their values are checked, the mode kept
+//! in step, and with `noacl` they are EOPNOTSUPP (and not listed). Errors
+//! come in the syscall's order: the name's length (ERANGE), the value's
+//! (E2BIG), access, then the namespace (EOPNOTSUPP), then presence
+//! (EEXIST / ENODATA).
 
 use crate::format::btree::MAX_VAL_SIZE;
 use crate::format::inode::{Inode, Xattr, XATTR_MAX_NAME_LEN, XATTR_MAX_VAL_LEN};
 use crate::format::key::{item_type, zone};
 use crate::format::Key;
 
+use super::acl::AclKind;
+use super::batch::Batch;
 use super::error::{FsError, Result};
 use super::inode::{Attr, FileType};
-use super::perm::{self, Creds, MAY_READ, MAY_WRITE};
+use super::perm::{Creds, MAY_READ, MAY_WRITE};
 use super::{Fs, ItemStore};
 
 /// setxattr flag: fail with EEXIST if the xattr exists.
@@ -67,57 +72,6 @@ fn check_xattr_name(name: &[u8]) -> Result<Namespace> {
     Ok(Namespace::Unknown)
 }
 
-/// Linux's `xattr_permission` (plus the capability checks of
-/// `security.` writes and ACL ownership), then the namespace's own
-/// refusal: a name outside the four namespaces is EOPNOTSUPP, a bare
-/// prefix EINVAL.
-fn check_xattr_access(
-    creds: &Creds,
-    ino: u64,
-    inode: &Inode,
-    ns: Namespace,
-    write: bool,
-) -> Result<()> {
-    let mask = if write { MAY_WRITE } else { MAY_READ };
-    match ns {
-        Namespace::Trusted if !creds.is_root() => Err(if write {
-            FsError::Perm
-        } else {
-            FsError::NoData
-        }),
-        Namespace::Trusted => Ok(()),
-        Namespace::Security if write && !creds.is_root() => Err(FsError::Perm),
-        Namespace::System if write && !creds.owns_or_root(inode) => Err(FsError::Perm),
-        Namespace::Security | Namespace::System => Ok(()),
-        Namespace::User => {
-            let kind = Attr::from_inode(ino, inode)?.kind;
-            if !matches!(kind, FileType::Regular | FileType::Directory) {
-                return Err(if write {
-                    FsError::Perm
-                } else {
-                    FsError::NoData
-                });
-            }
-            if write
-                && kind == FileType::Directory
-                && inode.mode.get() & libc::S_ISVTX != 0
-                && !creds.owns_or_root(inode)
-            {
-                return Err(FsError::Perm);
-            }
-            perm::check_access(creds, inode, mask)
-        }
-        Namespace::Unknown => {
-            perm::check_access(creds, inode, mask)?;
-            Err(FsError::NotSupported)
-        }
-        Namespace::Bare => {
-            perm::check_access(creds, inode, mask)?;
-            Err(FsError::Invalid)
-        }
-    }
-}
-
 /// The item values of an xattr: header, name and value cut into parts.
 fn encode_parts(name: &[u8], value: &[u8]) -> Vec<Vec<u8>> {
     let hdr = Xattr {
@@ -151,16 +105,103 @@ fn decode_first_part(key: &Key, val: &[u8]) -> Result<(Xattr, Vec<u8>)> {
 }
 
 /// A stored xattr.
-struct Found {
+pub(super) struct Found {
+    pub hash: u64,
+    pub id: u64,
+    pub nr_parts: usize,
+    pub value: Vec<u8>,
+}
+
+/// Store xattr `name` (whose hash is `hash`) = `value` on `ino`, tracked
+/// or created in `b`: over the parts of `found`, or under a new id.
+pub(super) fn put_xattr(
+    b: &mut Batch,
+    ino: u64,
     hash: u64,
-    id: u64,
-    nr_parts: usize,
-    value: Vec<u8>,
+    name: &[u8],
+    value: &[u8],
+    found: Option<&Found>,
+) {
+    let (hash, id, old_parts) = match found {
+        Some(f) => (f.hash, f.id, f.nr_parts),
+        None => {
+            let i = b.inode_mut(ino);
+            let id = i.next_xattr_id.get();
+            i.next_xattr_id.set(id + 1);
+            (hash, id, 0)
+        }
+    };
+    let parts = encode_parts(name, value);
+    for nr in parts.len()..old_parts {
+        b.delete(xattr_key(ino, hash, id, nr as u8));
+    }
+    for (nr, part) in parts.into_iter().enumerate() {
+        b.put(xattr_key(ino, hash, id, nr as u8), part);
+    }
+}
+
+/// Delete every part of a stored xattr.
+pub(super) fn delete_xattr(b: &mut Batch, ino: u64, found: &Found) {
+    for nr in 0..found.nr_parts {
+        b.delete(xattr_key(ino, found.hash, found.id, nr as u8));
+    }
 }
 
 impl<S: ItemStore> Fs<S> {
+    /// Linux's `xattr_permission` (plus the capability checks of
+    /// `security.` writes and ACL ownership), then the namespace's own
+    /// refusal: a name outside the four namespaces is EOPNOTSUPP, a bare
+    /// prefix EINVAL.
+    async fn check_xattr_access(
+        &mut self,
+        creds: &Creds,
+        ino: u64,
+        inode: &Inode,
+        ns: Namespace,
+        write: bool,
+    ) -> Result<()> {
+        let mask = if write { MAY_WRITE } else { MAY_READ };
+        match ns {
+            Namespace::Trusted if !creds.is_root() => Err(if write {
+                FsError::Perm
+            } else {
+                FsError::NoData
+            }),
+            Namespace::Trusted => Ok(()),
+            Namespace::Security if write && !creds.is_root() => Err(FsError::Perm),
+            Namespace::System if write && !creds.owns_or_root(inode) => Err(FsError::Perm),
+            Namespace::Security | Namespace::System => Ok(()),
+            Namespace::User => {
+                let kind = Attr::from_inode(ino, inode)?.kind;
+                if !matches!(kind, FileType::Regular | FileType::Directory) {
+                    return Err(if write {
+                        FsError::Perm
+                    } else {
+                        FsError::NoData
+                    });
+                }
+                if write
+                    && kind == FileType::Directory
+                    && inode.mode.get() & libc::S_ISVTX != 0
+                    && !creds.owns_or_root(inode)
+                {
+                    return Err(FsError::Perm);
+                }
+                self.check_access(creds, ino, inode, mask).await
+            }
+            Namespace::Unknown => {
+                self.check_access(creds, ino, inode, mask).await?;
+                Err(FsError::NotSupported)
+            }
+            Namespace::Bare => {
+                self.check_access(creds, ino, inode, mask).await?;
+                Err(FsError::Invalid)
+            }
+        }
+    }
+
     /// The xattr `name` of `ino`, walking the ids stored under its hash.
-    async fn find_xattr(&mut self, ino: u64, name: &[u8]) -> Result<Option<Found>> {
+    pub(super) async fn find_xattr(&mut self, ino: u64, name: &[u8]) -> Result<Option<Found>> {
         let hash = self.hash(name);
         let last = xattr_key(ino, hash, u64::MAX, u8::MAX);
         let mut from = xattr_key(ino, hash, 0, 0);
@@ -239,8 +280,12 @@ impl<S: ItemStore> Fs<S> {
         if value.len() > XATTR_MAX_VAL_LEN {
             return Err(FsError::TooBig);
         }
+        if let Some(kind) = AclKind::from_xattr_name(name) {
+            return self.set_acl(creds, ino, kind, Some(value)).await;
+        }
         let inode = self.read_inode(ino).await?;
-        check_xattr_access(creds, ino, &inode, ns, true)?;
+        self.check_xattr_access(creds, ino, &inode, ns, true)
+            .await?;
         let found = self.find_xattr(ino, name).await?;
         if flags & XATTR_CREATE != 0 && found.is_some() {
             return Err(FsError::Exists);
@@ -249,42 +294,35 @@ impl<S: ItemStore> Fs<S> {
             return Err(FsError::NoData);
         }
 
+        let hash = self.hash(name);
         let mut b = self.batch();
         b.track(ino, inode);
-        let i = b.inode_mut(ino);
-        let (hash, id, old_parts) = match &found {
-            Some(f) => (f.hash, f.id, f.nr_parts),
-            None => {
-                let id = i.next_xattr_id.get();
-                i.next_xattr_id.set(id + 1);
-                (self.hash(name), id, 0)
-            }
-        };
-        i.ctime = now;
-        let parts = encode_parts(name, value);
-        for nr in parts.len()..old_parts {
-            b.delete(xattr_key(ino, hash, id, nr as u8));
-        }
-        for (nr, part) in parts.into_iter().enumerate() {
-            b.put(xattr_key(ino, hash, id, nr as u8), part);
-        }
+        b.inode_mut(ino).ctime = now;
+        put_xattr(&mut b, ino, hash, name, value, found.as_ref());
         self.apply(b).await
     }
 
     /// getxattr: the value (ENODATA when absent). Fitting it into the
-    /// caller's buffer (ERANGE) is the frontend's business.
+    /// caller's buffer (ERANGE) is the frontend's business. An ACL is
+    /// EOPNOTSUPP with `noacl` and on symlinks.
     pub async fn get_xattr(&mut self, creds: &Creds, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
         let ns = check_xattr_name(name)?;
         let inode = self.read_inode(ino).await?;
-        check_xattr_access(creds, ino, &inode, ns, false)?;
+        if AclKind::from_xattr_name(name).is_some()
+            && (!self.opts.acl || Attr::from_inode(ino, &inode)?.kind == FileType::Symlink)
+        {
+            return Err(FsError::NotSupported);
+        }
+        self.check_xattr_access(creds, ino, &inode, ns, false)
+            .await?;
         match self.find_xattr(ino, name).await? {
             Some(f) => Ok(f.value),
             None => Err(FsError::NoData),
         }
     }
 
-    /// listxattr: the names `creds` may see (`trusted.` only for root), in
-    /// hash order.
+    /// listxattr: the names `creds` may see (`trusted.` only for root, ACLs
+    /// not with `noacl`), in hash order.
     pub async fn list_xattrs(&mut self, creds: &Creds, ino: u64) -> Result<Vec<Vec<u8>>> {
         self.read_inode(ino).await?;
         let last = xattr_key(ino, u64::MAX, u64::MAX, u8::MAX);
@@ -292,7 +330,9 @@ impl<S: ItemStore> Fs<S> {
         let mut names = Vec::new();
         while let Some(item) = self.store.next(&from, &last).await? {
             let (_, name) = decode_first_part(&item.key, &item.val)?;
-            if creds.is_root() || !name.starts_with(b"trusted.") {
+            let hidden = (!creds.is_root() && name.starts_with(b"trusted."))
+                || (!self.opts.acl && AclKind::from_xattr_name(&name).is_some());
+            if !hidden {
                 names.push(name);
             }
             match xattr_key(ino, item.key.second, item.key.third, u8::MAX).next() {
@@ -303,21 +343,24 @@ impl<S: ItemStore> Fs<S> {
         Ok(names)
     }
 
-    /// removexattr (ENODATA when absent). Sets ctime.
+    /// removexattr (ENODATA when absent, but an absent ACL is removed
+    /// without complaint, as Linux). Sets ctime.
     pub async fn remove_xattr(&mut self, creds: &Creds, ino: u64, name: &[u8]) -> Result<()> {
         let now = self.now();
         let ns = check_xattr_name(name)?;
+        if let Some(kind) = AclKind::from_xattr_name(name) {
+            return self.set_acl(creds, ino, kind, None).await;
+        }
         let inode = self.read_inode(ino).await?;
-        check_xattr_access(creds, ino, &inode, ns, true)?;
+        self.check_xattr_access(creds, ino, &inode, ns, true)
+            .await?;
         let Some(found) = self.find_xattr(ino, name).await? else {
             return Err(FsError::NoData);
         };
         let mut b = self.batch();
         b.track(ino, inode);
         b.inode_mut(ino).ctime = now;
-        for nr in 0..found.nr_parts {
-            b.delete(xattr_key(ino, found.hash, found.id, nr as u8));
-        }
+        delete_xattr(&mut b, ino, &found);
         self.apply(b).await
     }
 }
