@@ -265,11 +265,12 @@ impl Controller {
         DevError::Failed(format!("{}: {reason}", self.name))
     }
 
-    /// Make `pool` addressable by the device (once per pool per
-    /// controller; the controller keeps the pool alive until it drops).
+    /// Make `pool` addressable by the device: mapped once however many
+    /// queues use it, kept alive and mapped until the last of them calls
+    /// `unmap_pool`.
     pub fn map_pool(&self, pool: &DmaPool) -> Result<u64, DevError> {
         let mut map = lock(&self.iova);
-        if let Some(iova) = map.lookup_pool(pool) {
+        if let Some(iova) = map.acquire(pool) {
             return Ok(iova);
         }
         let (_, len) = pool.region();
@@ -279,6 +280,21 @@ impl Controller {
             .map_err(|e| DevError::Setup(format!("{}: mapping a DMA pool: {e}", self.name)))?;
         map.insert(pool, iova);
         Ok(iova)
+    }
+
+    /// A user of `pool` is done with it (its commands have completed, or
+    /// the controller was stopped); the last one unmaps it. Unmapping comes
+    /// first, so the pool's memory can't be freed while the device can
+    /// still reach it.
+    pub fn unmap_pool(&self, pool: &DmaPool) {
+        let released = lock(&self.iova).release(pool);
+        if let Some((iova, len, pool)) = released {
+            if let Err(e) = self.transport.unmap_dma(iova, len) {
+                tracing::warn!("{}: unmapping {iova:#x}+{len:#x}: {e}", self.name);
+                // Keep the memory: the device may still be able to reach it.
+                std::mem::forget(pool);
+            }
+        }
     }
 
     /// Run one admin command to completion; returns its result dword.
@@ -365,8 +381,9 @@ impl Controller {
     }
 
     /// Create an I/O completion and submission queue pair of `entries`
-    /// (as given by `io_queue_entries`).
-    pub fn create_io_queue(&self, entries: u32) -> Result<Rings, DevError> {
+    /// (as given by `io_queue_entries`); returns its rings and the pool of
+    /// their memory (give both back to `delete_io_queue`).
+    pub fn create_io_queue(&self, entries: u32) -> Result<(Rings, DmaPool), DevError> {
         let entries = self.io_queue_entries(entries);
         let Some(qid) = lock(&self.free_qids).pop() else {
             return Err(DevError::Setup(format!(
@@ -381,7 +398,7 @@ impl Controller {
         made
     }
 
-    fn make_io_queue(&self, qid: u16, entries: u32) -> Result<Rings, DevError> {
+    fn make_io_queue(&self, qid: u16, entries: u32) -> Result<(Rings, DmaPool), DevError> {
         let len = (entries as usize * SQ_ENTRY_BYTES).div_ceil(PAGE) * PAGE;
         debug_assert!(entries as usize * CQ_ENTRY_BYTES <= len);
         let pool = DmaPool::new(len, 2).map_err(|e| DevError::Setup(e.to_string()))?;
@@ -401,13 +418,18 @@ impl Controller {
             self.cap.cq_doorbell(qid),
         );
         let size = (entries - 1) << 16 | u32::from(qid);
-        self.admin_cmd(SqEntry {
+        let cq = self.admin_cmd(SqEntry {
             opcode: admin::CREATE_IO_CQ,
             prp1: rings.cq_iova(),
             cdw10: size,
             cdw11: 1, // physically contiguous, interrupts off
             ..Default::default()
-        })?;
+        });
+        if let Err(e) = cq {
+            drop(rings);
+            self.unmap_pool(&pool);
+            return Err(e);
+        }
         let sq = self.admin_cmd(SqEntry {
             opcode: admin::CREATE_IO_SQ,
             prp1: rings.sq_iova(),
@@ -417,9 +439,11 @@ impl Controller {
         });
         if let Err(e) = sq {
             let _ = self.delete_cq(qid);
+            drop(rings);
+            self.unmap_pool(&pool);
             return Err(e);
         }
-        Ok(rings)
+        Ok((rings, pool))
     }
 
     fn delete_cq(&self, qid: u16) -> Result<u32, DevError> {
@@ -430,8 +454,8 @@ impl Controller {
         })
     }
 
-    /// Delete an idle I/O queue pair and free its id.
-    pub fn delete_io_queue(&self, rings: Rings) {
+    /// Delete an idle I/O queue pair, unmap its memory, free its id.
+    pub fn delete_io_queue(&self, rings: Rings, pool: DmaPool) {
         let qid = rings.qid();
         if !self.is_failed() {
             let r = self
@@ -445,6 +469,8 @@ impl Controller {
                 tracing::warn!("{}: deleting I/O queue {qid}: {e}", self.name);
             }
         }
+        drop(rings);
+        self.unmap_pool(&pool);
         lock(&self.free_qids).push(qid);
     }
 }

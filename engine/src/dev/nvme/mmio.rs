@@ -177,6 +177,8 @@ struct Mapped {
     iova: u64,
     /// Keeps the pool's memory alive while the device may address it.
     pool: DmaPool,
+    /// Queues (or the controller itself) using this mapping.
+    users: u32,
 }
 
 /// Regions mapped for DMA and where the device sees them. Translation is
@@ -201,13 +203,32 @@ impl IovaMap {
         }
     }
 
-    /// The IOVA the pool would get if mapped next, or its IOVA when it is
-    /// mapped already.
-    pub fn lookup_pool(&self, pool: &DmaPool) -> Option<u64> {
-        self.regions
-            .iter()
-            .find(|m| m.pool.id() == pool.id())
-            .map(|m| m.iova)
+    /// If `pool` is mapped already: count one more user, return its IOVA.
+    pub fn acquire(&mut self, pool: &DmaPool) -> Option<u64> {
+        let m = self.regions.iter_mut().find(|m| m.pool.id() == pool.id())?;
+        m.users += 1;
+        Some(m.iova)
+    }
+
+    /// One user fewer; the last one removes the region and gets back its
+    /// (iova, len) to unmap and the pool to drop after unmapping.
+    pub fn release(&mut self, pool: &DmaPool) -> Option<(u64, usize, DmaPool)> {
+        let i = self.regions.iter().position(|m| m.pool.id() == pool.id())?;
+        let m = &mut self.regions[i];
+        m.users -= 1;
+        if m.users > 0 {
+            return None;
+        }
+        let m = self.regions.swap_remove(i);
+        Some((m.iova, m.len, m.pool))
+    }
+
+    /// Remove the region at `iova` whatever its users (the device side of
+    /// an unmap).
+    pub fn remove_iova(&mut self, iova: u64) -> bool {
+        let before = self.regions.len();
+        self.regions.retain(|m| m.iova != iova);
+        self.regions.len() < before
     }
 
     pub fn next_iova(&self, len: usize) -> u64 {
@@ -216,7 +237,8 @@ impl IovaMap {
     }
 
     /// Record that `pool` is mapped at `iova` (after the transport mapped
-    /// it). The map keeps the pool alive until [`IovaMap::remove`].
+    /// it), with one user. The map keeps the pool alive until the last
+    /// [`IovaMap::release`].
     pub fn insert(&mut self, pool: &DmaPool, iova: u64) {
         let (p, len) = pool.region();
         assert_eq!(iova, self.next_iova, "IOVAs are handed out in order");
@@ -225,6 +247,7 @@ impl IovaMap {
             len,
             iova,
             pool: pool.clone(),
+            users: 1,
         });
         self.next_iova = (iova + len as u64).div_ceil(IOVA_ALIGN) * IOVA_ALIGN;
     }
@@ -297,6 +320,10 @@ mod tests {
         assert_eq!(m.translate(pb, 4096), Some(IOVA_BASE + IOVA_ALIGN));
         let other = DmaPool::new(4096, 1).unwrap();
         assert_eq!(m.translate(other.region().0, 4096), None);
+        assert_eq!(m.acquire(&b), Some(IOVA_BASE + IOVA_ALIGN));
+        assert!(m.release(&b).is_none(), "one user left");
+        assert!(m.release(&b).is_some());
+        assert_eq!(m.translate(pb, 4096), None, "released regions are gone");
         assert!(m.device_write(IOVA_BASE + 8, b"abc"));
         let mut out = [0u8; 3];
         assert!(m.device_read(IOVA_BASE + 8, &mut out));

@@ -60,11 +60,14 @@ pub struct NvmeQueue {
     nsid: u32,
     lba_shift: u32,
     max_cmd_bytes: usize,
-    rings: Option<Rings>,
-    prp_lists: DmaRegion,
+    /// The queue's rings and the pool of their memory.
+    rings: Option<(Rings, DmaPool)>,
+    prp_lists: Option<DmaRegion>,
+    /// Pools this queue mapped (registered pools and the PRP list pool);
+    /// unmapped when it drops.
+    mapped: Vec<DmaPool>,
     /// (vaddr, len, iova) of every pool registered with this queue.
     windows: Vec<(usize, usize, u64)>,
-    _pools: Vec<DmaPool>,
     cmds: Vec<Cmd>,
     free_cmds: Vec<u16>,
     /// Commands pushed since the last kick (their epoch is set at kick).
@@ -137,17 +140,29 @@ impl NvmeQueue {
         // A queue shorter than asked for takes fewer requests at once, so a
         // request that passed the depth check always finds its commands.
         let depth = (cfg.depth as usize).min(cmd_slots / per_req).max(1);
+        // Every pool mapped here is unmapped again if a later step fails.
+        let mut mapped: Vec<DmaPool> = Vec::new();
+        let undo = |mapped: &[DmaPool], e: DevError| {
+            for p in mapped {
+                ctrl.unmap_pool(p);
+            }
+            e
+        };
         let mut windows = Vec::new();
         for pool in &cfg.pools {
-            let iova = ctrl.map_pool(pool)?;
+            let iova = ctrl.map_pool(pool).map_err(|e| undo(&mapped, e))?;
+            mapped.push(pool.clone());
             let (p, len) = pool.region();
             windows.push((p as usize, len, iova));
         }
-        let prp_pool =
-            DmaPool::new(cmd_slots * PAGE, 1).map_err(|e| DevError::Setup(e.to_string()))?;
-        let prp_iova = ctrl.map_pool(&prp_pool)?;
+        let prp_pool = DmaPool::new(cmd_slots * PAGE, 1)
+            .map_err(|e| undo(&mapped, DevError::Setup(e.to_string())))?;
+        let prp_iova = ctrl.map_pool(&prp_pool).map_err(|e| undo(&mapped, e))?;
+        mapped.push(prp_pool.clone());
         let prp_lists = DmaRegion::new(prp_pool.try_get().expect("one buffer"), prp_iova);
-        let rings = ctrl.create_io_queue(entries)?;
+        let (rings, ring_pool) = ctrl
+            .create_io_queue(entries)
+            .map_err(|e| undo(&mapped, e))?;
         debug_assert_eq!(rings.entries(), entries);
         let slot_bits = usize::BITS - (cmd_slots - 1).max(1).leading_zeros();
         let timeout = Duration::from_millis(ctrl.options().timeout_ms.max(1));
@@ -156,10 +171,10 @@ impl NvmeQueue {
             nsid,
             lba_shift,
             max_cmd_bytes,
-            rings: Some(rings),
-            prp_lists,
+            rings: Some((rings, ring_pool)),
+            prp_lists: Some(prp_lists),
+            mapped,
             windows,
-            _pools: cfg.pools.clone(),
             cmds: (0..cmd_slots).map(|_| Cmd::default()).collect(),
             free_cmds: (0..cmd_slots as u16).rev().collect(),
             unkicked: Vec::with_capacity(cmd_slots),
@@ -189,7 +204,11 @@ impl NvmeQueue {
     }
 
     fn rings(&self) -> &Rings {
-        self.rings.as_ref().expect("rings live until drop")
+        &self.rings.as_ref().expect("rings live until drop").0
+    }
+
+    fn rings_mut(&mut self) -> &mut Rings {
+        &mut self.rings.as_mut().expect("rings live until drop").0
     }
 
     fn translate(&self, vaddr: usize, len: usize) -> Option<u64> {
@@ -403,8 +422,8 @@ impl QueueBackend for NvmeQueue {
                 let at = i * self.max_cmd_bytes;
                 let n = (len - at).min(self.max_cmd_bytes);
                 let list_off = usize::from(slot) * PAGE;
-                let list_iova = self.prp_lists.iova() + list_off as u64;
-                let lists = &self.prp_lists;
+                let lists = self.prp_lists.as_ref().expect("live until drop");
+                let list_iova = lists.iova() + list_off as u64;
                 let mut wrote_list = false;
                 let (prp1, prp2) = build_prps(
                     iova + at as u64,
@@ -434,7 +453,7 @@ impl QueueBackend for NvmeQueue {
                 )
             };
             sqe.cid = self.cid(slot);
-            let pushed = self.rings.as_mut().expect("live").push(&sqe);
+            let pushed = self.rings_mut().push(&sqe);
             assert!(pushed, "SQ space was checked");
             self.unkicked.push(slot);
             self.stats.commands += 1;
@@ -453,7 +472,7 @@ impl QueueBackend for NvmeQueue {
             self.cmds[usize::from(slot)].epoch = self.epoch;
         }
         self.unkicked.clear();
-        let rings = self.rings.as_mut().expect("live");
+        let rings = &mut self.rings.as_mut().expect("live").0;
         rings.ring_sq(self.ctrl.regs());
         Ok(())
     }
@@ -468,7 +487,7 @@ impl QueueBackend for NvmeQueue {
         let mut done = 0;
         let mut taken = std::mem::take(&mut self.reaped);
         let room = taken.capacity();
-        let rings = self.rings.as_mut().expect("live");
+        let rings = &mut self.rings.as_mut().expect("live").0;
         rings.poll(self.ctrl.regs(), room, &mut |c| taken.push(c));
         for c in taken.drain(..) {
             match self.slot_of(c.cid) {
@@ -520,8 +539,12 @@ impl Drop for NvmeQueue {
             self.reap(&mut |_| {});
             std::hint::spin_loop();
         }
-        if let Some(rings) = self.rings.take() {
-            self.ctrl.delete_io_queue(rings);
+        if let Some((rings, pool)) = self.rings.take() {
+            self.ctrl.delete_io_queue(rings, pool);
+        }
+        self.prp_lists = None;
+        for p in std::mem::take(&mut self.mapped) {
+            self.ctrl.unmap_pool(&p);
         }
     }
 }

@@ -63,6 +63,8 @@ pub struct SimStats {
     pub max_outstanding: u64,
     pub enables: u64,
     pub shutdowns: u64,
+    pub maps: u64,
+    pub unmaps: u64,
 }
 
 #[derive(Debug)]
@@ -260,14 +262,18 @@ impl Transport for SimTransport {
             return Err(format!("unexpected IOVA {iova:#x}"));
         }
         s.iova.insert(pool, iova);
+        s.stats.maps += 1;
         Ok(())
     }
 
-    fn unmap_dma(&self, _iova: u64, _len: usize) -> Result<(), String> {
-        // The simulated device's map keeps the pools until it is dropped,
-        // as an IOMMU without the unmap would; nothing reads them after the
-        // controller is shut down.
-        Ok(())
+    fn unmap_dma(&self, iova: u64, _len: usize) -> Result<(), String> {
+        let mut s = self.regs.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.stats.unmaps += 1;
+        if s.iova.remove_iova(iova) {
+            Ok(())
+        } else {
+            Err(format!("IOVA {iova:#x} is not mapped"))
+        }
     }
 }
 

@@ -411,8 +411,16 @@ fn queues_get_their_own_io_queue_and_give_it_back() {
         ));
         assert!(c.buf.unwrap().as_slice().iter().all(|&x| x == i as u8 + 1));
     }
+    let maps = sim.stats().maps;
     drop(qps);
     assert_eq!(sim.io_queue_count(), 0, "queues deleted on drop");
+    // Each queue mapped its rings and PRP lists; the shared pool once.
+    assert_eq!(maps, 1 + 1 + 4 * 2);
+    assert_eq!(
+        sim.stats().unmaps,
+        4 * 2 + 1,
+        "all but the admin memory unmapped"
+    );
     let _again = queue(&d, &pool, 2);
     assert_eq!(sim.io_queue_count(), 1);
 }
