@@ -55,6 +55,10 @@ pub struct FuseOptions {
     pub threads: usize,
     /// Mount read-only.
     pub read_only: bool,
+    /// POSIX ACLs: the kernel evaluates them (it caches the ACL xattrs)
+    /// and leaves the umask and default-ACL inheritance to the engine.
+    /// Must match the engine's `FsOptions::acl`.
+    pub posix_acl: bool,
 }
 
 impl Default for FuseOptions {
@@ -66,6 +70,7 @@ impl Default for FuseOptions {
             readdirplus: true,
             threads: 2,
             read_only: false,
+            posix_acl: true,
         }
     }
 }
@@ -160,6 +165,14 @@ impl ScoutFuse {
         self.groups.creds(ctx.uid, ctx.gid, ctx.pid)
     }
 
+    /// The caller's credentials for a request that creates an inode.
+    fn creds_umask(&self, ctx: &Context, umask: u32) -> Creds {
+        Creds {
+            umask,
+            ..self.creds(ctx)
+        }
+    }
+
     fn entry(&self, a: &Attr) -> Entry {
         Entry {
             inode: a.ino,
@@ -205,6 +218,12 @@ impl FileSystem for ScoutFuse {
         }
         if self.opts.writeback_cache {
             want |= FsOptions::WRITEBACK_CACHE;
+        }
+        // The kernel passes the caller's umask instead of applying it: the
+        // engine applies it, or a parent's default ACL instead of it.
+        want |= FsOptions::DONT_MASK;
+        if self.opts.posix_acl {
+            want |= FsOptions::POSIX_ACL;
         }
         let got = capable & want;
         tracing::info!("FUSE init: kernel offers {capable:?}, using {got:?}");
@@ -309,9 +328,9 @@ impl FileSystem for ScoutFuse {
         name: &CStr,
         mode: u32,
         rdev: u32,
-        _umask: u32,
+        umask: u32,
     ) -> io::Result<Entry> {
-        let (c, n) = (self.creds(ctx), name_bytes(name));
+        let (c, n) = (self.creds_umask(ctx, umask), name_bytes(name));
         let a = self.call(Counter::Create, move |fs| {
             ready(fs.mknod(&c, parent, &n, mode, rdev))
         })?;
@@ -386,7 +405,7 @@ impl FileSystem for ScoutFuse {
         name: &CStr,
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
-        let (c, n) = (self.creds(ctx), name_bytes(name));
+        let (c, n) = (self.creds_umask(ctx, args.umask), name_bytes(name));
         let mode = args.mode;
         let a = self.call(Counter::Create, move |fs| {
             let a = ready(fs.create(&c, parent, &n, mode))?;

@@ -8,9 +8,13 @@
 //!
 //! `scoutfs-perf items`: metadata item operation rates and commit
 //! throughput at growing tree sizes.
+//!
+//! `scoutfs-perf fs`: the FUSE mount against ext4 on a loop device on the
+//! same disk: mdtest-like metadata rates and 1 MiB streaming.
 
 mod env;
 mod fio;
+mod fsbench;
 mod items;
 mod raw;
 mod syscalls;
@@ -33,6 +37,9 @@ enum Cmd {
     Raw(raw::Args),
     /// Metadata item insert/lookup/delete and commit rates by tree size.
     Items(items::Args),
+    /// The FUSE mount against ext4 on a loop device: mdtest-like
+    /// metadata rates and 1 MiB streaming.
+    Fs(fsbench::Args),
 }
 
 fn main() {
@@ -40,6 +47,7 @@ fn main() {
     let code = match cli.cmd {
         Cmd::Raw(a) => raw::run(&a),
         Cmd::Items(a) => items::run(&a),
+        Cmd::Fs(a) => fsbench::run(&a),
     };
     std::process::exit(code);
 }

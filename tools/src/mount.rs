@@ -30,7 +30,7 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub fuse: PathBuf,
     /// Mount options, comma separated, as scoutfs's: ino_alloc_per_lock=N,
-    /// ro, rw.
+    /// acl (the default) or noacl, ro, rw.
     #[arg(short = 'o', long = "options", value_name = "OPTS")]
     pub options: Option<String>,
     /// Pin the reactor to this core ("auto": the last core when there are
@@ -71,6 +71,7 @@ pub struct Args {
 pub struct MountOptions {
     pub ino_alloc_per_lock: Option<u64>,
     pub read_only: bool,
+    pub noacl: bool,
 }
 
 pub fn parse_options(s: &str) -> Result<MountOptions, String> {
@@ -95,9 +96,11 @@ pub fn parse_options(s: &str) -> Result<MountOptions, String> {
             }
             "ro" => o.read_only = true,
             "rw" => o.read_only = false,
+            "acl" => o.noacl = false,
+            "noacl" => o.noacl = true,
             _ => {
                 return Err(format!(
-                    "unknown mount option {opt:?} (known: ino_alloc_per_lock=N, ro, rw)"
+                    "unknown mount option {opt:?} (known: ino_alloc_per_lock=N, acl, noacl, ro, rw)"
                 ))
             }
         }
@@ -198,6 +201,7 @@ fn serve(a: &Args) -> Result<(), String> {
         readdirplus: !a.no_readdirplus,
         threads: a.fuse_threads.clamp(1, 64),
         read_only: mo.read_only,
+        posix_acl: !mo.noacl,
     };
     if !a.fuse.is_dir() {
         return Err(format!("{}: not a directory", a.fuse.display()));
@@ -210,7 +214,10 @@ fn serve(a: &Args) -> Result<(), String> {
         Arc::new(device::open(&a.meta).map_err(|e| format!("{}: {e}", a.meta.display()))?);
     let data: Arc<dyn BlockDev> =
         Arc::new(device::open(&a.data).map_err(|e| format!("{}: {e}", a.data.display()))?);
-    let mut fs = FsOptions::default();
+    let mut fs = FsOptions {
+        acl: !mo.noacl,
+        ..FsOptions::default()
+    };
     if let Some(n) = mo.ino_alloc_per_lock {
         fs.ino_alloc_per_lock = n;
     }
@@ -415,8 +422,11 @@ mod tests {
     #[test]
     fn mount_options_parse_and_reject_clearly() {
         assert_eq!(parse_options("").unwrap(), MountOptions::default());
-        let o = parse_options("ino_alloc_per_lock=64,ro").unwrap();
-        assert_eq!((o.ino_alloc_per_lock, o.read_only), (Some(64), true));
+        let o = parse_options("ino_alloc_per_lock=64,ro,noacl").unwrap();
+        assert_eq!(
+            (o.ino_alloc_per_lock, o.read_only, o.noacl),
+            (Some(64), true, true)
+        );
         assert!(parse_options("bogus")
             .unwrap_err()
             .contains("unknown mount option"));

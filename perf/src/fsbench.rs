@@ -1,0 +1,340 @@
+//! `scoutfs-perf fs`: the filesystem through its FUSE mount against ext4
+//! on a loop device backed by a file on the same disk, in the same run.
+//!
+//! - metadata (mdtest-like): create + write 4 KiB + close, stat, readdir,
+//!   unlink of N files in one directory, then of N files spread over many
+//!   directories; operations per second.
+//! - streaming: a multi-GiB file written with 1 MiB writes (fsync
+//!   included), caches dropped, read back with 1 MiB reads; MB/s.
+//!
+//! Both run as root (loop devices, mounts). The scoutfs binary is the one
+//! next to this one (target/release/scoutfs).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where the backing files go (the disk being measured).
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Files per metadata phase.
+    #[arg(long, default_value_t = 10_000)]
+    pub files: usize,
+    /// Directories the spread phase uses.
+    #[arg(long, default_value_t = 100)]
+    pub dirs: usize,
+    /// Size of the streamed file (K, M, G suffixes).
+    #[arg(long, default_value = "2G")]
+    pub stream_size: String,
+    /// Extra arguments for `scoutfs mount` (e.g. "--writeback-cache").
+    #[arg(long, default_value = "")]
+    pub mount_args: String,
+    /// Only this target: "scoutfs" or "ext4" (default both).
+    #[arg(long)]
+    pub only: Option<String>,
+}
+
+fn run_cmd(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (n, mult) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    n.parse::<u64>()
+        .map(|v| v * mult)
+        .map_err(|_| format!("bad size {s:?}"))
+}
+
+fn drop_caches() {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+/// A mounted filesystem under test; unmounted on drop.
+enum Target {
+    Ext4 { mnt: PathBuf, loopdev: String },
+    Scoutfs { mnt: PathBuf, engine: Child },
+}
+
+impl Target {
+    fn mnt(&self) -> &Path {
+        match self {
+            Target::Ext4 { mnt, .. } | Target::Scoutfs { mnt, .. } => mnt,
+        }
+    }
+
+    fn ext4(dir: &Path, bytes: u64) -> Result<Target, String> {
+        let img = dir.join("ext4.img");
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(bytes))
+            .map_err(|e| e.to_string())?;
+        let loopdev = run_cmd(
+            Command::new("losetup")
+                .args(["-f", "--show", "--direct-io=on"])
+                .arg(&img),
+        )?
+        .trim()
+        .to_string();
+        run_cmd(Command::new("mkfs.ext4").args(["-q", "-F", &loopdev]))?;
+        let mnt = dir.join("ext4");
+        std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
+        run_cmd(Command::new("mount").arg(&loopdev).arg(&mnt))?;
+        Ok(Target::Ext4 { mnt, loopdev })
+    }
+
+    fn scoutfs(dir: &Path, data_bytes: u64, extra: &str) -> Result<Target, String> {
+        let bin = std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("scoutfs");
+        let (meta, data) = (dir.join("meta.img"), dir.join("data.img"));
+        for (p, n) in [(&meta, 4u64 << 30), (&data, data_bytes)] {
+            std::fs::File::create(p)
+                .and_then(|f| f.set_len(n))
+                .map_err(|e| e.to_string())?;
+        }
+        run_cmd(
+            Command::new(&bin)
+                .arg("mkfs")
+                .arg("-f")
+                .arg(&meta)
+                .arg(&data),
+        )?;
+        let mnt = dir.join("scoutfs");
+        std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(dir.join("engine.log")).map_err(|e| e.to_string())?;
+        let engine = Command::new(&bin)
+            .arg("mount")
+            .arg(&meta)
+            .arg(&data)
+            .arg("--fuse")
+            .arg(&mnt)
+            .arg("--admin-socket")
+            .arg(dir.join("admin.sock"))
+            .args(extra.split_whitespace())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("{}: {e}", bin.display()))?;
+        let t = Target::Scoutfs { mnt, engine };
+        let start = Instant::now();
+        while !is_mounted(t.mnt()) {
+            if start.elapsed() > Duration::from_secs(30) {
+                return Err("scoutfs mount did not come up in 30 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(t)
+    }
+}
+
+fn is_mounted(p: &Path) -> bool {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mi.lines()
+        .any(|l| l.split(' ').nth(4).map(Path::new) == Some(p))
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        match self {
+            Target::Ext4 { mnt, loopdev } => {
+                let _ = Command::new("umount").arg(&*mnt).status();
+                let _ = Command::new("losetup").args(["-d", loopdev]).status();
+            }
+            Target::Scoutfs { engine, .. } => {
+                // SAFETY: kill(2) on our own child.
+                unsafe { libc::kill(engine.id() as i32, libc::SIGTERM) };
+                let _ = engine.wait();
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Figures {
+    rows: Vec<(String, f64, &'static str)>,
+}
+
+fn rate(n: usize, t: Duration) -> f64 {
+    n as f64 / t.as_secs_f64()
+}
+
+fn metadata(root: &Path, files: usize, dirs: usize, f: &mut Figures) -> std::io::Result<()> {
+    let block = vec![0x5au8; 4096];
+    for (phase, ndirs) in [("one dir", 1usize), ("spread", dirs.max(1))] {
+        let base = root.join(format!("md-{}", ndirs));
+        std::fs::create_dir(&base)?;
+        let dirs: Vec<PathBuf> = (0..ndirs).map(|d| base.join(format!("d{d}"))).collect();
+        for d in &dirs {
+            std::fs::create_dir(d)?;
+        }
+        let path = |i: usize| dirs[i % ndirs].join(format!("file.{i}"));
+        drop_caches();
+        let t = Instant::now();
+        for i in 0..files {
+            let mut fh = std::fs::File::create(path(i))?;
+            fh.write_all(&block)?;
+        }
+        f.rows.push((
+            format!("create+4K ({phase})"),
+            rate(files, t.elapsed()),
+            "ops/s",
+        ));
+        drop_caches();
+        let t = Instant::now();
+        for i in 0..files {
+            std::fs::metadata(path(i))?;
+        }
+        f.rows
+            .push((format!("stat ({phase})"), rate(files, t.elapsed()), "ops/s"));
+        drop_caches();
+        let t = Instant::now();
+        let mut seen = 0;
+        for d in &dirs {
+            seen += std::fs::read_dir(d)?.count();
+        }
+        assert_eq!(seen, files);
+        f.rows.push((
+            format!("readdir entries ({phase})"),
+            rate(files, t.elapsed()),
+            "ent/s",
+        ));
+        let t = Instant::now();
+        for i in 0..files {
+            std::fs::remove_file(path(i))?;
+        }
+        f.rows.push((
+            format!("unlink ({phase})"),
+            rate(files, t.elapsed()),
+            "ops/s",
+        ));
+    }
+    Ok(())
+}
+
+fn streaming(root: &Path, bytes: u64, f: &mut Figures) -> std::io::Result<()> {
+    let p = root.join("stream");
+    let buf = vec![0xa5u8; 1 << 20];
+    let n = bytes >> 20;
+    let t = Instant::now();
+    {
+        let mut fh = std::fs::File::create(&p)?;
+        for _ in 0..n {
+            fh.write_all(&buf)?;
+        }
+        fh.sync_all()?;
+    }
+    f.rows.push((
+        "stream write 1M (+fsync)".into(),
+        (n << 20) as f64 / t.elapsed().as_secs_f64() / 1e6,
+        "MB/s",
+    ));
+    drop_caches();
+    let t = Instant::now();
+    let mut fh = std::fs::File::open(&p)?;
+    let mut rb = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let k = fh.read(&mut rb)?;
+        if k == 0 {
+            break;
+        }
+        total += k as u64;
+    }
+    assert_eq!(total, n << 20);
+    f.rows.push((
+        "stream read 1M".into(),
+        total as f64 / t.elapsed().as_secs_f64() / 1e6,
+        "MB/s",
+    ));
+    std::fs::remove_file(&p)?;
+    Ok(())
+}
+
+fn bench(t: &Target, a: &Args, stream: u64) -> Result<Figures, String> {
+    let mut f = Figures::default();
+    metadata(t.mnt(), a.files, a.dirs, &mut f).map_err(|e| format!("metadata: {e}"))?;
+    streaming(t.mnt(), stream, &mut f).map_err(|e| format!("streaming: {e}"))?;
+    Ok(f)
+}
+
+pub fn run(a: &Args) -> i32 {
+    match run_inner(a) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("scoutfs-perf fs: {e}");
+            1
+        }
+    }
+}
+
+fn run_inner(a: &Args) -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("needs root (loop devices and mounts)".into());
+    }
+    let stream = parse_size(&a.stream_size)?;
+    let work = tempfile_dir(&a.dir)?;
+    let want = |name: &str| a.only.as_deref().is_none_or(|o| o == name);
+    let mut results: Vec<(&str, Figures)> = Vec::new();
+    if want("ext4") {
+        let t = Target::ext4(&work, stream + (4 << 30))?;
+        eprintln!("ext4 (loop, direct-io) at {}", t.mnt().display());
+        results.push(("ext4", bench(&t, a, stream)?));
+    }
+    if want("scoutfs") {
+        let t = Target::scoutfs(&work, stream + (4 << 30), &a.mount_args)?;
+        eprintln!("scoutfs (FUSE) at {} {}", t.mnt().display(), a.mount_args);
+        results.push(("scoutfs", bench(&t, a, stream)?));
+    }
+    let _ = std::fs::remove_dir_all(&work);
+
+    println!(
+        "files {} (spread over {} dirs), stream {} MiB",
+        a.files,
+        a.dirs,
+        stream >> 20
+    );
+    print!("{:<28}", "");
+    for (name, _) in &results {
+        print!("{name:>14}");
+    }
+    if results.len() == 2 {
+        print!("{:>16}", "scoutfs/ext4");
+    }
+    println!();
+    let rows = results[0].1.rows.len();
+    for i in 0..rows {
+        let (label, _, unit) = &results[0].1.rows[i];
+        print!("{:<28}", format!("{label} {unit}"));
+        for (_, f) in &results {
+            print!("{:>14.1}", f.rows[i].1);
+        }
+        if results.len() == 2 {
+            print!("{:>15.2}x", results[1].1.rows[i].1 / results[0].1.rows[i].1);
+        }
+        println!();
+    }
+    Ok(())
+}
+
+fn tempfile_dir(base: &Path) -> Result<PathBuf, String> {
+    let p = base.join(format!("scoutfs-perf-fs.{}", std::process::id()));
+    std::fs::create_dir_all(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+    p.canonicalize().map_err(|e| e.to_string())
+}
