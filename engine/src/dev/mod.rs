@@ -16,6 +16,8 @@
 
 pub mod mem;
 pub mod nvme;
+#[cfg(feature = "spdk")]
+pub mod spdk;
 pub mod uring;
 
 use std::fmt;
