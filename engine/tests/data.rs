@@ -2,7 +2,6 @@
 //! offset and size, holes, truncates, punched holes, preallocation, commits
 //! and remounts; large sparse offsets; freed blocks come back after commit.
 
-use scoutfs_engine::data::io::DataIo;
 use scoutfs_engine::data::{self, extents, online_blocks};
 use scoutfs_engine::dev::mem::MemDev;
 use scoutfs_engine::txn::check::check_volume;
@@ -20,7 +19,7 @@ fn setup() -> (MemDev, MemDev) {
     (meta, data)
 }
 
-fn open(meta: &MemDev, data: &MemDev) -> (Volume, DataIo) {
+fn open(meta: &MemDev, data: &MemDev) -> Volume {
     let opts = TxnOptions {
         commit_dirty_blocks: 32,
         meta_targets: (32, 48),
@@ -28,7 +27,7 @@ fn open(meta: &MemDev, data: &MemDev) -> (Volume, DataIo) {
     };
     let mut vol = Volume::open(meta, opts).unwrap();
     vol.attach_data_device(data).unwrap();
-    (vol, DataIo::open(data).unwrap())
+    vol
 }
 
 fn fill(seed: u64, n: usize) -> Vec<u8> {
@@ -38,7 +37,7 @@ fn fill(seed: u64, n: usize) -> Vec<u8> {
 
 fn run(seed: u64) {
     let (meta, dev) = setup();
-    let (mut vol, mut io) = open(&meta, &dev);
+    let mut vol = open(&meta, &dev);
     let mut r = SimRng::new(seed);
     let mut model: Vec<u8> = Vec::new();
     let span = 1u64 << (14 + r.below(6)); // 16 KiB .. 512 KiB
@@ -48,7 +47,7 @@ fn run(seed: u64) {
                 let off = r.below(span);
                 let len = 1 + r.below(3 * 4096 + 100) as usize;
                 let d = fill(seed ^ step, len);
-                ready(data::write(&mut vol, &mut io, INO, off, &d)).unwrap();
+                ready(data::write(&mut vol, INO, off, &d)).unwrap();
                 let end = off as usize + len;
                 if model.len() < end {
                     model.resize(end, 0);
@@ -57,13 +56,13 @@ fn run(seed: u64) {
             }
             6 => {
                 let size = r.below(span);
-                ready(data::truncate(&mut vol, &mut io, INO, size)).unwrap();
+                ready(data::truncate(&mut vol, INO, size)).unwrap();
                 model.resize(size as usize, 0);
             }
             7 => {
                 let off = r.below(span);
                 let len = r.below(5 * 4096);
-                ready(data::punch_hole(&mut vol, &mut io, INO, off, len)).unwrap();
+                ready(data::punch_hole(&mut vol, INO, off, len)).unwrap();
                 let end = ((off + len) as usize).min(model.len());
                 if (off as usize) < end {
                     model[off as usize..end].fill(0);
@@ -80,12 +79,12 @@ fn run(seed: u64) {
             10 => {
                 vol.commit().unwrap();
                 drop(vol);
-                (vol, io) = open(&meta, &dev);
+                vol = open(&meta, &dev);
             }
             _ => {
                 let off = r.below(span + 4096);
                 let len = r.below(6 * 4096) as usize;
-                let got = ready(data::read(&mut vol, &mut io, INO, off, len)).unwrap();
+                let got = ready(data::read(&mut vol, INO, off, len)).unwrap();
                 let want: Vec<u8> = (0..len)
                     .map(|i| model.get(off as usize + i).copied().unwrap_or(0))
                     .collect();
@@ -96,7 +95,7 @@ fn run(seed: u64) {
             }
         }
     }
-    let all = ready(data::read(&mut vol, &mut io, INO, 0, model.len())).unwrap();
+    let all = ready(data::read(&mut vol, INO, 0, model.len())).unwrap();
     assert!(all == model, "seed {seed}: final contents differ");
     // Extents don't overlap and stay in order.
     let ex = ready(extents(&mut vol, INO, 0, data::MAX_IBLOCK)).unwrap();
@@ -125,16 +124,9 @@ fn file_data_matches_a_byte_model() {
 #[test]
 fn sequential_writes_make_one_extent() {
     let (meta, dev) = setup();
-    let (mut vol, mut io) = open(&meta, &dev);
+    let mut vol = open(&meta, &dev);
     for i in 0..64u64 {
-        ready(data::write(
-            &mut vol,
-            &mut io,
-            INO,
-            i * 65536,
-            &vec![i as u8; 65536],
-        ))
-        .unwrap();
+        ready(data::write(&mut vol, INO, i * 65536, &vec![i as u8; 65536])).unwrap();
     }
     let ex = ready(extents(&mut vol, INO, 0, data::MAX_IBLOCK)).unwrap();
     assert_eq!(ex.len(), 1, "{ex:?}");
@@ -145,21 +137,18 @@ fn sequential_writes_make_one_extent() {
 #[test]
 fn sparse_files_past_4_gib_and_near_the_limit() {
     let (meta, dev) = setup();
-    let (mut vol, mut io) = open(&meta, &dev);
+    let mut vol = open(&meta, &dev);
     let far = 5u64 << 30;
-    ready(data::write(&mut vol, &mut io, INO, far + 123, b"far away")).unwrap();
+    ready(data::write(&mut vol, INO, far + 123, b"far away")).unwrap();
     let top = data::MAX_FILE_BYTES - 4;
-    ready(data::write(&mut vol, &mut io, INO, top, b"edge")).unwrap();
+    ready(data::write(&mut vol, INO, top, b"edge")).unwrap();
     assert_eq!(
-        ready(data::read(&mut vol, &mut io, INO, far + 120, 11)).unwrap(),
+        ready(data::read(&mut vol, INO, far + 120, 11)).unwrap(),
         b"\0\0\0far away"
     );
+    assert_eq!(ready(data::read(&mut vol, INO, top, 4)).unwrap(), b"edge");
     assert_eq!(
-        ready(data::read(&mut vol, &mut io, INO, top, 4)).unwrap(),
-        b"edge"
-    );
-    assert_eq!(
-        ready(data::read(&mut vol, &mut io, INO, 1 << 40, 8)).unwrap(),
+        ready(data::read(&mut vol, INO, 1 << 40, 8)).unwrap(),
         vec![0u8; 8],
         "holes read zeros"
     );
@@ -168,18 +157,18 @@ fn sparse_files_past_4_gib_and_near_the_limit() {
         2,
         "only written blocks are allocated"
     );
-    let e = ready(data::write(&mut vol, &mut io, INO, u64::MAX - 1, b"over")).unwrap_err();
+    let e = ready(data::write(&mut vol, INO, u64::MAX - 1, b"over")).unwrap_err();
     assert_eq!(e.errno(), libc::EFBIG);
 }
 
 #[test]
 fn truncated_blocks_are_reusable_only_after_commit() {
     let (meta, dev) = setup();
-    let (mut vol, mut io) = open(&meta, &dev);
+    let mut vol = open(&meta, &dev);
     let free0 = vol.statfs().unwrap().free_data_blocks;
-    ready(data::write(&mut vol, &mut io, INO, 0, &vec![1u8; 1 << 20])).unwrap();
+    ready(data::write(&mut vol, INO, 0, &vec![1u8; 1 << 20])).unwrap();
     assert_eq!(vol.statfs().unwrap().free_data_blocks, free0 - 256);
-    ready(data::truncate(&mut vol, &mut io, INO, 0)).unwrap();
+    ready(data::truncate(&mut vol, INO, 0)).unwrap();
     assert_eq!(
         vol.statfs().unwrap().free_data_blocks,
         free0 - 256,
@@ -195,10 +184,10 @@ fn full_data_device_is_enospc_and_keeps_what_was_written() {
     let meta = MemDev::new(64 << 20);
     let dev = MemDev::new(2 << 20);
     mkfs(&meta, &dev, &MkfsOptions::default()).unwrap();
-    let (mut vol, mut io) = open(&meta, &dev);
+    let mut vol = open(&meta, &dev);
     let mut off = 0u64;
     let err = loop {
-        match ready(data::write(&mut vol, &mut io, INO, off, &vec![7u8; 65536])) {
+        match ready(data::write(&mut vol, INO, off, &vec![7u8; 65536])) {
             Ok(w) if w.bytes == 65536 => off += 65536,
             Ok(w) => panic!("short write {w:?}"),
             Err(e) => break e,
@@ -207,7 +196,65 @@ fn full_data_device_is_enospc_and_keeps_what_was_written() {
     assert_eq!(err.errno(), libc::ENOSPC, "{err}");
     vol.commit().unwrap();
     assert_eq!(
-        ready(data::read(&mut vol, &mut io, INO, 0, off as usize)).unwrap(),
+        ready(data::read(&mut vol, INO, 0, off as usize)).unwrap(),
         vec![7u8; off as usize]
+    );
+}
+
+#[test]
+fn small_writes_are_buffered_until_the_commit_writes_them_back() {
+    let (meta, dev) = setup();
+    let mut vol = open(&meta, &dev);
+    let writes0 = dev.stats().writes;
+    for i in 0..100u64 {
+        ready(data::write(&mut vol, INO + i, 0, &fill(i, 4096))).unwrap();
+    }
+    assert_eq!(
+        dev.stats().writes,
+        writes0,
+        "no device write per small file"
+    );
+    assert_eq!(vol.data_io().unwrap().pending_blocks(), 100);
+    // Reads see the buffer.
+    assert_eq!(
+        ready(data::read(&mut vol, INO + 7, 0, 4096)).unwrap(),
+        fill(7, 4096)
+    );
+    vol.commit().unwrap();
+    assert_eq!(vol.data_io().unwrap().pending_blocks(), 0);
+    let runs = dev.stats().writes - writes0;
+    assert!(runs <= 4, "100 contiguous blocks went out in {runs} writes");
+    drop(vol);
+    let mut vol = open(&meta, &dev);
+    for i in 0..100u64 {
+        assert_eq!(
+            ready(data::read(&mut vol, INO + i, 0, 4096)).unwrap(),
+            fill(i, 4096)
+        );
+    }
+}
+
+#[test]
+fn a_failed_write_back_fails_the_commit_and_commits_nothing() {
+    let (meta, dev) = setup();
+    let mut vol = open(&meta, &dev);
+    ready(data::write(&mut vol, INO, 0, &fill(1, 8192))).unwrap();
+    vol.commit().unwrap();
+    ready(data::write(&mut vol, INO, 8192, &fill(2, 4096))).unwrap();
+    dev.inject(scoutfs_engine::dev::mem::Fault::always(
+        scoutfs_engine::dev::IoOp::Write,
+    ));
+    let e = vol.commit().unwrap_err();
+    assert_eq!(e.errno(), libc::EIO, "{e}");
+    assert!(vol.read_only().is_some());
+    dev.clear_faults();
+    drop(vol);
+    // The extent of the lost write never became durable.
+    let mut vol = open(&meta, &dev);
+    let ex = ready(extents(&mut vol, INO, 0, data::MAX_IBLOCK)).unwrap();
+    assert_eq!(ex.iter().map(|e| e.len).sum::<u64>(), 2, "{ex:?}");
+    assert_eq!(
+        ready(data::read(&mut vol, INO, 0, 8192)).unwrap(),
+        fill(1, 8192)
     );
 }

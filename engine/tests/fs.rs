@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
-use scoutfs_engine::data::io::DataIo;
 use scoutfs_engine::dev::mem::{Fault, MemDev};
 use scoutfs_engine::dev::IoOp;
 use scoutfs_engine::format::inode::{Dirent, Inode, Timespec, LINK_MAX};
@@ -117,9 +116,7 @@ impl T {
     fn mount(&mut self) {
         let mut vol = Volume::open(&self.meta, txn_opts()).unwrap();
         vol.attach_data_device(&self.data).unwrap();
-        let mut fs = block_on(Fs::open(vol, self.opts)).unwrap();
-        fs.attach_data(DataIo::open(&self.data).unwrap());
-        self.fs = Some(fs);
+        self.fs = Some(block_on(Fs::open(vol, self.opts)).unwrap());
     }
 
     fn fs(&mut self) -> &mut Fs<Volume> {

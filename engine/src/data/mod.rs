@@ -236,7 +236,6 @@ pub struct Written {
 /// any is written is returned.
 pub async fn write<S: ItemStore>(
     vol: &mut S,
-    io: &mut DataIo,
     ino: u64,
     offset: u64,
     data: &[u8],
@@ -248,7 +247,7 @@ pub async fn write<S: ItemStore>(
     let (b0, b1) = block_range(offset, data.len() as u64)?;
     let mut b = b0;
     while b <= b1 {
-        match write_step(vol, io, ino, b, b1, offset, data).await {
+        match write_step(vol, ino, b, b1, offset, data).await {
             Ok((end, allocated)) => {
                 done.allocated += allocated;
                 b = end + 1;
@@ -268,7 +267,6 @@ pub async fn write<S: ItemStore>(
 /// the blocks allocated.
 async fn write_step<S: ItemStore>(
     vol: &mut S,
-    io: &mut DataIo,
     ino: u64,
     b: u64,
     b1: u64,
@@ -288,7 +286,7 @@ async fn write_step<S: ItemStore>(
                 flags: e.flags & !DATA_EXTENT_UNWRITTEN,
             };
             let unwritten = e.flags & DATA_EXTENT_UNWRITTEN != 0;
-            write_run(io, &run, unwritten, offset, data)?;
+            write_run(vol.data_io()?, &run, unwritten, offset, data)?;
             if unwritten {
                 // Written now: only then does the run stop reading as zeros.
                 cut(vol, ino, &e, run.iblock, run.end()).await?;
@@ -308,7 +306,7 @@ async fn write_step<S: ItemStore>(
             };
             // Write before recording: an extent item never points at blocks
             // this write failed to fill.
-            if let Err(e) = write_run(io, &ext, true, offset, data) {
+            if let Err(e) = write_run(vol.data_io()?, &ext, true, offset, data) {
                 vol.free_data(got);
                 return Err(e);
             }
@@ -381,7 +379,6 @@ fn write_run(
 /// Read `len` bytes at `offset` of file `ino`; the caller clamps to the size.
 pub async fn read<S: ItemStore>(
     vol: &mut S,
-    io: &mut DataIo,
     ino: u64,
     offset: u64,
     len: usize,
@@ -404,7 +401,7 @@ pub async fn read<S: ItemStore>(
         let s = e.iblock.max(b0);
         let t = e.end().min(b1);
         let mut buf = vec![0u8; ((t - s + 1) * BS) as usize];
-        io.read(e.blkno + (s - e.iblock), &mut buf)?;
+        vol.data_io()?.read(e.blkno + (s - e.iblock), &mut buf)?;
         let from = (s * BS).max(offset);
         let to = ((t + 1) * BS).min(offset + len as u64);
         out[(from - offset) as usize..(to - offset) as usize]
@@ -438,7 +435,6 @@ async fn free_blocks<S: ItemStore>(
 /// Zero bytes `[from, to)` inside one block `iblock` if it is written.
 async fn zero_in_block<S: ItemStore>(
     vol: &mut S,
-    io: &mut DataIo,
     ino: u64,
     iblock: u64,
     from: usize,
@@ -452,6 +448,7 @@ async fn zero_in_block<S: ItemStore>(
     }
     let blk = e.blkno + (iblock - e.iblock);
     let mut buf = vec![0u8; BLOCK_SM_SIZE];
+    let io = vol.data_io()?;
     io.read(blk, &mut buf)?;
     buf[from..to].fill(0);
     io.write(blk, &buf)?;
@@ -461,12 +458,7 @@ async fn zero_in_block<S: ItemStore>(
 /// Cut the file's data to `size` bytes: blocks past it are freed and the
 /// rest of the last partial block is zeroed (so a later extension reads
 /// zeros there). Returns the online blocks freed.
-pub async fn truncate<S: ItemStore>(
-    vol: &mut S,
-    io: &mut DataIo,
-    ino: u64,
-    size: u64,
-) -> Result<u64, DataError> {
+pub async fn truncate<S: ItemStore>(vol: &mut S, ino: u64, size: u64) -> Result<u64, DataError> {
     let first_gone = size.div_ceil(BS);
     let mut freed = 0;
     if first_gone <= MAX_IBLOCK {
@@ -474,7 +466,7 @@ pub async fn truncate<S: ItemStore>(
     }
     let within = (size % BS) as usize;
     if within != 0 {
-        zero_in_block(vol, io, ino, size / BS, within, BLOCK_SM_SIZE).await?;
+        zero_in_block(vol, ino, size / BS, within, BLOCK_SM_SIZE).await?;
     }
     Ok(freed)
 }
@@ -485,7 +477,6 @@ pub async fn truncate<S: ItemStore>(
 /// [`free_extents_from`]. Returns the online blocks freed.
 pub async fn truncate_edge<S: ItemStore>(
     vol: &mut S,
-    io: &mut DataIo,
     ino: u64,
     size: u64,
 ) -> Result<u64, DataError> {
@@ -500,7 +491,7 @@ pub async fn truncate_edge<S: ItemStore>(
     }
     let within = (size % BS) as usize;
     if within != 0 {
-        zero_in_block(vol, io, ino, size / BS, within, BLOCK_SM_SIZE).await?;
+        zero_in_block(vol, ino, size / BS, within, BLOCK_SM_SIZE).await?;
     }
     Ok(freed)
 }
@@ -568,7 +559,6 @@ pub async fn free_extents_from<S: ItemStore>(
 /// blocks inside it are freed.
 pub async fn punch_hole<S: ItemStore>(
     vol: &mut S,
-    io: &mut DataIo,
     ino: u64,
     offset: u64,
     len: u64,
@@ -591,7 +581,6 @@ pub async fn punch_hole<S: ItemStore>(
     if b0 == b1 && (!offset.is_multiple_of(BS) || !end.is_multiple_of(BS)) {
         zero_in_block(
             vol,
-            io,
             ino,
             b0,
             (offset % BS) as usize,
@@ -600,10 +589,10 @@ pub async fn punch_hole<S: ItemStore>(
         .await?;
     } else {
         if !offset.is_multiple_of(BS) {
-            zero_in_block(vol, io, ino, b0, (offset % BS) as usize, BLOCK_SM_SIZE).await?;
+            zero_in_block(vol, ino, b0, (offset % BS) as usize, BLOCK_SM_SIZE).await?;
         }
         if !end.is_multiple_of(BS) {
-            zero_in_block(vol, io, ino, b1, 0, (end % BS) as usize).await?;
+            zero_in_block(vol, ino, b1, 0, (end % BS) as usize).await?;
         }
     }
     Ok(freed)

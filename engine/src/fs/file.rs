@@ -11,7 +11,7 @@
 //! blocks past the end still owned by the file (never corruption; the
 //! next truncate or delete frees them).
 
-use crate::data::{self, io::DataIo, DataError, MAX_FILE_BYTES};
+use crate::data::{self, DataError, MAX_FILE_BYTES};
 use crate::format::alloc::DATA_EXTENT_UNWRITTEN;
 use crate::format::block::BLOCK_SM_SIZE;
 use crate::format::inode::{Inode, Timespec};
@@ -53,11 +53,6 @@ fn relatime_due(i: &Inode, now: Timespec) -> bool {
 }
 
 impl<S: ItemStore> Fs<S> {
-    /// Give the mount its data device; file contents need it.
-    pub fn attach_data(&mut self, io: DataIo) {
-        self.data = Some(io);
-    }
-
     fn regular(ino: u64, inode: &Inode) -> Result<()> {
         match Attr::from_inode(ino, inode)?.kind {
             FileType::Regular => Ok(()),
@@ -80,8 +75,7 @@ impl<S: ItemStore> Fs<S> {
             // Entirely sparse: nothing to look up.
             vec![0u8; n]
         } else {
-            let io = self.data.as_mut().ok_or_else(no_data_device)?;
-            data::read(&mut self.store, io, ino, offset, n).await?
+            data::read(&mut self.store, ino, offset, n).await?
         };
         let now = self.now();
         if relatime_due(&inode, now) {
@@ -140,8 +134,7 @@ impl<S: ItemStore> Fs<S> {
         offset: u64,
         buf: &[u8],
     ) -> Result<u64> {
-        let io = self.data.as_mut().ok_or_else(no_data_device)?;
-        let done = data::write(&mut self.store, io, ino, offset, buf).await?;
+        let done = data::write(&mut self.store, ino, offset, buf).await?;
         let now = self.now();
         let mut b = self.batch();
         b.track(ino, stored);
@@ -177,11 +170,10 @@ impl<S: ItemStore> Fs<S> {
         self.store.hold_trans(nr_items, true).await?;
         let r = async {
             if has_data {
-                let io = self.data.as_mut().ok_or_else(no_data_device)?;
                 let freed = if many {
-                    data::truncate_edge(&mut self.store, io, ino, size).await?
+                    data::truncate_edge(&mut self.store, ino, size).await?
                 } else {
-                    data::truncate(&mut self.store, io, ino, size).await?
+                    data::truncate(&mut self.store, ino, size).await?
                 };
                 new.online_blocks
                     .set(new.online_blocks.get().saturating_sub(freed));
@@ -250,9 +242,8 @@ impl<S: ItemStore> Fs<S> {
             let now = self.now();
             let mut b = self.batch();
             b.track(ino, stored);
-            let io = self.data.as_mut().ok_or_else(no_data_device)?;
             if punch {
-                let freed = data::punch_hole(&mut self.store, io, ino, offset, len).await?;
+                let freed = data::punch_hole(&mut self.store, ino, offset, len).await?;
                 let i = b.inode_mut(ino);
                 i.online_blocks
                     .set(i.online_blocks.get().saturating_sub(freed));
@@ -319,8 +310,4 @@ impl<S: ItemStore> Fs<S> {
             }
         }
     }
-}
-
-fn no_data_device() -> FsError {
-    FsError::Io("this mount has no data device".into())
 }

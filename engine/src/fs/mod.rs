@@ -56,7 +56,6 @@ mod xattr;
 
 use std::collections::HashMap;
 
-use crate::data::io::DataIo;
 use crate::format::inode::{Inode, Timespec, DIRENT_FIRST_POS, ROOT_INO};
 use crate::format::Key;
 use crate::server::Statfs;
@@ -135,8 +134,6 @@ pub struct Fs<S: ItemStore> {
     /// Unlinked inodes too large to delete in the unlinking transaction
     /// (orphan.rs).
     pending_purge: Vec<u64>,
-    /// The data device's I/O; file contents need it (file.rs).
-    data: Option<DataIo>,
 }
 
 impl<S: ItemStore> Fs<S> {
@@ -153,7 +150,6 @@ impl<S: ItemStore> Fs<S> {
             ino_end: 0,
             open_counts: HashMap::new(),
             pending_purge: Vec::new(),
-            data: None,
         };
         if fs.store.lookup(&Key::inode(ROOT_INO)).await?.is_none() {
             fs.make_root().await?;

@@ -14,7 +14,7 @@ use crate::format::Key;
 use crate::server::Statfs;
 use crate::txn::Volume;
 
-use super::error::Result;
+use super::error::{FsError, Result};
 
 pub trait ItemStore {
     /// The item at `key`, if any.
@@ -53,6 +53,9 @@ pub trait ItemStore {
     fn pending_data_frees(&self) -> bool {
         false
     }
+
+    /// The data device's I/O (file contents); EIO when the mount has none.
+    fn data_io(&mut self) -> Result<&mut crate::data::io::DataIo>;
 
     /// The seq items written now carry (the open transaction's).
     fn txn_seq(&self) -> u64;
@@ -125,6 +128,10 @@ impl ItemStore for Volume {
 
     fn pending_data_frees(&self) -> bool {
         self.has_pending_data_frees()
+    }
+
+    fn data_io(&mut self) -> Result<&mut crate::data::io::DataIo> {
+        Volume::data_io(self).ok_or_else(|| FsError::Io("this mount has no data device".into()))
     }
 
     fn txn_seq(&self) -> u64 {

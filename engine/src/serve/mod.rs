@@ -12,7 +12,6 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::data::io::DataIo;
 use crate::dev::{BlockDev, DevError};
 use crate::fs::{Fs, FsError, FsOptions};
 use crate::reactor::{Local, Reactor, ReactorConfig, ReactorError};
@@ -110,9 +109,7 @@ impl Engine {
         let reactor = Reactor::start(opts.reactor, move |local: &Local| {
             let mut vol = Volume::open(&*m, txn)?;
             vol.attach_data_device(&*d)?;
-            let data = DataIo::open(&*d)?;
-            let mut fs = ready(Fs::open(vol, fs_opts))?;
-            fs.attach_data(data);
+            let fs = ready(Fs::open(vol, fs_opts))?;
             MOUNTED.with(|cell| *cell.borrow_mut() = Some(fs));
             local.spawn(commit_when_quiet(local.clone(), age));
             Ok(())

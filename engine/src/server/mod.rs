@@ -265,6 +265,13 @@ impl Server {
         self.read_only.as_deref()
     }
 
+    /// Stop accepting changes: the mount's data could not be made durable
+    /// (a failed data device), so nothing more may commit.
+    pub fn force_read_only(&mut self, why: String) {
+        tracing::error!("going read-only: {why}");
+        self.read_only.get_or_insert(why);
+    }
+
     pub fn handle(&mut self, store: &mut Store, req: Request) -> Result<Response, ServerError> {
         if let Some(why) = &self.read_only {
             if !matches!(req, Request::GetRoots | Request::Statfs) {

@@ -135,7 +135,9 @@ pub struct Volume {
     data_freed: Vec<Extent>,
     /// A queue on the data device, flushed before each commit so that no
     /// committed extent points at file data that is not yet durable.
-    data_flush: Option<crate::dev::QueuePair>,
+    /// The data device: file data I/O, written back and flushed before
+    /// every commit.
+    data: Option<crate::data::io::DataIo>,
     /// Open holds (`hold_trans`): no commit happens while an operation
     /// that must land in one transaction is writing its items.
     holds: u32,
@@ -214,7 +216,7 @@ impl Volume {
             committed_log: log,
             others: ForestRoots::default(),
             data_freed: Vec::new(),
-            data_flush: None,
+            data: None,
             holds: 0,
             txn_started: Instant::now(),
             txn_writes: 0,
@@ -365,17 +367,20 @@ impl Volume {
         Ok(true)
     }
 
-    /// Flush `data` (the volume's data device) before every commit.
+    /// Attach the data device: file data goes through it, and its
+    /// buffered writes are written back and flushed before every commit.
     pub fn attach_data_device(&mut self, data: &dyn BlockDev) -> Result<(), TxnError> {
-        let q = crate::dev::open_queue(
-            data,
-            &crate::dev::QueueConfig {
-                depth: 1,
-                pools: Vec::new(),
-            },
-        )?;
-        self.data_flush = Some(q);
+        self.attach_data_io(crate::data::io::DataIo::open(data)?);
         Ok(())
+    }
+
+    pub fn attach_data_io(&mut self, io: crate::data::io::DataIo) {
+        self.data = Some(io);
+    }
+
+    /// The data device's I/O, if attached.
+    pub fn data_io(&mut self) -> Option<&mut crate::data::io::DataIo> {
+        self.data.as_mut()
     }
 
     /// Data extents freed in this transaction become allocatable once it
@@ -502,10 +507,15 @@ impl Volume {
     /// Commit the open transaction; returns the seq now durable.
     pub fn commit(&mut self) -> Result<u64, TxnError> {
         self.check_writable()?;
-        if let Some(q) = self.data_flush.as_mut() {
+        if let Some(d) = self.data.as_mut() {
             // File data written in this transaction must be durable before
-            // the extents that point at it are.
-            q.run_one(crate::dev::IoRequest::flush(0)).result?;
+            // the extents that point at it are. If it can't be, nothing
+            // may commit any more.
+            if let Err(e) = d.flush() {
+                self.server
+                    .force_read_only(format!("writing file data to the data device: {e}"));
+                return Err(e.into());
+            }
         }
         self.call(Request::GetMetaAvail { for_commit: true })?;
         let data_freed = std::mem::take(&mut self.data_freed);
