@@ -3239,3 +3239,41 @@ fn a_write_by_a_non_owner_clears_setuid() {
     block_on(t.fs().write(&user(1000), f.ino, 0, b"x")).unwrap();
     assert_eq!(t.getattr(f.ino).unwrap().perm(), 0o777);
 }
+
+#[test]
+fn o_tmpfile_is_nameless_until_linked_and_gone_if_not() {
+    let mut t = T::new();
+    let free0 = t.free_data();
+    let d = t.mkdir(ROOT, "d");
+    let tmp = block_on(t.fs().tmpfile(&root(), d.ino, 0o600)).unwrap();
+    assert_eq!((tmp.nlink, tmp.perm()), (0, 0o600));
+    t.write(tmp.ino, 0, b"staged contents");
+    assert!(t.names(d.ino).is_empty(), "no name yet");
+    let linked = t.link(tmp.ino, d.ino, "final").unwrap();
+    assert_eq!(linked.nlink, 1);
+    block_on(t.fs().release(tmp.ino)).unwrap();
+    assert_eq!(t.read(tmp.ino, 0, 100), b"staged contents");
+    assert_eq!(t.lookup(d.ino, "final").unwrap().ino, tmp.ino);
+
+    // Released without a link: deleted with its data.
+    let gone = block_on(t.fs().tmpfile(&root(), d.ino, 0o644)).unwrap();
+    t.write(gone.ino, 0, &[7u8; 8192]);
+    block_on(t.fs().release(gone.ino)).unwrap();
+    assert_eq!(t.getattr(gone.ino).unwrap_err(), FsError::NotFound);
+    // An ordinary file unlinked while open can't be linked back.
+    let f = t.create(d.ino, "f");
+    block_on(t.fs().open_ino(&root(), f.ino, MAY_READ)).unwrap();
+    t.unlink(d.ino, "f").unwrap();
+    assert_eq!(t.link(f.ino, d.ino, "back").unwrap_err(), FsError::NotFound);
+    block_on(t.fs().release(f.ino)).unwrap();
+
+    // A crash with a tmpfile open: the next mount deletes it.
+    let lost = block_on(t.fs().tmpfile(&root(), d.ino, 0o644)).unwrap();
+    t.write(lost.ino, 0, &[9u8; 4096]);
+    t.crash_after_commit();
+    t.mount();
+    assert_eq!(t.getattr(lost.ino).unwrap_err(), FsError::NotFound);
+    t.commit();
+    assert_eq!(t.free_data(), free0 - 1, "only 'final' keeps a block");
+    t.check();
+}

@@ -13,6 +13,7 @@ use crate::format::inode::{Inode, DIRENT_FIRST_POS, DIRENT_LAST_POS, LINK_MAX};
 use super::dirent::{check_name, readdir_key, Entry, NameKind};
 use super::error::{FsError, Result};
 use super::inode::{Attr, FileType};
+use super::orphan::orphan_key;
 use super::perm::{self, Creds, MAY_EXEC, MAY_WRITE};
 use super::xattr::put_xattr;
 use super::{symlink, Fs, ItemStore};
@@ -86,7 +87,8 @@ impl<S: ItemStore> Fs<S> {
         mode: u32,
     ) -> Result<Attr> {
         let mode = libc::S_IFREG | (mode & 0o7777);
-        self.create_node(creds, dir, name, mode, 0, None).await
+        self.create_node(creds, dir, Some(name), mode, 0, None)
+            .await
     }
 
     /// mknod: a regular file (type bits 0 or S_IFREG), fifo, socket, or
@@ -111,24 +113,37 @@ impl<S: ItemStore> Fs<S> {
             Some(FileType::CharDevice | FileType::BlockDevice) => rdev,
             _ => 0,
         };
-        self.create_node(creds, dir, name, mode, rdev, None).await
+        self.create_node(creds, dir, Some(name), mode, rdev, None)
+            .await
     }
 
     /// mkdir: setuid and setgid of `mode` are ignored (a setgid parent
     /// passes its setgid on).
     pub async fn mkdir(&mut self, creds: &Creds, dir: u64, name: &[u8], mode: u32) -> Result<Attr> {
         let mode = libc::S_IFDIR | (mode & (0o777 | libc::S_ISVTX));
-        self.create_node(creds, dir, name, mode, 0, None).await
+        self.create_node(creds, dir, Some(name), mode, 0, None)
+            .await
     }
 
     /// Make a new inode of `mode` (type included) named `name` in `dir`;
     /// `target` is a symlink's. The new inode inherits `dir`'s default
     /// ACL, or else its mode loses the caller's umask (symlinks neither).
+    /// O_TMPFILE: a regular file in `dir`'s filesystem with no name. It
+    /// is open (a handle is taken, given back with [`Fs::release`]), kept
+    /// by an orphan item until linked, and may be linked into a directory
+    /// with [`Fs::link`] (linkat) while this mount holds it.
+    pub async fn tmpfile(&mut self, creds: &Creds, dir: u64, mode: u32) -> Result<Attr> {
+        let mode = libc::S_IFREG | (mode & 0o7777);
+        self.create_node(creds, dir, None, mode, 0, None).await
+    }
+
+    /// Make a new inode of `mode` (type included) named `name` in `dir`
+    /// (no name: an O_TMPFILE, orphaned and open); `target` is a symlink's.
     pub(super) async fn create_node(
         &mut self,
         creds: &Creds,
         dir: u64,
-        name: &[u8],
+        name: Option<&[u8]>,
         mode: u32,
         rdev: u32,
         target: Option<&[u8]>,
@@ -136,7 +151,18 @@ impl<S: ItemStore> Fs<S> {
         let now = self.now();
         let kind = FileType::from_mode(mode).ok_or(FsError::Invalid)?;
         debug_assert_eq!(kind == FileType::Symlink, target.is_some());
-        let d = self.dir_for_new_entry(creds, dir, name).await?;
+        let d = match name {
+            Some(name) => self.dir_for_new_entry(creds, dir, name).await?,
+            None => {
+                let d = self.search_dir(creds, dir).await?;
+                if d.nlink.get() == 0 {
+                    return Err(FsError::NotFound);
+                }
+                self.check_access(creds, dir, &d, MAY_WRITE | MAY_EXEC)
+                    .await?;
+                d
+            }
+        };
         if matches!(kind, FileType::CharDevice | FileType::BlockDevice) && !creds.is_root() {
             return Err(FsError::Perm);
         }
@@ -165,10 +191,15 @@ impl<S: ItemStore> Fs<S> {
             (mode, Vec::new())
         };
         let ino = self.alloc_ino().await?;
+        let nlink = match (name, kind) {
+            (None, _) => 0,
+            (Some(_), FileType::Directory) => 2,
+            (Some(_), _) => 1,
+        };
         let inode = Inode {
             size: target.map_or(0, |t| t.len() as u64).into(),
             next_readdir_pos: DIRENT_FIRST_POS.into(),
-            nlink: if kind == FileType::Directory { 2 } else { 1 }.into(),
+            nlink: nlink.into(),
             uid: uid.into(),
             gid: gid.into(),
             mode: mode.into(),
@@ -181,6 +212,22 @@ impl<S: ItemStore> Fs<S> {
             ..Inode::default()
         };
         let mut b = self.batch();
+        b.create_inode(ino, inode);
+        for (acl_kind, value) in acls {
+            let xname = acl_kind.xattr_name();
+            put_xattr(&mut b, ino, self.hash(xname), xname, &value, None);
+        }
+        if let Some(t) = target {
+            symlink::put_target(&mut b, ino, t);
+        }
+        let Some(name) = name else {
+            // O_TMPFILE: no entry; the orphan item keeps it until linked.
+            b.put(orphan_key(self.opts.rid, ino), Vec::new());
+            self.apply(b).await?;
+            self.hold_ino(ino);
+            self.linkable.insert(ino);
+            return self.getattr(ino).await;
+        };
         b.track(dir, d);
         let di = b.inode_mut(dir);
         di.next_readdir_pos.set(pos + 1);
@@ -190,11 +237,6 @@ impl<S: ItemStore> Fs<S> {
         }
         di.mtime = now;
         di.ctime = now;
-        b.create_inode(ino, inode);
-        for (acl_kind, value) in acls {
-            let name = acl_kind.xattr_name();
-            put_xattr(&mut b, ino, self.hash(name), name, &value, None);
-        }
         let entry = Entry {
             ino,
             hash: self.hash(name),
@@ -203,9 +245,6 @@ impl<S: ItemStore> Fs<S> {
             name: name.to_vec(),
         };
         entry.put(&mut b, dir);
-        if let Some(t) = target {
-            symlink::put_target(&mut b, ino, t);
-        }
         self.apply(b).await?;
         self.getattr(ino).await
     }
@@ -276,7 +315,9 @@ impl<S: ItemStore> Fs<S> {
         if kind == FileType::Directory {
             return Err(FsError::Perm);
         }
-        if child.nlink.get() == 0 {
+        let tmpfile = child.nlink.get() == 0;
+        if tmpfile && !self.linkable.contains(&ino) {
+            // An unlinked file can't come back; an O_TMPFILE can.
             return Err(FsError::NotFound);
         }
         if child.nlink.get() >= LINK_MAX {
@@ -308,7 +349,13 @@ impl<S: ItemStore> Fs<S> {
             name: name.to_vec(),
         };
         entry.put(&mut b, dir);
+        if tmpfile {
+            b.delete(orphan_key(self.opts.rid, ino));
+        }
         self.apply(b).await?;
+        if tmpfile {
+            self.linkable.remove(&ino);
+        }
         self.getattr(ino).await
     }
 

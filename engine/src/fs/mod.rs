@@ -134,6 +134,8 @@ pub struct Fs<S: ItemStore> {
     /// Unlinked inodes too large to delete in the unlinking transaction
     /// (orphan.rs).
     pending_purge: Vec<u64>,
+    /// O_TMPFILE inodes of this mount that linkat may still link.
+    linkable: std::collections::HashSet<u64>,
 }
 
 impl<S: ItemStore> Fs<S> {
@@ -150,6 +152,7 @@ impl<S: ItemStore> Fs<S> {
             ino_end: 0,
             open_counts: HashMap::new(),
             pending_purge: Vec::new(),
+            linkable: std::collections::HashSet::new(),
         };
         if fs.store.lookup(&Key::inode(ROOT_INO)).await?.is_none() {
             fs.make_root().await?;

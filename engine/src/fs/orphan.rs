@@ -61,6 +61,7 @@ impl<S: ItemStore> Fs<S> {
             return Ok(());
         }
         self.open_counts.remove(&ino);
+        self.linkable.remove(&ino);
         let inode = match self.read_inode(ino).await {
             Err(FsError::NotFound) => return Ok(()),
             r => r?,

@@ -48,8 +48,15 @@ impl<S: ItemStore> Fs<S> {
         if target.contains(&0) {
             return Err(FsError::Invalid);
         }
-        self.create_node(creds, dir, name, libc::S_IFLNK | 0o777, 0, Some(target))
-            .await
+        self.create_node(
+            creds,
+            dir,
+            Some(name),
+            libc::S_IFLNK | 0o777,
+            0,
+            Some(target),
+        )
+        .await
     }
 
     /// readlink: a symlink's target (EINVAL for anything else).
