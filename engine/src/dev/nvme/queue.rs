@@ -23,6 +23,8 @@ const PAGE: usize = 4096;
 const PRPS_PER_PAGE: usize = PAGE / 8;
 /// Most bytes one command moves: what PRP1 plus one PRP list page address.
 pub const MAX_COMMAND_BYTES: usize = PRPS_PER_PAGE * PAGE;
+/// Smallest I/O queue we create (CAP.MQES permitting).
+const MIN_QUEUE_ENTRIES: u32 = 256;
 /// Largest request the queue takes (split into commands of at most MDTS).
 pub const MAX_REQUEST_BYTES: u32 = 2 << 20;
 /// How often (in reap calls with commands in flight) the clock is read for
@@ -135,7 +137,9 @@ impl NvmeQueue {
             .min(MAX_REQUEST_BYTES as usize);
         let per_req = max_req.div_ceil(max_cmd_bytes);
         let want_cmds = cfg.depth as usize * per_req;
-        let entries = ctrl.io_queue_entries(want_cmds as u32 + 1);
+        // At least MIN_QUEUE_ENTRIES, so the CQ head doorbell (written every
+        // half queue) stays rare even at low depth.
+        let entries = ctrl.io_queue_entries((want_cmds as u32 + 1).max(MIN_QUEUE_ENTRIES));
         let cmd_slots = (entries - 1) as usize;
         // A queue shorter than asked for takes fewer requests at once, so a
         // request that passed the depth check always finds its commands.
