@@ -95,12 +95,14 @@ fn vfio_two_controllers_at_once() {
     assert_eq!(read(&mut qb, &pool, MIB, 65536).unwrap(), vec![0x5a; 65536]);
 }
 
-/// QEMU's blkdebug fails the first data read under the emulated NVMe
-/// (rule `once`); the controller completes the command with a media error
-/// (0x281) and the caller sees EIO with its buffer; the device is not
-/// failed, and the data written before is still there on the next read.
+/// QEMU's blkdebug fails the first data write and the first data read
+/// under the emulated NVMe (rules `once`); the controller completes the
+/// commands with media errors (write fault 0x280, unrecovered read error
+/// 0x281) and the caller sees EIO with its buffer; the device is not
+/// failed, a retried write lands, and the data written is still there on
+/// the next read.
 #[test]
-fn vfio_injected_media_error_is_eio() {
+fn vfio_injected_media_errors_are_eio() {
     let Some(d) = env_dev("SCOUTFS_NVME_TEST_EIO_DEVICE") else {
         return;
     };
@@ -117,6 +119,18 @@ fn vfio_injected_media_error_is_eio() {
         },
     )
     .unwrap();
+    assert_eq!(
+        write(&mut qp, &pool, off, &[7u8; 4096]),
+        Err(DevError::Io {
+            op: IoOp::Write,
+            offset: off,
+            errno: libc::EIO
+        })
+    );
+    assert!(
+        !d.controller().is_failed(),
+        "a media error is not a device failure"
+    );
     write(&mut qp, &pool, off, &[7u8; 4096]).unwrap();
     flush(&mut qp).unwrap();
     let c = qp.run_one(IoRequest::read(off, 4096, pool.try_get().unwrap(), 1));

@@ -55,16 +55,25 @@ fn strace(tid: i32, window: Duration) -> Option<SyscallCount> {
         .spawn()
         .ok()?;
     std::thread::sleep(window);
+    // strace that already exited could not attach: no figure.
+    if child.try_wait().ok()?.is_some() {
+        return None;
+    }
     // SAFETY: kill with a pid we spawned; SIGINT makes strace detach and
     // write its summary.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     child.wait().ok()?;
     let text = std::fs::read_to_string(&dir).ok()?;
     let _ = std::fs::remove_file(&dir);
-    // The "total" line: % time, seconds, usecs/call, calls, errors, total
-    let total = text.lines().find(|l| l.trim_end().ends_with("total"))?;
-    let fields: Vec<&str> = total.split_whitespace().collect();
-    let count = fields.get(fields.len().checked_sub(3)?)?.parse().ok()?;
+    // The "total" line: % time, seconds, usecs/call, calls, errors, total.
+    // A thread that made no syscall at all gets a summary without one.
+    let count = match text.lines().find(|l| l.trim_end().ends_with("total")) {
+        Some(total) => {
+            let fields: Vec<&str> = total.split_whitespace().collect();
+            fields.get(fields.len().checked_sub(3)?)?.parse().ok()?
+        }
+        None => 0,
+    };
     Some(SyscallCount {
         tool: "strace -c -p TID",
         count,
