@@ -3110,7 +3110,11 @@ fn unlink_frees_data_and_an_open_file_keeps_it_until_release() {
 
 #[test]
 fn large_fragmented_files_are_deleted_over_several_transactions() {
-    let mut t = T::new();
+    let opts = FsOptions {
+        data_prealloc: scoutfs_engine::data::Prealloc::NONE,
+        ..fs_opts()
+    };
+    let mut t = T::with(opts, MkfsOptions::default(), 64 << 20);
     let free0 = t.free_data();
     let f = t.create(ROOT, "f");
     let g = t.create(ROOT, "g");
@@ -3275,5 +3279,38 @@ fn o_tmpfile_is_nameless_until_linked_and_gone_if_not() {
     assert_eq!(t.getattr(lost.ino).unwrap_err(), FsError::NotFound);
     t.commit();
     assert_eq!(t.free_data(), free0 - 1, "only 'final' keeps a block");
+    t.check();
+}
+
+#[test]
+fn preallocation_keeps_interleaved_appends_contiguous() {
+    let mut t = T::new();
+    let f = t.create(ROOT, "f");
+    let g = t.create(ROOT, "g");
+    for i in 0..512u64 {
+        t.write(f.ino, i * 4096, &[1u8; 4096]);
+        t.write(g.ino, i * 4096, &[2u8; 4096]);
+    }
+    let count = |t: &mut T, ino: u64| {
+        let first = Key::new(zone::FS, ino, item_type::DATA_EXTENT, 0, 0, 0);
+        let last = Key::new(
+            zone::FS,
+            ino,
+            item_type::DATA_EXTENT,
+            u64::MAX,
+            u64::MAX,
+            u8::MAX,
+        );
+        t.vol().range(&first, &last, usize::MAX).unwrap().len()
+    };
+    // Each allocation doubles: about log2(512) extents, not 512.
+    let (nf, ng) = (count(&mut t, f.ino), count(&mut t, g.ino));
+    assert!(nf <= 12 && ng <= 12, "extents: f {nf}, g {ng}");
+    assert_eq!(t.read(f.ino, 0, 512 * 4096), vec![1u8; 512 * 4096]);
+    // Preallocated blocks past the end count as the file's until freed.
+    let a = t.getattr(f.ino).unwrap();
+    assert!(a.online_blocks >= 512, "{a:?}");
+    t.truncate(f.ino, 512 * 4096);
+    assert_eq!(t.getattr(f.ino).unwrap().online_blocks, 512);
     t.check();
 }

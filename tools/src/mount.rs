@@ -30,6 +30,7 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub fuse: PathBuf,
     /// Mount options, comma separated, as scoutfs's: ino_alloc_per_lock=N,
+    /// data_prealloc_blocks=N (2048), data_prealloc_contig_only=0|1 (1),
     /// acl (the default) or noacl, ro, rw.
     #[arg(short = 'o', long = "options", value_name = "OPTS")]
     pub options: Option<String>,
@@ -79,6 +80,8 @@ pub struct MountOptions {
     pub ino_alloc_per_lock: Option<u64>,
     pub read_only: bool,
     pub noacl: bool,
+    pub data_prealloc_blocks: Option<u64>,
+    pub data_prealloc_contig_only: Option<bool>,
 }
 
 pub fn parse_options(s: &str) -> Result<MountOptions, String> {
@@ -101,13 +104,19 @@ pub fn parse_options(s: &str) -> Result<MountOptions, String> {
                 }
                 o.ino_alloc_per_lock = Some(n);
             }
+            "data_prealloc_blocks" => o.data_prealloc_blocks = Some(num(v)?),
+            "data_prealloc_contig_only" => match num(v)? {
+                0 => o.data_prealloc_contig_only = Some(false),
+                1 => o.data_prealloc_contig_only = Some(true),
+                _ => return Err("data_prealloc_contig_only is 0 or 1".into()),
+            },
             "ro" => o.read_only = true,
             "rw" => o.read_only = false,
             "acl" => o.noacl = false,
             "noacl" => o.noacl = true,
             _ => {
                 return Err(format!(
-                    "unknown mount option {opt:?} (known: ino_alloc_per_lock=N, acl, noacl, ro, rw)"
+                    "unknown mount option {opt:?} (known: ino_alloc_per_lock=N, data_prealloc_blocks=N, data_prealloc_contig_only=0|1, acl, noacl, ro, rw)"
                 ))
             }
         }
@@ -232,6 +241,12 @@ fn serve(a: &Args) -> Result<(), String> {
         acl: !mo.noacl,
         ..FsOptions::default()
     };
+    if let Some(n) = mo.data_prealloc_blocks {
+        fs.data_prealloc.blocks = n;
+    }
+    if let Some(c) = mo.data_prealloc_contig_only {
+        fs.data_prealloc.contig_only = c;
+    }
     if let Some(n) = mo.ino_alloc_per_lock {
         fs.ino_alloc_per_lock = n;
     }
@@ -452,5 +467,11 @@ mod tests {
             .unwrap_err()
             .contains("needs a value"));
         assert!(parse_options("ino_alloc_per_lock=0").is_err());
+        let o = parse_options("data_prealloc_blocks=0,data_prealloc_contig_only=0").unwrap();
+        assert_eq!(
+            (o.data_prealloc_blocks, o.data_prealloc_contig_only),
+            (Some(0), Some(false))
+        );
+        assert!(parse_options("data_prealloc_contig_only=2").is_err());
     }
 }

@@ -230,6 +230,39 @@ pub struct Written {
     pub allocated: u64,
 }
 
+/// Preallocation (scoutfs's data_prealloc_blocks and
+/// data_prealloc_contig_only mount options): a write into a hole may
+/// allocate more blocks than it writes, kept as an unwritten extent after
+/// the written ones, so files written concurrently stay contiguous.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prealloc {
+    /// Most blocks one allocation may add beyond the write (0: none).
+    pub blocks: u64,
+    /// Only a write that continues the file's previous extent
+    /// preallocates (a streaming append), and then as many blocks as the
+    /// file already has there, up to `blocks`: a file's preallocation
+    /// grows with it. Otherwise any write into a hole fills up to `blocks`
+    /// of it.
+    pub contig_only: bool,
+}
+
+impl Prealloc {
+    pub const NONE: Prealloc = Prealloc {
+        blocks: 0,
+        contig_only: true,
+    };
+}
+
+impl Default for Prealloc {
+    /// scoutfs's defaults: 2048 blocks (8 MiB), contiguous appends only.
+    fn default() -> Self {
+        Prealloc {
+            blocks: 2048,
+            contig_only: true,
+        }
+    }
+}
+
 /// Write `data` at `offset` into file `ino`. The caller updates the size.
 /// An error after some of the data is written returns the short count
 /// (what write(2) does when the device fills mid-write); an error before
@@ -240,6 +273,17 @@ pub async fn write<S: ItemStore>(
     offset: u64,
     data: &[u8],
 ) -> Result<Written, DataError> {
+    write_with(vol, ino, offset, data, Prealloc::NONE).await
+}
+
+/// [`write`] with preallocation.
+pub async fn write_with<S: ItemStore>(
+    vol: &mut S,
+    ino: u64,
+    offset: u64,
+    data: &[u8],
+    prealloc: Prealloc,
+) -> Result<Written, DataError> {
     let mut done = Written::default();
     if data.is_empty() {
         return Ok(done);
@@ -247,7 +291,7 @@ pub async fn write<S: ItemStore>(
     let (b0, b1) = block_range(offset, data.len() as u64)?;
     let mut b = b0;
     while b <= b1 {
-        match write_step(vol, ino, b, b1, offset, data).await {
+        match write_step(vol, ino, b, b1, offset, data, prealloc).await {
             Ok((end, allocated)) => {
                 done.allocated += allocated;
                 b = end + 1;
@@ -272,6 +316,7 @@ async fn write_step<S: ItemStore>(
     b1: u64,
     offset: u64,
     data: &[u8],
+    prealloc: Prealloc,
 ) -> Result<(u64, u64), DataError> {
     match extent_from(vol, ino, b).await? {
         Some(e) if e.iblock <= b => {
@@ -289,18 +334,23 @@ async fn write_step<S: ItemStore>(
             write_run(vol.data_io()?, &run, unwritten, offset, data)?;
             if unwritten {
                 // Written now: only then does the run stop reading as zeros.
+                // Merged with the written extent before it (a preallocated
+                // file filling up stays one extent).
                 cut(vol, ino, &e, run.iblock, run.end()).await?;
-                put(vol, ino, &run).await?;
+                insert_merging(vol, ino, run).await?;
             }
             Ok((run.end(), 0))
         }
         other => {
-            // A hole up to the next extent (or past the write).
-            let hole_end = other.map_or(b1, |e| b1.min(e.iblock - 1));
-            let got = vol.alloc_data((hole_end - b + 1).min(STEP_BLOCKS)).await?;
+            // A hole up to the next extent (or to the end of files).
+            let hole_last = other.map_or(MAX_IBLOCK, |e| e.iblock - 1);
+            let need = (hole_last.min(b1) - b + 1).min(STEP_BLOCKS);
+            let extra = prealloc_blocks(vol, ino, b, prealloc).await?;
+            let want = need.max(extra.min(hole_last - b + 1));
+            let got = vol.alloc_data(want).await?;
             let ext = FileExtent {
                 iblock: b,
-                len: got.len,
+                len: got.len.min(need),
                 blkno: got.start,
                 flags: 0,
             };
@@ -311,8 +361,44 @@ async fn write_step<S: ItemStore>(
                 return Err(e);
             }
             insert_merging(vol, ino, ext).await?;
+            if got.len > ext.len {
+                let pre = FileExtent {
+                    iblock: ext.end() + 1,
+                    len: got.len - ext.len,
+                    blkno: got.start + ext.len,
+                    flags: DATA_EXTENT_UNWRITTEN,
+                };
+                insert_merging(vol, ino, pre).await?;
+            }
             Ok((ext.end(), got.len))
         }
+    }
+}
+
+/// Blocks to allocate for a write into the hole at `b` (0: just the write).
+async fn prealloc_blocks<S: ItemStore>(
+    vol: &mut S,
+    ino: u64,
+    b: u64,
+    p: Prealloc,
+) -> Result<u64, DataError> {
+    if p.blocks == 0 {
+        return Ok(0);
+    }
+    if !p.contig_only {
+        return Ok(p.blocks);
+    }
+    if b == 0 {
+        return Ok(0);
+    }
+    // A streaming append continues the extent that ends just before it:
+    // preallocate as much as the file has (its preallocation doubles as it
+    // grows), up to the limit.
+    match extent_from(vol, ino, b - 1).await? {
+        Some(prev) if prev.end() == b - 1 && prev.flags & DATA_EXTENT_OFFLINE == 0 => {
+            Ok(b.min(p.blocks))
+        }
+        _ => Ok(0),
     }
 }
 

@@ -134,7 +134,8 @@ impl<S: ItemStore> Fs<S> {
         offset: u64,
         buf: &[u8],
     ) -> Result<u64> {
-        let done = data::write(&mut self.store, ino, offset, buf).await?;
+        let done =
+            data::write_with(&mut self.store, ino, offset, buf, self.opts.data_prealloc).await?;
         let now = self.now();
         let mut b = self.batch();
         b.track(ino, stored);

@@ -105,6 +105,9 @@ pub struct FsOptions {
     /// the `system.posix_acl_*` xattrs are EOPNOTSUPP and no ACL is
     /// evaluated (the umask always applies).
     pub acl: bool,
+    /// Data preallocation on writes (scoutfs's data_prealloc_blocks,
+    /// data_prealloc_contig_only).
+    pub data_prealloc: crate::data::Prealloc,
 }
 
 impl Default for FsOptions {
@@ -115,6 +118,7 @@ impl Default for FsOptions {
             clock: system_time,
             name_hash,
             acl: true,
+            data_prealloc: crate::data::Prealloc::default(),
         }
     }
 }
