@@ -150,3 +150,72 @@ fn vfio_injected_media_errors_are_eio() {
     );
     assert_eq!(read(&mut qp, &pool, off, 4096).unwrap(), vec![7u8; 4096]);
 }
+
+/// A controller whose commands take far longer than the timeout (QEMU's
+/// throttle driver under the emulated NVMe, `SCOUTFS_NVME_TEST_SLOW_DEVICE`):
+/// the waiters fail with a clear error instead of hanging, the controller is
+/// stopped and marked failed, the buffers come back, later requests fail at
+/// once, and opening the controller again resets it into working order.
+#[test]
+fn vfio_slow_commands_time_out_and_fail_the_device() {
+    let Ok(addr) = std::env::var("SCOUTFS_NVME_TEST_SLOW_DEVICE") else {
+        eprintln!("skipped: SCOUTFS_NVME_TEST_SLOW_DEVICE is not set");
+        return;
+    };
+    let opts = NvmeOptions {
+        timeout_ms: 500,
+        ..Default::default()
+    };
+    let pool = DmaPool::new(4096, 16).unwrap();
+    {
+        let d = NvmeDev::open_with(&addr, opts).unwrap();
+        let mut qp = open_queue(
+            &d,
+            &QueueConfig {
+                depth: 16,
+                pools: vec![pool.clone()],
+            },
+        )
+        .unwrap();
+        let start = std::time::Instant::now();
+        for i in 0..16u64 {
+            qp.submit(IoRequest::read(i * 4096, 4096, pool.try_get().unwrap(), i))
+                .unwrap();
+        }
+        let mut failed = 0;
+        let mut done = 0;
+        while done < 16 {
+            let _ = qp.kick();
+            qp.reap(&mut |c| {
+                done += 1;
+                if let Err(e) = c.result {
+                    assert!(matches!(e, DevError::Failed(_)), "{e}");
+                    assert!(
+                        e.to_string().contains("did not complete within 500 ms"),
+                        "{e}"
+                    );
+                    failed += 1;
+                }
+            });
+            assert!(start.elapsed().as_secs() < 20, "requests hung");
+        }
+        let waited = start.elapsed();
+        eprintln!("{failed} of 16 failed after {waited:?}");
+        assert!(failed > 0, "a throttled queue of 16 must outlast 500 ms");
+        assert!(d.controller().is_failed());
+        assert!(
+            d.controller().failure().unwrap().quiesced,
+            "the controller stopped"
+        );
+        let r = qp
+            .submit(IoRequest::read(0, 4096, pool.try_get().unwrap(), 99))
+            .unwrap_err();
+        assert!(matches!(r.error, DevError::Failed(_)));
+    }
+    assert_eq!(pool.available(), pool.count(), "every buffer came back");
+    // A new open resets and enables the controller again.
+    let d = NvmeDev::open_with(&addr, NvmeOptions::default()).unwrap();
+    let mut qp = queue(&d, &pool);
+    write(&mut qp, &pool, 0, &[9u8; 4096]).unwrap();
+    assert_eq!(read(&mut qp, &pool, 0, 4096).unwrap(), vec![9u8; 4096]);
+}
