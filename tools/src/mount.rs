@@ -386,6 +386,10 @@ fn start_admin(path: &Path, engine: Arc<Engine>, counters: Arc<Counters>) -> Res
                             ("cache_misses", c.misses),
                             ("cache_evictions", c.evictions),
                             ("meta_device_reads", v.device_reads()),
+                            (
+                                "data_readahead_hit_blocks",
+                                v.data_io().map_or(0, |d| d.ra_hits),
+                            ),
                         ]
                     }) {
                         lines.extend(stats.iter().map(|(k, v)| (k.to_string(), *v)));

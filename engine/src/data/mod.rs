@@ -493,7 +493,50 @@ pub async fn read<S: ItemStore>(
         out[(from - offset) as usize..(to - offset) as usize]
             .copy_from_slice(&buf[(from - s * BS) as usize..(to - s * BS) as usize]);
     }
+    read_ahead(vol, ino, b0, b1).await?;
     Ok(out)
+}
+
+/// Logical blocks a sequential reader is read ahead of.
+const READ_AHEAD_BLOCKS: u64 = 2048;
+
+/// After a read of blocks `[b0, b1]`: if `ino` is being read in order,
+/// keep the device reading up to [`READ_AHEAD_BLOCKS`] past it (topped up
+/// when half is used), so the next reads find their blocks in memory.
+async fn read_ahead<S: ItemStore>(
+    vol: &mut S,
+    ino: u64,
+    b0: u64,
+    b1: u64,
+) -> Result<(), DataError> {
+    let Some(stream) = vol.data_io()?.note_read(ino, b0, b1) else {
+        return Ok(());
+    };
+    if stream.ahead_until > b1 + 1 + READ_AHEAD_BLOCKS / 2 {
+        return Ok(());
+    }
+    let from = stream.ahead_until.max(b1 + 1);
+    let to = (b1 + READ_AHEAD_BLOCKS).min(MAX_IBLOCK);
+    if from > to {
+        return Ok(());
+    }
+    let exts = extents(vol, ino, from, to).await?;
+    let io = vol.data_io()?;
+    for e in exts {
+        if e.flags & (DATA_EXTENT_OFFLINE | DATA_EXTENT_UNWRITTEN) != 0 {
+            continue;
+        }
+        let s = e.iblock.max(from);
+        let t = e.end().min(to);
+        let asked = io.prefetch(e.blkno + (s - e.iblock), t - s + 1);
+        if asked < t - s + 1 {
+            // The queue or cache is full: ask for the rest next time.
+            io.note_ahead(ino, s + asked);
+            return Ok(());
+        }
+    }
+    io.note_ahead(ino, to + 1);
+    Ok(())
 }
 
 /// Free the blocks of `[first, last]` (logical) and zero nothing; the

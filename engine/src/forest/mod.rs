@@ -56,6 +56,15 @@ fn newest(
     Ok(best)
 }
 
+/// Whether any of the trees has a version of `key` (a deletion counts).
+pub fn holds_any_version(
+    blocks: &mut dyn BlockAccess,
+    roots: &ForestRoots,
+    key: &Key,
+) -> Result<bool, BtreeError> {
+    Ok(newest(blocks, roots, key)?.is_some())
+}
+
 /// The visible item at `key`.
 pub fn lookup(
     blocks: &mut dyn BlockAccess,
@@ -99,22 +108,22 @@ pub fn next(
     key: &Key,
     last: &Key,
 ) -> Result<Option<Item>, BtreeError> {
-    let mut from = *key;
-    loop {
-        let Some(it) = first_from(blocks, roots.trees(), &from, last)? else {
-            return Ok(None);
-        };
-        if it.flags & ITEM_FLAG_DELETION == 0 {
-            return Ok(Some(it));
-        }
-        match it.key.next() {
-            Some(n) => from = n,
-            None => return Ok(None),
-        }
-    }
+    Ok(range(blocks, roots, key, last, 1)?.into_iter().next())
 }
 
+/// Most items each tree is read ahead by, per descent: deletion items
+/// (many in a log tree after a file's extents were rewritten) are skipped
+/// a batch at a time instead of one descent each. Batches start small
+/// (a `next` usually wants one item) and double while rounds find
+/// nothing visible.
+const MAX_BATCH: usize = 256;
+
 /// Visible items in `[first, last]`, at most `max`.
+///
+/// Each tree is read in batches of keys; a key is decided once every tree
+/// has been read past it (its newest version is then known), so keys up to
+/// the smallest "read up to" mark of the trees are merged, deletions and
+/// older versions dropped, and the trees read on from there.
 pub fn range(
     blocks: &mut dyn BlockAccess,
     roots: &ForestRoots,
@@ -124,15 +133,44 @@ pub fn range(
 ) -> Result<Vec<Item>, BtreeError> {
     let mut out = Vec::new();
     let mut from = *first;
-    while out.len() < max {
-        let Some(it) = next(blocks, roots, &from, last)? else {
-            break;
-        };
-        let n = it.key.next();
-        out.push(it);
-        match n {
-            Some(n) if n <= *last => from = n,
+    let trees: Vec<&BtreeRoot> = roots.trees().collect();
+    let mut batch = max.clamp(4, MAX_BATCH);
+    while out.len() < max && from <= *last {
+        let found_before = out.len();
+        // The newest version of each key read, and how far every tree has
+        // been read (a tree that ran out of keys is read to `last`).
+        let mut merged: std::collections::BTreeMap<Key, Item> = std::collections::BTreeMap::new();
+        let mut horizon = *last;
+        for root in &trees {
+            let items = btree::range(blocks, root, &from, last, batch)?;
+            if items.len() == batch {
+                let end = items.last().expect("a full batch").key;
+                horizon = horizon.min(end);
+            }
+            for it in items {
+                match merged.get(&it.key) {
+                    Some(b) if !newer(&it, b) => {}
+                    _ => {
+                        merged.insert(it.key, it);
+                    }
+                }
+            }
+        }
+        for (k, it) in merged.range(..=horizon) {
+            debug_assert!(*k >= from);
+            if it.flags & ITEM_FLAG_DELETION == 0 {
+                out.push(it.clone());
+                if out.len() == max {
+                    return Ok(out);
+                }
+            }
+        }
+        match horizon.next() {
+            Some(n) if horizon < *last => from = n,
             _ => break,
+        }
+        if out.len() == found_before {
+            batch = (batch * 2).min(MAX_BATCH);
         }
     }
     Ok(out)

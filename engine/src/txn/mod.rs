@@ -363,6 +363,30 @@ impl Volume {
         if self.lookup(key)?.is_none() {
             return Ok(false);
         }
+        // An item no other tree has a version of was born in this mount's
+        // unmerged log tree: remove it there instead of writing a deletion
+        // item, which reads would have to step over until the next merge
+        // (a file appended 1 MiB at a time rewrites its extent item's key
+        // per write).
+        let others = self.others.clone();
+        let elsewhere = self
+            .store
+            .retry(|c| forest::holds_any_version(c, &others, key))?;
+        if !elsewhere {
+            self.call(Request::GetMetaAvail {
+                for_commit: self.holds > 0,
+            })?;
+            let Volume { store, log, .. } = self;
+            match store.retry(|c| btree::delete(c, &mut log.item_root, key)) {
+                Ok(_) => {
+                    self.txn_writes += 1;
+                    self.maybe_commit()?;
+                    return Ok(true);
+                }
+                Err(BtreeError::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         self.write_item(*key, ITEM_FLAG_DELETION, Vec::new())?;
         Ok(true)
     }
