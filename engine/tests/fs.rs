@@ -3314,3 +3314,51 @@ fn preallocation_keeps_interleaved_appends_contiguous() {
     assert_eq!(t.getattr(f.ino).unwrap().online_blocks, 512);
     t.check();
 }
+
+#[test]
+fn writes_truncates_and_chown_drop_file_capabilities() {
+    let mut t = T::new();
+    let f = t.create(ROOT, "f");
+    let cap = b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
+    let set = |t: &mut T| {
+        block_on(
+            t.fs()
+                .set_xattr(&root(), f.ino, b"security.capability", cap, 0),
+        )
+        .unwrap()
+    };
+    let has =
+        |t: &mut T| block_on(t.fs().get_xattr(&root(), f.ino, b"security.capability")).is_ok();
+    // A write with no capability set remembers that; setting one forgets.
+    t.write(f.ino, 0, b"a");
+    set(&mut t);
+    assert!(has(&mut t));
+    t.write(f.ino, 1, b"b");
+    assert!(!has(&mut t), "a write drops it");
+    set(&mut t);
+    t.truncate(f.ino, 1);
+    assert!(!has(&mut t), "a truncate drops it");
+    set(&mut t);
+    t.setattr(
+        &root(),
+        f.ino,
+        SetAttr {
+            uid: Some(7),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+    assert!(!has(&mut t), "chown drops it");
+    set(&mut t);
+    t.setattr(
+        &root(),
+        f.ino,
+        SetAttr {
+            mode: Some(0o600),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+    assert!(has(&mut t), "chmod keeps it");
+    t.check();
+}

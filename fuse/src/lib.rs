@@ -212,7 +212,11 @@ impl FileSystem for ScoutFuse {
             | FsOptions::BIG_WRITES
             | FsOptions::PARALLEL_DIROPS
             | FsOptions::MAX_PAGES
-            | FsOptions::HANDLE_KILLPRIV;
+            // The engine drops setuid/setgid and security.capability on
+            // write, truncate and chown itself, so the kernel need not
+            // ask for the capability xattr before every write.
+            | FsOptions::HANDLE_KILLPRIV
+            | FsOptions::HANDLE_KILLPRIV_V2;
         if self.opts.readdirplus {
             want |= FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO;
         }

@@ -21,6 +21,7 @@ use super::error::{FsError, Result};
 use super::inode::{Attr, FileType};
 use super::orphan::PURGE_CHUNK;
 use super::perm::{self, Creds};
+use super::xattr::delete_xattr;
 use super::{Fs, ItemStore};
 
 const BS: u64 = BLOCK_SM_SIZE as u64;
@@ -134,11 +135,15 @@ impl<S: ItemStore> Fs<S> {
         offset: u64,
         buf: &[u8],
     ) -> Result<u64> {
+        let cap = self.capability_to_kill(ino).await?;
         let done =
             data::write_with(&mut self.store, ino, offset, buf, self.opts.data_prealloc).await?;
         let now = self.now();
         let mut b = self.batch();
         b.track(ino, stored);
+        if let Some(found) = cap {
+            delete_xattr(&mut b, ino, &found);
+        }
         let i = b.inode_mut(ino);
         i.size.set(i.size.get().max(offset + done.bytes));
         i.online_blocks.set(i.online_blocks.get() + done.allocated);

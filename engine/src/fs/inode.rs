@@ -9,7 +9,7 @@ use super::acl::ACL_ACCESS_XATTR;
 use super::batch::Batch;
 use super::error::{FsError, Result};
 use super::perm::{self, Creds, MAY_WRITE};
-use super::xattr::put_xattr;
+use super::xattr::{delete_xattr, put_xattr};
 use super::{Fs, ItemStore};
 
 /// The type of an inode, from its mode's `S_IFMT` bits.
@@ -283,9 +283,18 @@ impl<S: ItemStore> Fs<S> {
             Some(_) => self.acl_after_chmod(ino, &stored, new.mode.get()).await?,
             None => None,
         };
+        // A truncate or an owner change drops the file's capabilities.
+        let cap = if set.size.is_some() || set.uid.is_some() || set.gid.is_some() {
+            self.capability_to_kill(ino).await?
+        } else {
+            None
+        };
         let put_acl = move |b: &mut Batch| {
             if let Some((value, found)) = acl {
                 put_xattr(b, ino, found.hash, ACL_ACCESS_XATTR, &value, Some(&found));
+            }
+            if let Some(found) = cap {
+                delete_xattr(b, ino, &found);
             }
         };
 

@@ -140,6 +140,8 @@ pub struct Fs<S: ItemStore> {
     pending_purge: Vec<u64>,
     /// O_TMPFILE inodes of this mount that linkat may still link.
     linkable: std::collections::HashSet<u64>,
+    /// Inodes known to have no security.capability xattr (xattr.rs).
+    no_capability: std::collections::HashSet<u64>,
 }
 
 impl<S: ItemStore> Fs<S> {
@@ -157,6 +159,7 @@ impl<S: ItemStore> Fs<S> {
             open_counts: HashMap::new(),
             pending_purge: Vec::new(),
             linkable: std::collections::HashSet::new(),
+            no_capability: std::collections::HashSet::new(),
         };
         if fs.store.lookup(&Key::inode(ROOT_INO)).await?.is_none() {
             fs.make_root().await?;

@@ -141,6 +141,9 @@ pub(super) fn put_xattr(
 }
 
 /// Delete every part of a stored xattr.
+/// The xattr holding a file's capabilities.
+pub const CAPABILITY_XATTR: &[u8] = b"security.capability";
+
 pub(super) fn delete_xattr(b: &mut Batch, ino: u64, found: &Found) {
     for nr in 0..found.nr_parts {
         b.delete(xattr_key(ino, found.hash, found.id, nr as u8));
@@ -198,6 +201,25 @@ impl<S: ItemStore> Fs<S> {
                 Err(FsError::Invalid)
             }
         }
+    }
+
+    /// The security.capability xattr of `ino` when it has one: a write, a
+    /// truncate or a change of owner removes it (Linux's file_remove_privs
+    /// and cap_inode_killpriv; the FUSE kernel leaves this to us with
+    /// HANDLE_KILLPRIV_V2). Inodes known to have none are remembered, so
+    /// a stream of writes costs one lookup.
+    pub(super) async fn capability_to_kill(&mut self, ino: u64) -> Result<Option<Found>> {
+        if self.no_capability.contains(&ino) {
+            return Ok(None);
+        }
+        let found = self.find_xattr(ino, CAPABILITY_XATTR).await?;
+        if found.is_none() {
+            if self.no_capability.len() >= 1 << 20 {
+                self.no_capability.clear();
+            }
+            self.no_capability.insert(ino);
+        }
+        Ok(found)
     }
 
     /// The xattr `name` of `ino`, walking the ids stored under its hash.
@@ -272,6 +294,9 @@ impl<S: ItemStore> Fs<S> {
         value: &[u8],
         flags: u32,
     ) -> Result<()> {
+        if name == CAPABILITY_XATTR {
+            self.no_capability.remove(&ino);
+        }
         let now = self.now();
         if flags & !(XATTR_CREATE | XATTR_REPLACE) != 0 {
             return Err(FsError::Invalid);
