@@ -98,9 +98,12 @@ mod spdk {
             }
         }
         args.push("-Wl,--as-needed".into());
-        for a in args {
+        for a in &args {
             println!("cargo:rustc-link-arg={a}");
         }
+        // For the build scripts of crates whose binaries use the backend:
+        // DEP_SPDK_LINK_ARGS, tab separated.
+        println!("cargo:link_args={}", args.join("\t"));
     }
 
     /// `-lNAME` when the development symlink exists, else the versioned

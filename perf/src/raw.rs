@@ -171,7 +171,8 @@ fn run_inner(a: &Args) -> Result<(), String> {
         ..Default::default()
     };
     let spec = path.to_string_lossy().into_owned();
-    let nvme = NvmeAddr::is_nvme(&spec);
+    // A userspace driver owns the device: nvme:// (ours) or spdk://.
+    let nvme = NvmeAddr::is_nvme(&spec) || spec.starts_with("spdk://");
     let dev: Arc<dyn BlockDev> = open_any(&spec, opts).map_err(|e| e.to_string())?;
     let size = a
         .size
@@ -196,7 +197,9 @@ fn run_inner(a: &Args) -> Result<(), String> {
         size >> 20,
         dev.geometry().logical_block_size
     );
-    let backend = if nvme {
+    let backend = if spec.starts_with("spdk://") {
+        "spdk (SPDK 25.09's NVMe driver, polled qpairs)".to_string()
+    } else if nvme {
         "nvme (userspace driver through VFIO, polled queues)".to_string()
     } else {
         format!(
