@@ -8386,6 +8386,9 @@ unsafe extern "C" {
 unsafe extern "C" {
     pub fn spdk_nvme_detach(ctrlr: *mut spdk_nvme_ctrlr) -> ::std::os::raw::c_int;
 }
+unsafe extern "C" {
+    pub fn spdk_nvme_ctrlr_fail(ctrlr: *mut spdk_nvme_ctrlr);
+}
 pub type spdk_nvme_cmd_cb = ::std::option::Option<
     unsafe extern "C" fn(ctx: *mut ::std::os::raw::c_void, cpl: *const spdk_nvme_cpl),
 >;
@@ -8393,6 +8396,23 @@ pub type spdk_nvme_cmd_cb = ::std::option::Option<
 #[derive(Debug, Copy, Clone)]
 pub struct spdk_nvme_qpair {
     _unused: [u8; 0],
+}
+pub type spdk_nvme_timeout_cb = ::std::option::Option<
+    unsafe extern "C" fn(
+        cb_arg: *mut ::std::os::raw::c_void,
+        ctrlr: *mut spdk_nvme_ctrlr,
+        qpair: *mut spdk_nvme_qpair,
+        cid: u16,
+    ),
+>;
+unsafe extern "C" {
+    pub fn spdk_nvme_ctrlr_register_timeout_callback(
+        ctrlr: *mut spdk_nvme_ctrlr,
+        timeout_io_us: u64,
+        timeout_admin_us: u64,
+        cb_fn: spdk_nvme_timeout_cb,
+        cb_arg: *mut ::std::os::raw::c_void,
+    );
 }
 #[repr(C)]
 #[derive(Copy, Clone)]

@@ -31,3 +31,58 @@ fn spdk_passes_the_conformance_tests() {
     full_queue_is_back_pressure(&d);
     many_queue_pairs(&d, 4);
 }
+
+/// A controller whose commands outlive the timeout
+/// (`SCOUTFS_SPDK_TEST_SLOW_DEVICE`, QEMU's throttle driver in the guest):
+/// SPDK's timeout callback fails the controller and every waiter gets a
+/// clear error instead of hanging; later requests fail at once.
+#[test]
+fn spdk_slow_commands_time_out_and_fail_the_device() {
+    use scoutfs_engine::dev::{open_queue, DevError, IoRequest, QueueConfig};
+    use scoutfs_engine::dma::DmaPool;
+    if !linked() {
+        eprintln!("skipped: built without SPDK (pkg-config found none)");
+        return;
+    }
+    let Ok(addr) = std::env::var("SCOUTFS_SPDK_TEST_SLOW_DEVICE") else {
+        eprintln!("skipped: SCOUTFS_SPDK_TEST_SLOW_DEVICE is not set");
+        return;
+    };
+    let d = SpdkDev::open_with(&addr, 500).unwrap_or_else(|e| panic!("opening {addr}: {e}"));
+    let pool = DmaPool::new(4096, 16).unwrap();
+    let mut qp = open_queue(
+        &d,
+        &QueueConfig {
+            depth: 16,
+            pools: vec![pool.clone()],
+        },
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    for i in 0..16u64 {
+        qp.submit(IoRequest::read(i * 4096, 4096, pool.try_get().unwrap(), i))
+            .unwrap();
+    }
+    let (mut done, mut failed) = (0, 0);
+    while done < 16 {
+        let _ = qp.kick();
+        qp.reap(&mut |c| {
+            done += 1;
+            if let Err(e) = c.result {
+                assert!(matches!(e, DevError::Failed(_)), "{e}");
+                assert!(
+                    e.to_string().contains("did not complete within 500 ms"),
+                    "{e}"
+                );
+                failed += 1;
+            }
+        });
+        assert!(start.elapsed().as_secs() < 20, "requests hung");
+    }
+    eprintln!("{failed} of 16 failed after {:?}", start.elapsed());
+    assert!(failed > 0);
+    let r = qp
+        .submit(IoRequest::read(0, 4096, pool.try_get().unwrap(), 99))
+        .unwrap_err();
+    assert!(matches!(r.error, DevError::Failed(_)));
+}

@@ -22,6 +22,7 @@ mod ffi;
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -90,6 +91,50 @@ pub fn parse_addr(s: &str) -> Result<(String, u32), DevError> {
 
 struct Ctrlr {
     ptr: *mut ffi::spdk_nvme_ctrlr,
+    /// Boxed: SPDK's timeout callback holds its address.
+    timeout: Box<TimeoutState>,
+}
+
+/// Set by SPDK's timeout callback: the controller was failed because a
+/// command outlived the timeout.
+struct TimeoutState {
+    timeout_ms: u64,
+    failed: AtomicBool,
+    reason: Mutex<Option<String>>,
+}
+
+impl TimeoutState {
+    fn reason(&self) -> Option<String> {
+        self.failed
+            .load(Ordering::Acquire)
+            .then(|| lock(&self.reason).clone().unwrap_or_default())
+    }
+}
+
+extern "C" fn on_timeout(
+    arg: *mut c_void,
+    ctrlr: *mut ffi::spdk_nvme_ctrlr,
+    _qpair: *mut ffi::spdk_nvme_qpair,
+    cid: u16,
+) {
+    // SAFETY: arg is the TimeoutState boxed in the Ctrlr that registered
+    // this callback; SPDK calls it only while the controller is attached,
+    // and the Ctrlr detaches before dropping the box.
+    let state = unsafe { &*(arg as *const TimeoutState) };
+    if state.failed.load(Ordering::Acquire) {
+        return;
+    }
+    *lock(&state.reason) = Some(format!(
+        "command {cid:#x} did not complete within {} ms; controller failed",
+        state.timeout_ms
+    ));
+    state.failed.store(true, Ordering::Release);
+    tracing::error!("spdk: command {cid:#x} timed out; failing the controller");
+    // SAFETY: ctrlr is the live controller SPDK passes in. Failed, it takes
+    // no more commands and its qpairs report -ENXIO; the requests in flight
+    // are finished with errors by their queues (their buffers leaked, since
+    // the device was not stopped).
+    unsafe { ffi::spdk_nvme_ctrlr_fail(ctrlr) };
 }
 
 // SAFETY: SPDK's controller object may be used from any thread for the
@@ -110,7 +155,7 @@ impl Drop for Ctrlr {
 
 static CTRLRS: Mutex<Option<HashMap<String, Weak<Ctrlr>>>> = Mutex::new(None);
 
-fn connect(bdf: &str) -> Result<Arc<Ctrlr>, DevError> {
+fn connect(bdf: &str, timeout_ms: u64) -> Result<Arc<Ctrlr>, DevError> {
     env_init()?;
     let mut reg = lock(&CTRLRS);
     let map = reg.get_or_insert_with(HashMap::new);
@@ -135,7 +180,17 @@ fn connect(bdf: &str) -> Result<Arc<Ctrlr>, DevError> {
             "spdk_nvme_connect failed (is it bound to vfio-pci, are hugepages reserved?)".into(),
         ));
     }
-    let c = Arc::new(Ctrlr { ptr });
+    let timeout = Box::new(TimeoutState {
+        timeout_ms,
+        failed: AtomicBool::new(false),
+        reason: Mutex::new(None),
+    });
+    let arg = &*timeout as *const TimeoutState as *mut c_void;
+    let us = timeout_ms.saturating_mul(1000);
+    // SAFETY: ptr is live; arg points into the box the Ctrlr keeps until
+    // after it detaches.
+    unsafe { ffi::spdk_nvme_ctrlr_register_timeout_callback(ptr, us, us, Some(on_timeout), arg) };
+    let c = Arc::new(Ctrlr { ptr, timeout });
     map.insert(bdf.to_string(), Arc::downgrade(&c));
     Ok(c)
 }
@@ -164,9 +219,16 @@ impl std::fmt::Debug for SpdkDev {
 }
 
 impl SpdkDev {
+    /// Open with the default command timeout (30 s).
     pub fn open(addr: &str) -> Result<SpdkDev, DevError> {
+        Self::open_with(addr, 30_000)
+    }
+
+    /// Open; a command outliving `timeout_ms` fails the controller (the
+    /// first open of a controller in the process sets it).
+    pub fn open_with(addr: &str, timeout_ms: u64) -> Result<SpdkDev, DevError> {
         let (bdf, nsid) = parse_addr(addr)?;
-        let ctrlr = connect(&bdf)?;
+        let ctrlr = connect(&bdf, timeout_ms)?;
         let open_err = |msg: String| DevError::Open {
             path: addr.to_string(),
             msg,
@@ -273,7 +335,7 @@ extern "C" fn io_done(arg: *mut c_void, cpl: *const ffi::spdk_nvme_cpl) {
 
 struct SpdkQueue {
     name: String,
-    _ctrlr: Arc<Ctrlr>,
+    ctrlr: Arc<Ctrlr>,
     ns: *mut ffi::spdk_nvme_ns,
     lba_shift: u32,
     qpair: *mut ffi::spdk_nvme_qpair,
@@ -346,7 +408,7 @@ impl BlockDev for SpdkDev {
             .collect();
         Ok(Box::new(SpdkQueue {
             name: self.name.clone(),
-            _ctrlr: self.ctrlr.clone(),
+            ctrlr: self.ctrlr.clone(),
             ns: self.ns,
             lba_shift: self.geom.logical_block_size.trailing_zeros(),
             qpair,
@@ -374,10 +436,40 @@ impl SpdkQueue {
         // self.done, which they reach through the raw pointer while we hold
         // no reference to it.
         let rc = unsafe { ffi::spdk_nvme_qpair_process_completions(self.qpair, 0) };
-        if rc < 0 && self.failed.is_none() {
-            self.failed = Some(format!("{}: qpair failed ({rc})", self.name));
-            tracing::error!("{}", self.failed.as_deref().unwrap_or_default());
+        if self.failed.is_none() {
+            if let Some(why) = self.ctrlr.timeout.reason() {
+                self.failed = Some(format!("{}: {why}", self.name));
+            } else if rc < 0 {
+                self.failed = Some(format!("{}: qpair failed ({rc})", self.name));
+                tracing::error!("{}", self.failed.as_deref().unwrap_or_default());
+            }
         }
+    }
+
+    /// After a failure: finish every request still in flight with the
+    /// error. The device was not stopped, so their buffers are leaked
+    /// rather than reused.
+    fn drain_failed(&mut self, out: &mut dyn FnMut(Completion)) -> usize {
+        let Some(why) = self.failed.clone() else {
+            return 0;
+        };
+        let mut n = 0;
+        for slot in 0..self.slots.len() {
+            let Some(mut req) = self.slots[slot].take() else {
+                continue;
+            };
+            std::mem::forget(req.buf.take());
+            self.free.push(slot as u32);
+            out(Completion {
+                tag: req.tag,
+                op: req.op,
+                offset_bytes: req.offset_bytes,
+                result: Err(DevError::Failed(why.clone())),
+                buf: None,
+            });
+            n += 1;
+        }
+        n
     }
 }
 
@@ -525,7 +617,7 @@ impl QueueBackend for SpdkQueue {
         let mut done = done;
         done.clear();
         *self.done = done;
-        n
+        n + self.drain_failed(out)
     }
 
     fn set_completion_eventfd(&mut self, _eventfd: RawFd) -> bool {
@@ -535,7 +627,7 @@ impl QueueBackend for SpdkQueue {
 
 impl Drop for SpdkQueue {
     fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_millis(self.ctrlr.timeout.timeout_ms * 2);
         while self.in_flight() > 0 && Instant::now() < deadline {
             self.reap(&mut |_| {});
         }
