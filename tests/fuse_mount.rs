@@ -534,6 +534,23 @@ assert st == 0, st
 print("errnos ok")
 EOF"#
     ));
+    // A second engine on the same devices is refused clearly, and the
+    // first keeps serving.
+    std::fs::create_dir(v.path("mnt2")).unwrap();
+    let second = scoutfs()
+        .arg("mount")
+        .arg(v.path("meta"))
+        .arg(v.path("data"))
+        .arg("--fuse")
+        .arg(v.path("mnt2"))
+        .arg("--admin-socket")
+        .arg(v.path("admin2.sock"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(err.contains("in use by another engine"), "{err}");
+    sh(&format!("ls {m} > /dev/null"));
     // POSIX ACLs: a named-user entry grants what the mode denies; a
     // default ACL is inherited (and the umask ignored); the mask limits.
     sh(&format!(

@@ -3362,3 +3362,21 @@ fn writes_truncates_and_chown_drop_file_capabilities() {
     assert!(has(&mut t), "chmod keeps it");
     t.check();
 }
+
+#[test]
+fn check_reports_online_blocks_that_disagree_with_the_extents() {
+    let mut t = T::new();
+    let f = t.create(ROOT, "f");
+    t.write(f.ino, 0, &[1u8; 3 * 4096]);
+    t.poke_inode(f.ino, |i| i.online_blocks.set(5));
+    t.commit();
+    let (meta, data) = (t.meta.clone(), t.data.clone());
+    let problems = check_volume(t.vol().store_mut(), &meta, &data).problems;
+    assert!(
+        problems.iter().any(|p| p.contains(&format!(
+            "inode {} says 5 online blocks, its extents hold 3",
+            f.ino
+        ))),
+        "{problems:?}"
+    );
+}

@@ -47,6 +47,17 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// An inode's online_blocks must be what its extents hold.
+    fn online_blocks_match(&mut self, counted: Option<(u64, u64, u64)>) {
+        if let Some((ino, stored, sum)) = counted {
+            if stored != sum {
+                self.problem(format!(
+                    "inode {ino} says {stored} online blocks, its extents hold {sum}"
+                ));
+            }
+        }
+    }
+
     /// Every file's data extent against the data allocator: each data
     /// block is used by one extent of one existing inode or free, once.
     fn data_extents(&mut self, roots: &ForestRoots, free: Vec<Extent>) {
@@ -55,6 +66,10 @@ impl Checker<'_> {
         let mut from = Key::zone_first(zone::FS);
         let last = Key::zone_last(zone::FS);
         let mut inode_seen = 0u64;
+        // The inode being read, its stored online_blocks, and the online
+        // blocks of its extents so far.
+        let mut counting: Option<(u64, u64, u64)> = None;
+        let fmt = self.sb.format_version();
         loop {
             let batch = match self
                 .store
@@ -72,19 +87,33 @@ impl Checker<'_> {
             for it in &batch {
                 let ino = it.key.first;
                 match it.key.ty {
-                    item_type::INODE => inode_seen = ino,
+                    item_type::INODE => {
+                        inode_seen = ino;
+                        self.online_blocks_match(counting.take());
+                        match crate::format::inode::Inode::from_value(&it.val, fmt) {
+                            Ok(inode) => counting = Some((ino, inode.online_blocks.get(), 0)),
+                            Err(e) => self.problem(format!("inode {ino}: {e}")),
+                        }
+                    }
                     item_type::DATA_EXTENT => {
                         if inode_seen != ino {
                             self.problem(format!("data extent {} of a missing inode", it.key));
                         }
                         match crate::data::decode(ino, it) {
-                            Ok(e) if e.flags & DATA_EXTENT_OFFLINE == 0 => used.push((
-                                Extent {
-                                    start: e.blkno,
-                                    len: e.len,
-                                },
-                                ino,
-                            )),
+                            Ok(e) if e.flags & DATA_EXTENT_OFFLINE == 0 => {
+                                if let Some((i, _, sum)) = counting.as_mut() {
+                                    if *i == ino {
+                                        *sum += e.len;
+                                    }
+                                }
+                                used.push((
+                                    Extent {
+                                        start: e.blkno,
+                                        len: e.len,
+                                    },
+                                    ino,
+                                ))
+                            }
                             Ok(_) => {}
                             Err(e) => self.problem(e.to_string()),
                         }
@@ -97,6 +126,7 @@ impl Checker<'_> {
                 _ => break,
             }
         }
+        self.online_blocks_match(counting);
         let who = |o: Option<u64>| o.map_or("free space".to_string(), |i| format!("inode {i}"));
         let mut all: Vec<(Extent, Option<u64>)> =
             used.iter().map(|(e, i)| (*e, Some(*i))).collect();
