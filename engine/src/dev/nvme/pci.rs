@@ -105,16 +105,20 @@ pub fn list(identify: bool) -> Vec<PciNvme> {
             c.model = read_trim(cdir.join("model"));
             c.serial = read_trim(cdir.join("serial"));
         } else if identify && c.driver.as_deref() == Some("vfio-pci") {
-            if let Ok(ctrl) = super::open_controller(&bdf, NvmeOptions::default()) {
-                c.model = Some(ctrl.identity().model.clone());
-                c.serial = Some(ctrl.identity().serial.clone());
-                for nsid in ctrl.active_namespaces().unwrap_or_default() {
-                    if let Ok(id) = ctrl.identify(super::spec::admin::CNS_NAMESPACE, nsid) {
-                        let ns = super::spec::IdentifyNamespace::parse(&id);
-                        c.namespaces
-                            .push((nsid, ns.size_blocks * ns.block_size(), None));
+            match super::open_controller(&bdf, NvmeOptions::default()) {
+                Ok(ctrl) => {
+                    c.model = Some(ctrl.identity().model.clone());
+                    c.serial = Some(ctrl.identity().serial.clone());
+                    for nsid in ctrl.active_namespaces().unwrap_or_default() {
+                        if let Ok(id) = ctrl.identify(super::spec::admin::CNS_NAMESPACE, nsid) {
+                            let ns = super::spec::IdentifyNamespace::parse(&id);
+                            c.namespaces
+                                .push((nsid, ns.size_blocks * ns.block_size(), None));
+                        }
                     }
                 }
+                // Most often another process (an engine) holds its group.
+                Err(e) => c.model = Some(format!("(not identified: {e})")),
             }
         }
         out.push(c);
