@@ -116,6 +116,10 @@ impl Vol {
     }
 
     fn mount(&mut self) {
+        self.mount_with(&[]);
+    }
+
+    fn mount_with(&mut self, extra: &[&str]) {
         assert!(self.engine.is_none());
         let log = std::fs::File::create(self.path("engine.log")).unwrap();
         let child = scoutfs()
@@ -127,6 +131,7 @@ impl Vol {
             .arg("--admin-socket")
             .arg(self.path("admin.sock"))
             .args(["--core", "none"])
+            .args(extra)
             .stderr(log)
             .spawn()
             .unwrap();
@@ -534,6 +539,21 @@ assert st == 0, st
 print("errnos ok")
 EOF"#
     ));
+    // Read-only: everything reads, nothing writes, and neither device
+    // changes (no atime, no orphan cleanup, no commit).
+    sh(&format!("echo data > {m}/ro-file && sync -f {m}"));
+    v.unmount();
+    let dir = v.dir.path().display().to_string();
+    let digest = || sh(&format!("sha256sum {dir}/meta {dir}/data"));
+    let before = digest();
+    v.mount_with(&["-o", "ro"]);
+    sh(&format!(
+        "test \"$(cat {m}/ro-file)\" = data && ls -lR {m} > /dev/null && \
+         ! touch {m}/new 2> {m}.err; grep -q 'Read-only file system' {m}.err"
+    ));
+    v.unmount();
+    assert_eq!(digest(), before, "a read-only mount changed the devices");
+    v.mount();
     // A second engine on the same devices is refused clearly, and the
     // first keeps serving.
     std::fs::create_dir(v.path("mnt2")).unwrap();

@@ -262,6 +262,7 @@ fn serve(a: &Args) -> Result<(), String> {
             ..TxnOptions::default()
         },
         fs,
+        read_only: mo.read_only,
     };
     let engine = Arc::new(Engine::start(meta, data, opts).map_err(|e| e.to_string())?);
     let statfs = engine

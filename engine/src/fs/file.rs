@@ -79,7 +79,7 @@ impl<S: ItemStore> Fs<S> {
             data::read(&mut self.store, ino, offset, n).await?
         };
         let now = self.now();
-        if relatime_due(&inode, now) {
+        if relatime_due(&inode, now) && !self.store.read_only() {
             let mut b = self.batch();
             b.track(ino, inode);
             b.inode_mut(ino).atime = now;

@@ -153,6 +153,13 @@ impl<S: ItemStore> Fs<S> {
             .store
             .range(&orphan_key(rid, 0), &orphan_key(rid, u64::MAX), usize::MAX)
             .await?;
+        if !orphans.is_empty() && self.store.read_only() {
+            tracing::info!(
+                "{} orphaned inodes are left for a read-write mount to delete",
+                orphans.len()
+            );
+            return Ok(0);
+        }
         for item in &orphans {
             let ino = item.key.second;
             match self.read_inode(ino).await {

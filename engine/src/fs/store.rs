@@ -57,6 +57,12 @@ pub trait ItemStore {
     /// The data device's I/O (file contents); EIO when the mount has none.
     fn data_io(&mut self) -> Result<&mut crate::data::io::DataIo>;
 
+    /// Whether every change will fail with EROFS (a read-only mount, or
+    /// a volume that stopped after a failed commit).
+    fn read_only(&self) -> bool {
+        false
+    }
+
     /// The seq items written now carry (the open transaction's).
     fn txn_seq(&self) -> u64;
 
@@ -132,6 +138,10 @@ impl ItemStore for Volume {
 
     fn data_io(&mut self) -> Result<&mut crate::data::io::DataIo> {
         Volume::data_io(self).ok_or_else(|| FsError::Io("this mount has no data device".into()))
+    }
+
+    fn read_only(&self) -> bool {
+        Volume::read_only(self).is_some()
     }
 
     fn txn_seq(&self) -> u64 {

@@ -56,6 +56,8 @@ pub struct EngineOptions {
     pub reactor: ReactorConfig,
     pub txn: TxnOptions,
     pub fs: FsOptions,
+    /// Mount read-only: nothing is written to either device.
+    pub read_only: bool,
 }
 
 /// Commit a transaction that has aged past `age` even when no operation
@@ -104,11 +106,14 @@ impl Engine {
         meta.lock_exclusive()?;
         data.lock_exclusive()?;
         let (m, d) = (meta.clone(), data.clone());
-        let (txn, fs_opts) = (opts.txn, opts.fs);
+        let (txn, fs_opts, read_only) = (opts.txn, opts.fs, opts.read_only);
         let age = txn.commit_age;
         let reactor = Reactor::start(opts.reactor, move |local: &Local| {
             let mut vol = Volume::open(&*m, txn)?;
             vol.attach_data_device(&*d)?;
+            if read_only {
+                vol.set_read_only("mounted read-only");
+            }
             let fs = ready(Fs::open(vol, fs_opts))?;
             MOUNTED.with(|cell| *cell.borrow_mut() = Some(fs));
             local.spawn(commit_when_quiet(local.clone(), age));

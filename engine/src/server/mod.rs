@@ -272,6 +272,11 @@ impl Server {
         self.read_only.get_or_insert(why);
     }
 
+    /// Refuse every change from now on, by request (a read-only mount).
+    pub fn set_read_only(&mut self, why: String) {
+        self.read_only.get_or_insert(why);
+    }
+
     pub fn handle(&mut self, store: &mut Store, req: Request) -> Result<Response, ServerError> {
         if let Some(why) = &self.read_only {
             if !matches!(req, Request::GetRoots | Request::Statfs) {

@@ -264,6 +264,12 @@ impl Volume {
         self.server.read_only()
     }
 
+    /// Make this mount read-only: every change fails with EROFS before it
+    /// touches anything, and nothing is committed (a read-only mount).
+    pub fn set_read_only(&mut self, why: &str) {
+        self.server.set_read_only(why.to_string());
+    }
+
     fn check_writable(&self) -> Result<(), TxnError> {
         match self.server.read_only() {
             Some(why) => Err(TxnError::ReadOnly(why.to_string())),
