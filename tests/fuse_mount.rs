@@ -115,8 +115,12 @@ impl Vol {
             .any(|l| l.split(' ').nth(4) == Some(m.to_str().unwrap()))
     }
 
+    /// Mount with the defaults, plus SCOUTFS_TEST_MOUNT_ARGS (to run the
+    /// suite against other settings, e.g. "--writeback-cache").
     fn mount(&mut self) {
-        self.mount_with(&[]);
+        let extra = std::env::var("SCOUTFS_TEST_MOUNT_ARGS").unwrap_or_default();
+        let extra: Vec<&str> = extra.split_whitespace().collect();
+        self.mount_with(&extra);
     }
 
     fn mount_with(&mut self, extra: &[&str]) {
