@@ -303,3 +303,151 @@ fn sim_under_the_reactor() {
         "64 KiB with MDTS 4: PRP lists"
     );
 }
+
+/// Reactor loops while one read takes `hold` to complete, with or without
+/// interrupts.
+fn reactor_loops_while_waiting(interrupts: bool, hold: std::time::Duration) -> (u64, u64) {
+    use scoutfs_engine::reactor::{CorePin, IdlePolicy, Local, Reactor, ReactorConfig};
+    use std::sync::{Arc, OnceLock};
+
+    let sim = SimNvme::new(&[(MIB, 12)]);
+    let opts = NvmeOptions {
+        interrupts,
+        ..Default::default()
+    };
+    let d = Arc::new(NvmeDev::simulated(&sim, 1, opts).unwrap());
+    let pool = DmaPool::new(4096, 2).unwrap();
+    let qid = Arc::new(OnceLock::new());
+    let (d2, q2, p2) = (d.clone(), qid.clone(), pool.clone());
+    let reactor = Reactor::start(
+        ReactorConfig {
+            pin: CorePin::None,
+            idle: IdlePolicy::Adaptive,
+            spin_before_sleep: std::time::Duration::from_micros(50),
+            ..ReactorConfig::default()
+        },
+        move |local: &Local| {
+            let qp = open_queue(
+                &*d2,
+                &QueueConfig {
+                    depth: 2,
+                    pools: vec![p2],
+                },
+            )?;
+            q2.set(local.attach_queue(qp)).map_err(|_| "set twice")?;
+            Ok(())
+        },
+    )
+    .unwrap();
+    let qid = *qid.get().unwrap();
+    sim.hold_completions(true);
+    let s2 = sim.clone();
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(hold);
+        s2.release_completions(false);
+    });
+    let before = reactor.remote().stats().loops;
+    let ok = reactor
+        .remote()
+        .call(move |local: &Local| {
+            let local = local.clone();
+            let p = pool.clone();
+            async move {
+                let b = p.get().await;
+                local
+                    .io(qid, IoRequest::read(0, 4096, b, 0))
+                    .await
+                    .result
+                    .is_ok()
+            }
+        })
+        .unwrap();
+    assert!(ok);
+    releaser.join().unwrap();
+    let loops = reactor.remote().stats().loops - before;
+    reactor.shutdown();
+    (loops, sim.stats().interrupts)
+}
+
+/// With interrupts on, the reactor sleeps while a request is in flight and
+/// the completion's interrupt (an eventfd signal) wakes it; polled-only, it
+/// spins for the whole wait.
+#[test]
+fn sim_interrupts_let_the_reactor_sleep_during_io() {
+    let hold = std::time::Duration::from_millis(200);
+    let (polled, _) = reactor_loops_while_waiting(false, hold);
+    let (woken, interrupts) = reactor_loops_while_waiting(true, hold);
+    eprintln!("reactor loops over a 200 ms read: polled {polled}, with interrupts {woken}");
+    assert!(interrupts >= 1);
+    assert!(woken * 20 < polled, "polled {polled} vs interrupts {woken}");
+}
+
+/// Reactor loops while `n` reads run one after another on `dev`.
+fn reactor_loops_for_reads(dev: std::sync::Arc<NvmeDev>, n: u64) -> u64 {
+    use scoutfs_engine::reactor::{CorePin, IdlePolicy, Local, Reactor, ReactorConfig};
+    use std::sync::{Arc, OnceLock};
+
+    let pool = DmaPool::new(4096, 2).unwrap();
+    let qid = Arc::new(OnceLock::new());
+    let (q2, p2) = (qid.clone(), pool.clone());
+    let reactor = Reactor::start(
+        ReactorConfig {
+            pin: CorePin::None,
+            idle: IdlePolicy::Adaptive,
+            spin_before_sleep: std::time::Duration::from_micros(50),
+            ..ReactorConfig::default()
+        },
+        move |local: &Local| {
+            let qp = open_queue(
+                &*dev,
+                &QueueConfig {
+                    depth: 2,
+                    pools: vec![p2],
+                },
+            )?;
+            q2.set(local.attach_queue(qp)).map_err(|_| "set twice")?;
+            Ok(())
+        },
+    )
+    .unwrap();
+    let qid = *qid.get().unwrap();
+    let before = reactor.remote().stats().loops;
+    reactor
+        .remote()
+        .call(move |local: &Local| {
+            let local = local.clone();
+            async move {
+                for i in 0..n {
+                    let b = pool.get().await;
+                    let c = local.io(qid, IoRequest::read(i * 4096, 4096, b, 0)).await;
+                    c.result.unwrap();
+                }
+            }
+        })
+        .unwrap();
+    let loops = reactor.remote().stats().loops - before;
+    reactor.shutdown();
+    loops
+}
+
+/// MSI-X through VFIO: on the throttled controller (reads take up to a
+/// quarter second), a reactor whose queue has interrupts sleeps through
+/// the waits and is woken by the completions.
+#[test]
+fn vfio_interrupts_wake_the_reactor() {
+    let Ok(addr) = std::env::var("SCOUTFS_NVME_TEST_SLOW_DEVICE") else {
+        eprintln!("skipped: SCOUTFS_NVME_TEST_SLOW_DEVICE is not set");
+        return;
+    };
+    let opts = NvmeOptions {
+        interrupts: true,
+        ..Default::default()
+    };
+    let d = std::sync::Arc::new(NvmeDev::open_with(&addr, opts).unwrap());
+    let start = std::time::Instant::now();
+    let loops = reactor_loops_for_reads(d, 4);
+    let waited = start.elapsed();
+    eprintln!("4 throttled reads took {waited:?} in {loops} reactor loops");
+    assert!(waited > std::time::Duration::from_millis(200), "{waited:?}");
+    assert!(loops < 20_000, "the reactor spun: {loops} loops");
+}

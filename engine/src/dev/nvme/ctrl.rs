@@ -24,6 +24,16 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
     /// `iova`. The caller keeps the pool alive until `unmap_dma`.
     fn map_dma(&self, pool: &DmaPool, iova: u64) -> Result<(), String>;
     fn unmap_dma(&self, iova: u64, len: usize) -> Result<(), String>;
+    /// Turn on MSI-X with every vector routed nowhere (once, at bring-up,
+    /// when interrupts are wanted). Returns the number of vectors.
+    fn enable_msix(&self) -> Result<u32, String> {
+        Err("this transport has no interrupts".into())
+    }
+    /// Signal `eventfd` when MSI-X vector `vector` fires.
+    fn route_msix(&self, vector: u16, eventfd: std::os::fd::RawFd) -> Result<(), String> {
+        let _ = (vector, eventfd);
+        Err("this transport has no interrupts".into())
+    }
 }
 
 /// Tunables; the defaults follow SPDK's NVMe driver where it has one.
@@ -37,6 +47,10 @@ pub struct NvmeOptions {
     pub io_queues: u16,
     /// Upper bound on one I/O queue's entries (SPDK: 1024 by default).
     pub max_queue_entries: u32,
+    /// Let queues signal the reactor's eventfd on completions (MSI-X
+    /// through VFIO), so an idle reactor can sleep while requests are in
+    /// flight. Off: queues are only polled (no interrupt costs at all).
+    pub interrupts: bool,
 }
 
 impl Default for NvmeOptions {
@@ -45,6 +59,7 @@ impl Default for NvmeOptions {
             timeout_ms: 30_000,
             io_queues: 64,
             max_queue_entries: 1024,
+            interrupts: false,
         }
     }
 }
@@ -75,6 +90,8 @@ pub struct Controller {
     opts: NvmeOptions,
     ident: IdentifyController,
     io_queues: u16,
+    /// MSI-X vectors enabled (0: interrupts off).
+    msix_vectors: u32,
     admin: Mutex<Admin>,
     iova: Mutex<IovaMap>,
     free_qids: Mutex<Vec<u16>>,
@@ -163,6 +180,7 @@ impl Controller {
             opts,
             ident: IdentifyController::parse(&[0; IDENTIFY_LEN]),
             io_queues: 0,
+            msix_vectors: 0,
             admin: Mutex::new(Admin {
                 rings,
                 data,
@@ -186,6 +204,12 @@ impl Controller {
         let granted = (got & 0xffff).min(got >> 16) + 1;
         ctrl.io_queues = granted.min(want + 1).min(u32::from(u16::MAX) - 1) as u16;
         *lock(&ctrl.free_qids) = (1..=ctrl.io_queues).rev().collect();
+        if opts.interrupts {
+            match ctrl.transport.enable_msix() {
+                Ok(n) => ctrl.msix_vectors = n,
+                Err(e) => tracing::warn!("{}: no interrupts, polling only: {e}", ctrl.name),
+            }
+        }
         tracing::info!(
             "{}: {} {} fw {}, mdts {}, {} I/O queues, CAP.TO {} ms, doorbell stride {}",
             ctrl.name,
@@ -380,6 +404,24 @@ impl Controller {
             .min(self.opts.max_queue_entries.max(2))
     }
 
+    /// Whether I/O queue `qid` has an MSI-X vector of its own.
+    pub fn has_vector(&self, qid: u16) -> bool {
+        u32::from(qid) < self.msix_vectors
+    }
+
+    /// Signal `eventfd` when queue `qid`'s completion queue gets entries.
+    pub fn route_interrupt(&self, qid: u16, eventfd: std::os::fd::RawFd) -> Result<(), DevError> {
+        if !self.has_vector(qid) {
+            return Err(DevError::Setup(format!(
+                "{}: queue {qid} has no interrupt vector",
+                self.name
+            )));
+        }
+        self.transport
+            .route_msix(qid, eventfd)
+            .map_err(|e| DevError::Setup(format!("{}: routing vector {qid}: {e}", self.name)))
+    }
+
     /// Create an I/O completion and submission queue pair of `entries`
     /// (as given by `io_queue_entries`); returns its rings and the pool of
     /// their memory (give both back to `delete_io_queue`).
@@ -422,7 +464,13 @@ impl Controller {
             opcode: admin::CREATE_IO_CQ,
             prp1: rings.cq_iova(),
             cdw10: size,
-            cdw11: 1, // physically contiguous, interrupts off
+            // Physically contiguous; with MSI-X, interrupts on vector qid
+            // (routed to an eventfd only when a reactor asks).
+            cdw11: if self.has_vector(qid) {
+                u32::from(qid) << 16 | 1 << 1 | 1
+            } else {
+                1
+            },
             ..Default::default()
         });
         if let Err(e) = cq {

@@ -298,6 +298,15 @@ impl IovaMap {
     }
 }
 
+/// The device's side of an interrupt routed to an eventfd (used by the
+/// simulated controller): add one to the eventfd's counter.
+pub fn signal_eventfd(fd: std::os::fd::RawFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live u64 to a descriptor; a stale or
+    // wrong fd makes the write fail, which an interrupt may do.
+    let _ = unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -526,10 +526,20 @@ impl QueueBackend for NvmeQueue {
         done
     }
 
-    fn set_completion_eventfd(&mut self, _eventfd: RawFd) -> bool {
-        // Polled queues: no interrupts. The reactor keeps polling while
-        // requests are in flight.
-        false
+    fn set_completion_eventfd(&mut self, eventfd: RawFd) -> bool {
+        // Without interrupts (the default) queues are only polled, and the
+        // reactor keeps polling while requests are in flight.
+        let qid = self.qid();
+        if !self.ctrl.has_vector(qid) {
+            return false;
+        }
+        match self.ctrl.route_interrupt(qid, eventfd) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("{e}; polling only");
+                false
+            }
+        }
     }
 }
 

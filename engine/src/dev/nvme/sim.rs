@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::ctrl::Transport;
-use super::mmio::{IovaMap, Regs};
+use super::mmio::{signal_eventfd, IovaMap, Regs};
 use super::spec::{admin, cc, csts, nvm, reg, CqEntry, SqEntry, Status, IDENTIFY_LEN};
 use crate::dma::DmaPool;
 
@@ -43,6 +43,8 @@ struct SimCq {
     head: u32,
     phase: bool,
     backlog: Vec<CqEntry>,
+    /// Interrupt vector, when created with interrupts enabled.
+    vector: Option<u16>,
 }
 
 /// Counters of what the simulated controller saw.
@@ -65,6 +67,7 @@ pub struct SimStats {
     pub shutdowns: u64,
     pub maps: u64,
     pub unmaps: u64,
+    pub interrupts: u64,
 }
 
 #[derive(Debug)]
@@ -93,6 +96,8 @@ struct SimState {
     held: Vec<(u16, CqEntry)>,
     lose_io: u32,
     lost: Vec<(u16, u16)>,
+    /// MSI-X: enabled vectors and the eventfd each is routed to.
+    msix: Option<Vec<i32>>,
     injects: Vec<Inject>,
     stats: SimStats,
 }
@@ -150,6 +155,7 @@ impl SimNvme {
                 held: Vec::new(),
                 lose_io: 0,
                 lost: Vec::new(),
+                msix: None,
                 injects: Vec::new(),
                 stats: SimStats::default(),
             })),
@@ -266,6 +272,23 @@ impl Transport for SimTransport {
         Ok(())
     }
 
+    fn enable_msix(&self) -> Result<u32, String> {
+        let mut s = self.regs.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.msix = Some(vec![-1; 17]);
+        Ok(17)
+    }
+
+    fn route_msix(&self, vector: u16, eventfd: std::os::fd::RawFd) -> Result<(), String> {
+        let mut s = self.regs.state.lock().unwrap_or_else(|e| e.into_inner());
+        let v = s
+            .msix
+            .as_mut()
+            .and_then(|m| m.get_mut(usize::from(vector)))
+            .ok_or("no such vector")?;
+        *v = eventfd;
+        Ok(())
+    }
+
     fn unmap_dma(&self, iova: u64, _len: usize) -> Result<(), String> {
         let mut s = self.regs.state.lock().unwrap_or_else(|e| e.into_inner());
         s.stats.unmaps += 1;
@@ -370,7 +393,9 @@ impl SimState {
         let Some(q) = self.cqs.get_mut(&cqid) else {
             return;
         };
+        let mut posted = false;
         while !q.backlog.is_empty() && (q.tail + 1) % q.entries != q.head {
+            posted = true;
             let mut e = q.backlog.remove(0);
             e.status = e.status & !1 | u16::from(q.phase);
             let at = q.iova + u64::from(q.tail) * 16;
@@ -380,6 +405,16 @@ impl SimState {
             if q.tail == q.entries {
                 q.tail = 0;
                 q.phase = !q.phase;
+            }
+        }
+        // An interrupt after the entries are in memory, as hardware does.
+        let vector = q.vector;
+        if let (true, Some(v), Some(m)) = (posted, vector, self.msix.as_ref()) {
+            if let Some(&fd) = m.get(usize::from(v)) {
+                if fd >= 0 {
+                    signal_eventfd(fd);
+                    self.stats.interrupts += 1;
+                }
             }
         }
     }
@@ -518,7 +553,11 @@ impl SimState {
                     self.stats.bad_dma += 1;
                     return (Status::new(0, 0x04), 0);
                 }
-                self.cqs.insert(qid, SimCq::new(sqe.prp1, size));
+                let mut cq = SimCq::new(sqe.prp1, size);
+                if sqe.cdw11 & 2 != 0 {
+                    cq.vector = Some((sqe.cdw11 >> 16) as u16);
+                }
+                self.cqs.insert(qid, cq);
                 (Status::SUCCESS, 0)
             }
             admin::CREATE_IO_SQ => {
@@ -683,6 +722,7 @@ impl SimCq {
             head: 0,
             phase: true,
             backlog: Vec::new(),
+            vector: None,
         }
     }
 }

@@ -136,6 +136,42 @@ impl Drop for VfioTransport {
     }
 }
 
+const MSIX_IRQ_INDEX: u32 = 2;
+const VFIO_DEVICE_SET_IRQS: libc::c_ulong = 0x3b6e;
+const IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
+const IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
+
+impl VfioTransport {
+    /// VFIO_DEVICE_SET_IRQS for MSI-X vectors `start..start + fds.len()`
+    /// (an fd of -1 routes a vector nowhere).
+    fn set_msix(&self, start: u32, fds: &[i32]) -> Result<(), String> {
+        // struct vfio_irq_set: argsz, flags, index, start, count, then the
+        // eventfds; built as u32 words (an fd is a 32-bit int).
+        let mut words: Vec<u32> = vec![
+            0,
+            IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER,
+            MSIX_IRQ_INDEX,
+            start,
+            fds.len() as u32,
+        ];
+        words.extend(fds.iter().map(|&fd| fd as u32));
+        words[0] = (words.len() * 4) as u32;
+        // SAFETY: the argument is a complete vfio_irq_set of argsz bytes
+        // that lives for the call; the device fd is ours.
+        let rc = unsafe {
+            libc::ioctl(
+                self.device.as_raw_fd(),
+                VFIO_DEVICE_SET_IRQS,
+                words.as_ptr(),
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        Ok(())
+    }
+}
+
 impl Transport for VfioTransport {
     fn regs(&self) -> &dyn Regs {
         &self.bar
@@ -156,5 +192,22 @@ impl Transport for VfioTransport {
         self.container
             .vfio_dma_unmap(iova, len)
             .map_err(|e| e.to_string())
+    }
+
+    fn enable_msix(&self) -> Result<u32, String> {
+        let n = self
+            .device
+            .get_irq_info(MSIX_IRQ_INDEX)
+            .map(|i| i.count)
+            .filter(|&n| n > 0)
+            .ok_or("the device has no MSI-X")?;
+        // Linux 6.1 can't add vectors to an enabled MSI-X later, so all of
+        // them now, routed nowhere until a queue asks.
+        self.set_msix(0, &vec![-1; n as usize])?;
+        Ok(n)
+    }
+
+    fn route_msix(&self, vector: u16, eventfd: std::os::fd::RawFd) -> Result<(), String> {
+        self.set_msix(u32::from(vector), &[eventfd])
     }
 }
