@@ -314,7 +314,10 @@ fn run_inner(a: &Args) -> Result<(), String> {
         return Err("needs root (loop devices and mounts)".into());
     }
     match leave_last_cpu_to_the_reactor() {
-        Some(c) => eprintln!("client on CPUs 0..{}, CPU {c} left to the engine's reactor", c - 1),
+        Some(c) => eprintln!(
+            "client on CPUs 0..{}, CPU {c} left to the engine's reactor",
+            c - 1
+        ),
         None => eprintln!("one CPU: client and reactor share it"),
     }
     let stream = parse_size(&a.stream_size)?;
