@@ -25,7 +25,7 @@ pub fn run(a: &Args) -> i32 {
             return 1;
         }
     };
-    let (mut store, sb) = match open_store(&meta, 256 << 20) {
+    let (mut store, sb) = match open_store(&*meta, 256 << 20) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("scoutfs check: {}: {e}", a.meta.display());
@@ -35,7 +35,7 @@ pub fn run(a: &Args) -> i32 {
     let tty = std::io::stderr().is_terminal();
     let progress: Option<Box<dyn FnMut(u64)>> =
         tty.then(|| Box::new(|n: u64| eprint!("\rchecked {n} blocks")) as Box<dyn FnMut(u64)>);
-    let report = check_volume_with_progress(&mut store, &meta, &data, progress);
+    let report = check_volume_with_progress(&mut store, &*meta, &*data, progress);
     if tty {
         eprintln!();
     }

@@ -11,6 +11,7 @@ mod device;
 mod devinfo;
 mod mkfs;
 mod mount;
+mod nvme;
 mod print;
 
 use clap::{Parser, Subcommand};
@@ -44,6 +45,8 @@ pub enum Command {
     /// Print a running mount's counters (operations, bytes, commits,
     /// cache hits, errors).
     Counters(mount::CountersArgs),
+    /// NVMe controllers: list them, move them between the kernel and vfio-pci.
+    Nvme(nvme::Args),
 }
 
 /// Run a parsed command; returns the process exit code.
@@ -62,6 +65,7 @@ pub fn run(cli: Cli, build_commit: &str) -> i32 {
             mount::run(&a)
         }
         Command::Counters(a) => mount::counters(&a),
+        Command::Nvme(a) => nvme::run(&a),
     }
 }
 

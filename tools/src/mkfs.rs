@@ -7,7 +7,6 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 
-use scoutfs_engine::dev::BlockDev;
 use scoutfs_engine::txn::mkfs::{mkfs, MkfsOptions};
 
 use crate::device;
@@ -135,7 +134,7 @@ pub fn run(a: &Args) -> i32 {
         fsid: None,
         format_version: a.format_version,
     };
-    match mkfs(&meta, &data, &opts) {
+    match mkfs(&*meta, &*data, &opts) {
         Ok(sb) => {
             println!("Created scoutfs volume:");
             println!("  meta device:     {}", a.meta.display());

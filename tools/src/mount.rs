@@ -234,9 +234,9 @@ fn serve(a: &Args) -> Result<(), String> {
     catch_signals(tx.clone())?;
 
     let meta: Arc<dyn BlockDev> =
-        Arc::new(device::open(&a.meta).map_err(|e| format!("{}: {e}", a.meta.display()))?);
+        device::open(&a.meta).map_err(|e| format!("{}: {e}", a.meta.display()))?;
     let data: Arc<dyn BlockDev> =
-        Arc::new(device::open(&a.data).map_err(|e| format!("{}: {e}", a.data.display()))?);
+        device::open(&a.data).map_err(|e| format!("{}: {e}", a.data.display()))?;
     let mut fs = FsOptions {
         acl: !mo.noacl,
         ..FsOptions::default()

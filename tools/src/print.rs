@@ -162,7 +162,7 @@ pub fn run(a: &Args) -> i32 {
             return 1;
         }
     };
-    let (mut store, sb) = match open_store(&dev, 256 << 20) {
+    let (mut store, sb) = match open_store(&*dev, 256 << 20) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("scoutfs print: {}: {e}", a.meta.display());
