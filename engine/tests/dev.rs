@@ -7,11 +7,16 @@ use std::path::Path;
 use proptest::prelude::*;
 use scoutfs_engine::dev::mem::{Fault, MemDev};
 use scoutfs_engine::dev::uring::{UringDev, UringOptions};
-use scoutfs_engine::dev::{open_queue, BlockDev, DevError, IoOp, IoRequest, QueueConfig};
+use scoutfs_engine::dev::{
+    open_queue, BlockDev, DevError, Discard, Geometry, IoOp, IoRequest, QueueConfig,
+};
 use scoutfs_engine::util::rng::SimRng;
 
 mod conformance;
-use conformance::{fill, flush, pool, queue, read, rejects_bad_requests, round_trip_many, write};
+use conformance::{
+    discard_round_trip, fill, flush, pool, queue, read, rejects_bad_requests, round_trip_many,
+    write,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -25,6 +30,74 @@ fn mem_round_trips_many_offsets_and_sizes() {
 #[test]
 fn mem_rejects_bad_requests() {
     rejects_bad_requests(&MemDev::new(8 * MIB));
+}
+
+#[test]
+fn mem_discards_read_as_zeros() {
+    let dev = MemDev::new(8 * MIB);
+    assert_eq!(dev.geometry().discard, Discard::Zeroes);
+    discard_round_trip(&dev);
+    assert_eq!(dev.stats().discards, 3);
+}
+
+#[test]
+fn mem_without_discard_refuses_it_cleanly() {
+    let dev = MemDev::with_geometry(Geometry {
+        logical_block_size: 4096,
+        capacity_bytes: 8 * MIB,
+        max_transfer_bytes: MIB as u32,
+        discard: Discard::Unsupported,
+    });
+    discard_round_trip(&dev);
+    assert_eq!(dev.stats().discards, 0, "nothing reached the device");
+}
+
+/// A discard not yet covered by a flush is lost to a power cut whole or
+/// in part like a write; once flushed it stays.
+#[test]
+fn mem_discard_is_durable_only_after_a_flush() {
+    let dev = MemDev::new(MIB);
+    let pool = pool();
+    let mut qp = queue(&dev, &pool);
+    write(&mut qp, &pool, 0, &[0xaa; 64 * 1024]).unwrap();
+    flush(&mut qp).unwrap();
+    let c = qp.run_one(IoRequest::discard(0, 32 * 1024, 1));
+    c.result.unwrap();
+    assert_eq!(
+        dev.volatile_writes(),
+        1,
+        "a discard is volatile until flushed"
+    );
+    let mut outcomes = std::collections::BTreeSet::new();
+    for seed in 0..32 {
+        let dev2 = MemDev::new(MIB);
+        let mut q2 = queue(&dev2, &pool);
+        write(&mut q2, &pool, 0, &[0xaa; 64 * 1024]).unwrap();
+        flush(&mut q2).unwrap();
+        q2.run_one(IoRequest::discard(0, 32 * 1024, 1))
+            .result
+            .unwrap();
+        let r = dev2.power_cut(seed);
+        dev2.restart();
+        let mut q3 = queue(&dev2, &pool);
+        let got = read(&mut q3, &pool, 0, 64 * 1024).unwrap();
+        assert!(got[32 * 1024..].iter().all(|&b| b == 0xaa), "outside kept");
+        // Zeros for a prefix of sectors, old data after it.
+        let zeros = got[..32 * 1024].iter().take_while(|&&b| b == 0).count();
+        assert!(zeros % 4096 == 0 && got[zeros..32 * 1024].iter().all(|&b| b == 0xaa));
+        outcomes.insert((r.kept, r.dropped, r.torn));
+    }
+    assert!(outcomes.len() > 1, "the cut keeps, drops or tears it");
+    flush(&mut qp).unwrap();
+    dev.power_cut(1);
+    dev.restart();
+    let mut qp = queue(&dev, &pool);
+    let got = read(&mut qp, &pool, 0, 64 * 1024).unwrap();
+    assert!(
+        got[..32 * 1024].iter().all(|&b| b == 0),
+        "flushed discard stays"
+    );
+    assert!(got[32 * 1024..].iter().all(|&b| b == 0xaa));
 }
 
 fn temp_file(dir: &Path, len: u64) -> std::path::PathBuf {
@@ -51,6 +124,19 @@ fn uring_round_trips_with_sqpoll() {
     };
     let dev = UringDev::open(temp_file(dir.path(), 4 * MIB), opts).unwrap();
     round_trip_many(&dev, 12);
+}
+
+#[test]
+fn uring_discards_punch_holes_in_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = temp_file(dir.path(), 16 * MIB);
+    let dev = UringDev::open(&path, UringOptions::default()).unwrap();
+    assert_eq!(dev.geometry().discard, Discard::Zeroes);
+    discard_round_trip(&dev);
+    // The holes are real: the file holds fewer blocks than it was written.
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(&path).unwrap();
+    assert!(m.blocks() * 512 < MIB, "{} blocks", m.blocks());
 }
 
 #[test]
@@ -143,6 +229,7 @@ fn uring_round_trips_on_a_loop_device() {
     assert_eq!(dev.geometry().capacity_bytes, 16 * MIB);
     round_trip_many(&dev, 13);
     rejects_bad_requests(&dev);
+    discard_round_trip(&dev);
 }
 
 #[test]
@@ -267,6 +354,13 @@ fn power_cut_model(seed: u64) {
                 }
                 since_flush[b].clear();
             }
+        } else if rng.chance(1, 5) {
+            // A discard is a write of zeros to the model.
+            let b = rng.below(NBLK) as usize;
+            qp.run_one(IoRequest::discard((b * BLK) as u64, BLK as u32, i))
+                .result
+                .unwrap();
+            since_flush[b].push(vec![0u8; BLK]);
         } else {
             let b = rng.below(NBLK) as usize;
             let mut data = vec![0u8; BLK];

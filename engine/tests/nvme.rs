@@ -40,6 +40,7 @@ fn sim_passes_the_queue_conformance_tests() {
     requests_wait_for_kick(&d);
     full_queue_is_back_pressure(&d);
     many_queue_pairs(&d, 4);
+    discard_round_trip(&d);
 }
 
 fn env_dev(var: &str) -> Option<NvmeDev> {
@@ -61,19 +62,27 @@ fn vfio_passes_the_conformance_tests() {
     };
     let g = d.geometry();
     eprintln!(
-        "{}: {} {}, {} bytes, lbs {}, mdts {:?}",
+        "{}: {} {}, {} bytes, lbs {}, mdts {:?}, oncs {:#x}, discard {:?}",
         d.name(),
         d.controller().identity().model,
         d.controller().identity().serial,
         g.capacity_bytes,
         g.logical_block_size,
-        d.controller().max_command_bytes()
+        d.controller().max_command_bytes(),
+        d.controller().identity().oncs,
+        g.discard
     );
     round_trip_many(&d, 21);
     rejects_bad_requests(&d);
     requests_wait_for_kick(&d);
     full_queue_is_back_pressure(&d);
     many_queue_pairs(&d, 4);
+    // QEMU's emulated NVMe takes Dataset Management and reads deallocated
+    // blocks as zeros (DLFEAT 001b); a real controller may not.
+    if std::env::var_os("SCOUTFS_NVME_TEST_EXPECT_DISCARD").is_some() {
+        assert_eq!(g.discard, scoutfs_engine::dev::Discard::Zeroes);
+    }
+    discard_round_trip(&d);
 }
 
 #[test]

@@ -30,6 +30,8 @@ fn spdk_passes_the_conformance_tests() {
     requests_wait_for_kick(&d);
     full_queue_is_back_pressure(&d);
     many_queue_pairs(&d, 4);
+    // Discard is not wired to SPDK yet: refused cleanly.
+    discard_round_trip(&d);
 }
 
 /// A controller whose commands outlive the timeout

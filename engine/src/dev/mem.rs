@@ -10,6 +10,10 @@
 //!   blocks kept), chosen from a seed. Requests still in flight when the
 //!   power goes are lost. The device then fails every request of the old
 //!   queues; [`MemDev::restart`] powers it back on for new queues.
+//! - **Discard.** A discard reads back as zeros once it completes
+//!   ([`Discard::Zeroes`]). It is modelled as a write of zeros: volatile
+//!   until a covering flush, so a power cut may keep it, drop it (the old
+//!   data comes back) or tear it, like any other write.
 //! - **Fault injection.** [`Fault`] rules fail chosen requests with an errno.
 //! - **Reordering.** Completions can be delivered in a seeded random order.
 //!
@@ -23,7 +27,8 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{
-    BlockDev, Completion, DevError, Geometry, IoOp, IoRequest, QueueBackend, QueueConfig, Rejected,
+    BlockDev, Completion, DevError, Discard, Geometry, IoOp, IoRequest, QueueBackend, QueueConfig,
+    Rejected,
 };
 use crate::util::rng::SimRng;
 
@@ -130,6 +135,7 @@ pub struct MemStats {
     pub reads: u64,
     pub writes: u64,
     pub flushes: u64,
+    pub discards: u64,
     pub injected_errors: u64,
     pub power_cuts: u64,
 }
@@ -243,11 +249,18 @@ impl MemDev {
             logical_block_size: 4096,
             capacity_bytes,
             max_transfer_bytes: 1 << 20,
+            discard: Discard::Zeroes,
         })
     }
 
+    /// A device of any geometry; `geom.discard` may be `Zeroes` or
+    /// `Unsupported` (to test callers of devices without discard).
     pub fn with_geometry(geom: Geometry) -> Self {
         assert!(geom.logical_block_size.is_power_of_two() && geom.logical_block_size >= 512);
+        assert!(
+            geom.discard != Discard::Undefined,
+            "mem discards read as zeros"
+        );
         let state = MemState {
             image: SparseImage::default(),
             volatile: VecDeque::new(),
@@ -430,15 +443,20 @@ impl MemQueue {
                 let buf = req.buf.as_mut().expect("checked: reads carry a buffer");
                 st.image.read(offset, &mut buf.as_mut_slice()[b..b + len]);
             }
-            IoOp::Write => {
-                st.stats.writes += 1;
-                let b = req.buf_offset as usize;
-                let data = req
-                    .buf
-                    .as_ref()
-                    .expect("checked: writes carry a buffer")
-                    .as_slice()[b..b + len]
-                    .to_vec();
+            IoOp::Write | IoOp::Discard => {
+                let data = if req.op == IoOp::Discard {
+                    debug_assert!(self.dev.geom.supports_discard(), "checked by submit");
+                    st.stats.discards += 1;
+                    vec![0u8; len]
+                } else {
+                    st.stats.writes += 1;
+                    let b = req.buf_offset as usize;
+                    req.buf
+                        .as_ref()
+                        .expect("checked: writes carry a buffer")
+                        .as_slice()[b..b + len]
+                        .to_vec()
+                };
                 let mut undo = vec![0u8; len];
                 st.image.read(offset, &mut undo);
                 st.image.write(offset, &data);

@@ -2,7 +2,9 @@
 //!
 //! A [`BlockDev`] describes a device (its [`Geometry`]) and hands out queue
 //! pairs, one per reactor core. A [`QueuePair`] takes reads, writes and
-//! flushes of DMA buffers at byte offsets, and reports their completions
+//! flushes of DMA buffers at byte offsets, and discards of byte ranges
+//! (where [`Geometry::discard`] says the device takes them), and reports
+//! their completions
 //! when polled. Every request is checked against the geometry here, before
 //! any backend sees it: a misaligned, out-of-range or zero-length request is
 //! an error returned to the caller and never reaches the device.
@@ -31,8 +33,32 @@ pub struct Geometry {
     /// Offsets, lengths and buffer addresses must be multiples of this.
     pub logical_block_size: u32,
     pub capacity_bytes: u64,
-    /// The largest single read or write.
+    /// The largest single read or write (discards are not bounded by it:
+    /// they move no data).
     pub max_transfer_bytes: u32,
+    /// Whether the device takes [`IoOp::Discard`] and what reads of a
+    /// discarded range return afterwards.
+    pub discard: Discard,
+}
+
+impl Geometry {
+    pub fn supports_discard(&self) -> bool {
+        self.discard != Discard::Unsupported
+    }
+}
+
+/// A device's answer to "can I tell you a range is unused?".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Discard {
+    /// Discards are refused before they reach the device
+    /// (`DevError::Unsupported`).
+    Unsupported,
+    /// Once a discard completes, reads of the range return zeros.
+    Zeroes,
+    /// Reads of a discarded range may return the old data, zeros or
+    /// anything else (NVMe deallocate without DLFEAT's zeros promise): the
+    /// caller must not read a range it discarded before writing it again.
+    Undefined,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -40,11 +66,17 @@ pub enum IoOp {
     Read,
     Write,
     Flush,
+    /// Tell the device a byte range is unused (NVMe deallocate, TRIM,
+    /// hole punching). Durable like a write: only once a later flush
+    /// completes may a crash not bring the old data back.
+    Discard,
 }
 
 /// One request. Reads and writes move `len_bytes` between the device at
 /// `offset_bytes` and `buf` starting at `buf_offset`. A flush has no buffer
-/// and makes every write completed before it was submitted durable.
+/// and makes every write (and discard) completed before it was submitted
+/// durable. A discard has no buffer and covers `len_bytes` at
+/// `offset_bytes`.
 #[derive(Debug)]
 pub struct IoRequest {
     pub op: IoOp,
@@ -84,6 +116,19 @@ impl IoRequest {
             op: IoOp::Flush,
             offset_bytes: 0,
             len_bytes: 0,
+            buf: None,
+            buf_offset: 0,
+            tag,
+        }
+    }
+
+    /// Discard `len_bytes` at `offset_bytes`; only on devices whose
+    /// geometry says they take discards.
+    pub fn discard(offset_bytes: u64, len_bytes: u32, tag: u64) -> Self {
+        Self {
+            op: IoOp::Discard,
+            offset_bytes,
+            len_bytes,
             buf: None,
             buf_offset: 0,
             tag,
@@ -133,6 +178,10 @@ pub enum DevError {
     NoBuffer(IoOp),
     #[error("flush request carries a buffer or a length")]
     FlushWithData,
+    #[error("discard request carries a buffer")]
+    DiscardWithBuffer,
+    #[error("device {dev} does not support {op:?}")]
+    Unsupported { op: IoOp, dev: String },
     #[error(
         "request of {len} bytes at buffer offset {buf_offset} overruns a {capacity}-byte buffer"
     )]
@@ -172,10 +221,12 @@ impl DevError {
             | DevError::ZeroLength(_)
             | DevError::NoBuffer(_)
             | DevError::FlushWithData
+            | DevError::DiscardWithBuffer
             | DevError::BufferOverrun { .. }
             | DevError::TooLarge { .. } => libc::EINVAL,
             DevError::OutOfRange { .. } => libc::ERANGE,
             DevError::QueueFull { .. } => libc::EAGAIN,
+            DevError::Unsupported { .. } => libc::EOPNOTSUPP,
             DevError::Io { errno, .. } => *errno,
             DevError::Short { .. } | DevError::Failed(_) | DevError::Setup(_) => libc::EIO,
             DevError::Open { .. } => libc::ENODEV,
@@ -308,9 +359,6 @@ pub fn check_request(geom: &Geometry, req: &IoRequest) -> Result<(), DevError> {
     if req.len_bytes == 0 {
         return Err(DevError::ZeroLength(req.op));
     }
-    let Some(buf) = &req.buf else {
-        return Err(DevError::NoBuffer(req.op));
-    };
     let misaligned = |field, value: u64| DevError::Misaligned {
         field,
         value,
@@ -322,6 +370,15 @@ pub fn check_request(geom: &Geometry, req: &IoRequest) -> Result<(), DevError> {
     if !u64::from(req.len_bytes).is_multiple_of(lbs) {
         return Err(misaligned(AlignField::Length, u64::from(req.len_bytes)));
     }
+    if req.op == IoOp::Discard {
+        if req.buf.is_some() {
+            return Err(DevError::DiscardWithBuffer);
+        }
+        return check_range(geom, req);
+    }
+    let Some(buf) = &req.buf else {
+        return Err(DevError::NoBuffer(req.op));
+    };
     let addr = buf.as_ptr() as u64 + u64::from(req.buf_offset);
     if !addr.is_multiple_of(lbs) {
         return Err(misaligned(AlignField::Buffer, addr));
@@ -339,6 +396,11 @@ pub fn check_request(geom: &Geometry, req: &IoRequest) -> Result<(), DevError> {
             max: geom.max_transfer_bytes,
         });
     }
+    check_range(geom, req)
+}
+
+/// The request lies inside the device.
+fn check_range(geom: &Geometry, req: &IoRequest) -> Result<(), DevError> {
     match req.offset_bytes.checked_add(u64::from(req.len_bytes)) {
         Some(end) if end <= geom.capacity_bytes => Ok(()),
         _ => Err(DevError::OutOfRange {
@@ -371,8 +433,17 @@ impl QueuePair {
     }
 
     /// Check and queue a request. It reaches the device at the next `kick`.
+    /// A discard on a device that doesn't take them is refused here with
+    /// `Unsupported`.
     pub fn submit(&mut self, req: IoRequest) -> Result<(), Rejected> {
         if let Err(error) = check_request(&self.geom, &req) {
+            return Err(Rejected { error, req });
+        }
+        if req.op == IoOp::Discard && !self.geom.supports_discard() {
+            let error = DevError::Unsupported {
+                op: IoOp::Discard,
+                dev: self.name.clone(),
+            };
             return Err(Rejected { error, req });
         }
         if self.is_full() {

@@ -7,6 +7,15 @@
 //! all with SQPOLL while the kernel's poller is awake). Completions are
 //! reaped by reading the completion ring in user memory: no syscall.
 //! Flush is `IORING_OP_FSYNC` with `IORING_FSYNC_DATASYNC`.
+//!
+//! Discard is `IORING_OP_FALLOCATE` with `FALLOC_FL_PUNCH_HOLE |
+//! FALLOC_FL_KEEP_SIZE`, for files and block devices alike: a file gets a
+//! hole, a block device (Linux's `blkdev_fallocate`) a write-zeroes that
+//! may unmap and never falls back to writing zeros by hand. Either way the
+//! range reads as zeros afterwards ([`Discard::Zeroes`]); a filesystem or
+//! device that can't do it fails the request with `Unsupported`. (io_uring's
+//! block-device discard command, `BLOCK_URING_CMD_DISCARD`, needs Linux
+//! 6.12 and reads back undefined data; not used.)
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, RawFd};
@@ -17,7 +26,8 @@ use std::time::{Duration, Instant};
 use io_uring::{opcode, types, IoUring};
 
 use super::{
-    BlockDev, Completion, DevError, Geometry, IoOp, IoRequest, QueueBackend, QueueConfig, Rejected,
+    BlockDev, Completion, DevError, Discard, Geometry, IoOp, IoRequest, QueueBackend, QueueConfig,
+    Rejected,
 };
 use crate::dma::DmaPool;
 
@@ -134,6 +144,7 @@ impl UringDev {
             logical_block_size: lbs,
             capacity_bytes,
             max_transfer_bytes: MAX_TRANSFER,
+            discard: Discard::Zeroes,
         };
         Ok(UringDev {
             path: path.to_owned(),
@@ -284,13 +295,18 @@ impl UringQueue {
             .take()
             .expect("completion for an empty slot");
         self.free_slots.push(idx as u32);
-        let result = if res < 0 {
+        let result = if req.op == IoOp::Discard && -res == libc::EOPNOTSUPP {
+            Err(DevError::Unsupported {
+                op: IoOp::Discard,
+                dev: self.name.clone(),
+            })
+        } else if res < 0 {
             Err(DevError::Io {
                 op: req.op,
                 offset: req.offset_bytes,
                 errno: -res,
             })
-        } else if req.op != IoOp::Flush && res as u32 != req.len_bytes {
+        } else if matches!(req.op, IoOp::Read | IoOp::Write) && res as u32 != req.len_bytes {
             Err(DevError::Short {
                 op: req.op,
                 offset: req.offset_bytes,
@@ -330,6 +346,10 @@ impl QueueBackend for UringQueue {
         let entry = match req.op {
             IoOp::Flush => opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+            IoOp::Discard => opcode::Fallocate::new(fd, u64::from(req.len_bytes))
+                .offset(req.offset_bytes)
+                .mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
                 .build(),
             IoOp::Read | IoOp::Write => {
                 let buf = req

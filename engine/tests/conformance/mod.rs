@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use scoutfs_engine::dev::{
-    open_queue, AlignField, BlockDev, DevError, IoOp, IoRequest, QueueConfig, QueuePair,
+    open_queue, AlignField, BlockDev, DevError, Discard, IoOp, IoRequest, QueueConfig, QueuePair,
 };
 use scoutfs_engine::dma::DmaPool;
 use scoutfs_engine::util::rng::SimRng;
@@ -268,4 +268,116 @@ pub fn many_queue_pairs(dev: &dyn BlockDev, queues: usize) {
     for qp in qps.iter_mut() {
         flush(qp).unwrap();
     }
+}
+
+/// Discard: bad discards are refused before the device; a device without
+/// discard refuses every one with `Unsupported`; otherwise a discarded range
+/// reads as zeros (where the geometry promises it) once the discard
+/// completes, its neighbours keep their data, and a flush after it works.
+/// Discards are not bounded by the largest transfer.
+pub fn discard_round_trip(dev: &dyn BlockDev) {
+    let g = dev.geometry();
+    let lbs = u64::from(g.logical_block_size);
+    let pool = pool();
+    let mut qp = queue(dev, &pool);
+    let mut rej = |req: IoRequest| -> DevError {
+        let e = qp.submit(req).expect_err("must be rejected");
+        e.error
+    };
+    assert!(matches!(
+        rej(IoRequest::discard(lbs / 2, lbs as u32, 0)),
+        DevError::Misaligned {
+            field: AlignField::Offset,
+            ..
+        }
+    ));
+    assert!(matches!(
+        rej(IoRequest::discard(0, lbs as u32 + 1, 0)),
+        DevError::Misaligned {
+            field: AlignField::Length,
+            ..
+        }
+    ));
+    assert!(matches!(
+        rej(IoRequest::discard(0, 0, 0)),
+        DevError::ZeroLength(IoOp::Discard)
+    ));
+    assert!(matches!(
+        rej(IoRequest::discard(g.capacity_bytes, lbs as u32, 0)),
+        DevError::OutOfRange { .. }
+    ));
+    let mut with_buf = IoRequest::discard(0, lbs as u32, 0);
+    with_buf.buf = Some(pool.try_get().unwrap());
+    assert!(matches!(rej(with_buf), DevError::DiscardWithBuffer));
+    assert_eq!(qp.in_flight(), 0, "nothing reached the device");
+
+    let discard = |qp: &mut QueuePair, off: u64, len: u64| {
+        qp.run_one(IoRequest::discard(off, len as u32, 7)).result
+    };
+    if !g.supports_discard() {
+        let e = discard(&mut qp, 0, lbs).expect_err("device without discard");
+        assert!(
+            matches!(
+                e,
+                DevError::Unsupported {
+                    op: IoOp::Discard,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(e.errno(), libc::EOPNOTSUPP);
+        return;
+    }
+    let zeroes = g.discard == Discard::Zeroes;
+    // Larger than the largest transfer, where the device is big enough.
+    let big = (u64::from(g.max_transfer_bytes) * 2).min(g.capacity_bytes / 2 / lbs * lbs);
+    let span = 64 * 1024u64;
+    for (round, (off, len)) in [
+        (0, span),
+        (g.capacity_bytes - span, span),
+        (g.capacity_bytes / 2 / lbs * lbs, big),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // Data around the range and inside it.
+        let mut data = vec![0u8; span as usize];
+        fill(round as u64 + 11, &mut data);
+        for at in (off..off + len).step_by(span as usize) {
+            write(&mut qp, &pool, at, &data).unwrap();
+        }
+        let (d_off, d_len) = (off + lbs, len - 2 * lbs);
+        discard(&mut qp, d_off, d_len).unwrap();
+        flush(&mut qp).unwrap();
+        let first = read(&mut qp, &pool, off, span as usize).unwrap();
+        assert_eq!(
+            first[..lbs as usize],
+            data[..lbs as usize],
+            "before the range"
+        );
+        let last_at = off + len - span;
+        let last = read(&mut qp, &pool, last_at, span as usize).unwrap();
+        assert_eq!(
+            last[(span - lbs) as usize..],
+            data[(span - lbs) as usize..],
+            "after the range"
+        );
+        if zeroes {
+            for at in (off..off + len).step_by(span as usize) {
+                let got = read(&mut qp, &pool, at, span as usize).unwrap();
+                let from = d_off.saturating_sub(at).min(span) as usize;
+                let to = (d_off + d_len).saturating_sub(at).min(span) as usize;
+                assert!(
+                    got[from..to].iter().all(|&b| b == 0),
+                    "discarded [{d_off:#x}, +{d_len:#x}) reads zeros at {at:#x}"
+                );
+            }
+        }
+        // The range takes writes again.
+        write(&mut qp, &pool, d_off, &data[..lbs as usize]).unwrap();
+        let got = read(&mut qp, &pool, d_off, lbs as usize).unwrap();
+        assert_eq!(got, data[..lbs as usize]);
+    }
+    assert_eq!(pool.available(), pool.count(), "every buffer came back");
 }

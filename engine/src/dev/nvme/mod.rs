@@ -38,7 +38,7 @@ pub use ctrl::{Controller, NvmeOptions, Transport};
 pub use queue::{NvmeQueue, QueueStats};
 pub use sim::SimNvme;
 
-use super::{BlockDev, DevError, Geometry, QueueBackend, QueueConfig};
+use super::{BlockDev, DevError, Discard, Geometry, QueueBackend, QueueConfig};
 use spec::{admin, IdentifyNamespace};
 
 /// A parsed `nvme://BDF/NSID` address.
@@ -196,10 +196,16 @@ impl NvmeDev {
             .size_blocks
             .checked_mul(ns.block_size())
             .ok_or_else(|| open_err("namespace size overflows".into()))?;
+        let discard = match (ctrl.identity().supports_dsm(), ns.deallocated_reads_zero()) {
+            (false, _) => Discard::Unsupported,
+            (true, true) => Discard::Zeroes,
+            (true, false) => Discard::Undefined,
+        };
         let geom = Geometry {
             logical_block_size: ns.block_size() as u32,
             capacity_bytes,
             max_transfer_bytes: queue::MAX_REQUEST_BYTES,
+            discard,
         };
         Ok(NvmeDev {
             ctrl,

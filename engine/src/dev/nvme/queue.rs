@@ -4,7 +4,10 @@
 //! so a stale completion can't be taken for a new command, one doorbell per
 //! batch, completions reaped by phase tag, status codes decoded into
 //! `DevError`, and a command that outlives the timeout fails its request
-//! and the device.
+//! and the device. A discard is one Dataset Management command with the
+//! deallocate attribute, its one-entry range list written into the command
+//! slot's PRP list page (a range covers up to 2^32 blocks, more than a
+//! request's `u32` length).
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -13,7 +16,7 @@ use std::time::{Duration, Instant};
 use super::ctrl::Controller;
 use super::mmio::DmaRegion;
 use super::ring::Rings;
-use super::spec::{nvm, SqEntry};
+use super::spec::{nvm, DsmRange, SqEntry};
 use crate::dev::{Completion, DevError, IoOp, IoRequest, QueueBackend, QueueConfig, Rejected};
 use crate::dma::DmaPool;
 
@@ -54,6 +57,7 @@ pub struct QueueStats {
     pub doorbells: u64,
     pub stale_completions: u64,
     pub prp_lists: u64,
+    pub discards: u64,
 }
 
 #[derive(Debug)]
@@ -62,6 +66,8 @@ pub struct NvmeQueue {
     nsid: u32,
     lba_shift: u32,
     max_cmd_bytes: usize,
+    /// The controller takes Dataset Management (Identify ONCS).
+    dsm: bool,
     /// The queue's rings and the pool of their memory.
     rings: Option<(Rings, DmaPool)>,
     prp_lists: Option<DmaRegion>,
@@ -170,11 +176,13 @@ impl NvmeQueue {
         debug_assert_eq!(rings.entries(), entries);
         let slot_bits = usize::BITS - (cmd_slots - 1).max(1).leading_zeros();
         let timeout = Duration::from_millis(ctrl.options().timeout_ms.max(1));
+        let dsm = ctrl.identity().supports_dsm();
         Ok(NvmeQueue {
             ctrl,
             nsid,
             lba_shift,
             max_cmd_bytes,
+            dsm,
             rings: Some((rings, ring_pool)),
             prp_lists: Some(prp_lists),
             mapped,
@@ -373,8 +381,15 @@ impl QueueBackend for NvmeQueue {
         let Some(&ri) = self.free_reqs.last() else {
             return full(req);
         };
+        if req.op == IoOp::Discard && !self.dsm {
+            let error = DevError::Unsupported {
+                op: IoOp::Discard,
+                dev: self.ctrl.name().to_string(),
+            };
+            return Err(Rejected { error, req });
+        }
         let (iova, len) = match req.op {
-            IoOp::Flush => (0, 0),
+            IoOp::Flush | IoOp::Discard => (0, 0),
             IoOp::Read | IoOp::Write => {
                 let buf = req
                     .buf
@@ -403,6 +418,7 @@ impl QueueBackend for NvmeQueue {
         }
         self.free_reqs.pop();
         let (op, offset) = (req.op, req.offset_bytes);
+        let discard_blocks = req.len_bytes >> self.lba_shift;
         self.reqs[ri as usize] = Some(Req {
             req,
             commands_left: ncmds as u32,
@@ -422,6 +438,17 @@ impl QueueBackend for NvmeQueue {
                     nsid: self.nsid,
                     ..Default::default()
                 }
+            } else if op == IoOp::Discard {
+                let lists = self.prp_lists.as_ref().expect("live until drop");
+                let list_off = usize::from(slot) * PAGE;
+                let range = DsmRange {
+                    attributes: 0,
+                    nlb: discard_blocks,
+                    slba: offset >> self.lba_shift,
+                };
+                lists.write(list_off, range);
+                self.stats.discards += 1;
+                SqEntry::dsm_deallocate(self.nsid, 1, lists.iova() + list_off as u64)
             } else {
                 let at = i * self.max_cmd_bytes;
                 let n = (len - at).min(self.max_cmd_bytes);

@@ -5,6 +5,10 @@
 //! (refusing misaligned or unmapped ones), executes admin and NVM commands
 //! against namespaces held in RAM, and posts completions with phase tags.
 //!
+//! Dataset Management with the deallocate attribute zeroes its ranges
+//! (Identify says so: ONCS bit 2, DLFEAT = 001b), unless turned off with
+//! [`SimNvme::set_dsm`].
+//!
 //! Tests steer it: pause processing, hold completions and release them in
 //! reverse, lose commands (never complete them), inject status codes, post
 //! a stray completion, and read its counters.
@@ -14,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::ctrl::Transport;
 use super::mmio::{signal_eventfd, IovaMap, Regs};
-use super::spec::{admin, cc, csts, nvm, reg, CqEntry, SqEntry, Status, IDENTIFY_LEN};
+use super::spec::{admin, cc, csts, nvm, reg, CqEntry, DsmRange, SqEntry, Status, IDENTIFY_LEN};
 use crate::dma::DmaPool;
 
 const PAGE: u64 = 4096;
@@ -54,6 +58,10 @@ pub struct SimStats {
     pub cq_doorbells: u64,
     pub io_commands: u64,
     pub flushes: u64,
+    /// Dataset Management commands with the deallocate attribute, and the
+    /// blocks they deallocated.
+    pub deallocates: u64,
+    pub deallocated_blocks: u64,
     /// I/O commands that used a PRP list.
     pub prp_list_commands: u64,
     /// Commands whose PRPs pointed outside mapped memory or were
@@ -81,6 +89,9 @@ struct Inject {
 struct SimState {
     cap: u64,
     mdts: u8,
+    dsm: bool,
+    /// Every deallocated range, (nsid, slba, nlb), in order.
+    dsm_log: Vec<(u32, u64, u32)>,
     cc: u32,
     csts: u32,
     aqa: u32,
@@ -141,6 +152,8 @@ impl SimNvme {
             state: Arc::new(Mutex::new(SimState {
                 cap,
                 mdts,
+                dsm: true,
+                dsm_log: Vec::new(),
                 cc: 0,
                 csts: 0,
                 aqa: 0,
@@ -177,6 +190,17 @@ impl SimNvme {
     /// Format namespace `nsid` with metadata (which the backend refuses).
     pub fn set_metadata_bytes(&self, nsid: u32, bytes: u16) {
         self.lock().ns[nsid as usize - 1].metadata_bytes = bytes;
+    }
+
+    /// Whether Identify Controller advertises Dataset Management (and the
+    /// command is accepted); on by default, as on QEMU's NVMe.
+    pub fn set_dsm(&self, on: bool) {
+        self.lock().dsm = on;
+    }
+
+    /// Every range deallocated so far: (nsid, slba, nlb).
+    pub fn dsm_log(&self) -> Vec<(u32, u64, u32)> {
+        self.lock().dsm_log.clone()
     }
 
     /// While paused, doorbells are recorded but nothing is processed.
@@ -499,6 +523,9 @@ impl SimState {
                 field(&mut b[64..72], "1.0");
                 b[77] = self.mdts;
                 b[516..520].copy_from_slice(&(self.ns.len() as u32).to_le_bytes());
+                if self.dsm {
+                    b[520] |= 1 << 2; // ONCS: Dataset Management
+                }
                 b[525] = 1;
             }
             admin::CNS_NAMESPACE => {
@@ -510,6 +537,7 @@ impl SimState {
                 for at in [0, 8, 16] {
                     b[at..at + 8].copy_from_slice(&blocks.to_le_bytes());
                 }
+                b[33] = 1; // DLFEAT: deallocated blocks read as zeros
                 let lbaf = ns.lba_shift << 16 | u32::from(ns.metadata_bytes);
                 b[128..132].copy_from_slice(&lbaf.to_le_bytes());
             }
@@ -708,8 +736,56 @@ impl SimState {
                 }
                 Status::SUCCESS
             }
+            nvm::DATASET_MANAGEMENT if self.dsm => self.deallocate(sqe, blocks),
             _ => Status::new(0, 0x01),
         }
+    }
+
+    /// Dataset Management: fetch NR + 1 ranges through the PRPs and, with
+    /// the deallocate attribute, zero them.
+    fn deallocate(&mut self, sqe: &SqEntry, blocks: u64) -> Status {
+        let nr = (sqe.cdw10 & 0xff) as usize + 1;
+        let len = (nr * std::mem::size_of::<DsmRange>()) as u64;
+        let segs = match self.prp_segments(sqe.prp1, sqe.prp2, len) {
+            Ok(s) => s,
+            Err(s) => {
+                self.stats.bad_dma += 1;
+                return s;
+            }
+        };
+        let mut list = Vec::with_capacity(len as usize);
+        for (iova, n) in segs {
+            let mut tmp = vec![0u8; n as usize];
+            if !self.iova.device_read(iova, &mut tmp) {
+                self.stats.bad_dma += 1;
+                return Status::new(0, 0x04);
+            }
+            list.extend_from_slice(&tmp);
+        }
+        if sqe.cdw11 & nvm::DSM_ATTR_DEALLOCATE == 0 {
+            return Status::SUCCESS; // hints only
+        }
+        let ranges: Vec<DsmRange> = list
+            .chunks_exact(16)
+            .map(bytemuck::pod_read_unaligned)
+            .collect();
+        if ranges.iter().any(|r| {
+            r.slba
+                .checked_add(u64::from(r.nlb))
+                .is_none_or(|end| end > blocks)
+        }) {
+            return Status::new(0, 0x80);
+        }
+        let nsi = sqe.nsid as usize - 1;
+        let shift = self.ns[nsi].lba_shift;
+        for r in ranges {
+            let (at, n) = ((r.slba << shift) as usize, (r.nlb as usize) << shift);
+            self.ns[nsi].data[at..at + n].fill(0);
+            self.stats.deallocated_blocks += u64::from(r.nlb);
+            self.dsm_log.push((sqe.nsid, r.slba, r.nlb));
+        }
+        self.stats.deallocates += 1;
+        Status::SUCCESS
     }
 }
 

@@ -98,7 +98,26 @@ pub mod nvm {
     pub const FLUSH: u8 = 0x00;
     pub const WRITE: u8 = 0x01;
     pub const READ: u8 = 0x02;
+    pub const DATASET_MANAGEMENT: u8 = 0x09;
+    /// Dataset Management CDW11: the ranges are to be deallocated.
+    pub const DSM_ATTR_DEALLOCATE: u32 = 1 << 2;
+    /// Most ranges one Dataset Management command carries (NR is 8 bits,
+    /// zero-based).
+    pub const DSM_MAX_RANGES: usize = 256;
 }
+
+/// One range of a Dataset Management command's range list (16 bytes each,
+/// in the command's data buffer).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct DsmRange {
+    /// Context attributes (access hints); 0 for deallocate.
+    pub attributes: u32,
+    /// Length in logical blocks (not zero-based).
+    pub nlb: u32,
+    pub slba: u64,
+}
+const _: () = assert!(std::mem::size_of::<DsmRange>() == 16);
 
 /// A submission queue entry.
 #[repr(C)]
@@ -135,6 +154,21 @@ impl SqEntry {
             cdw10: slba as u32,
             cdw11: (slba >> 32) as u32,
             cdw12: nlb - 1,
+            ..Default::default()
+        }
+    }
+
+    /// Deallocate the `ranges` (1..=256) of the range list at `prp1`
+    /// (which must fit in the page PRP1 points into).
+    pub fn dsm_deallocate(nsid: u32, ranges: usize, prp1: u64) -> SqEntry {
+        debug_assert!((1..=nvm::DSM_MAX_RANGES).contains(&ranges));
+        debug_assert!(prp1 % 4096 + (ranges * 16) as u64 <= 4096);
+        SqEntry {
+            opcode: nvm::DATASET_MANAGEMENT,
+            nsid,
+            prp1,
+            cdw10: ranges as u32 - 1,
+            cdw11: nvm::DSM_ATTR_DEALLOCATE,
             ..Default::default()
         }
     }
@@ -252,6 +286,8 @@ pub struct IdentifyController {
     pub controller_id: u16,
     /// Namespaces the controller may have (the highest valid NSID).
     pub namespaces: u32,
+    /// Optional NVM Command Support (ONCS).
+    pub oncs: u16,
     pub volatile_write_cache: bool,
 }
 
@@ -285,8 +321,16 @@ impl IdentifyController {
             mdts: b[77],
             controller_id: le16(b, 78),
             namespaces: le32(b, 516),
+            oncs: le16(b, 520),
             volatile_write_cache: b[525] & 1 == 1,
         }
+    }
+}
+
+impl IdentifyController {
+    /// The controller takes Dataset Management (ONCS bit 2).
+    pub fn supports_dsm(&self) -> bool {
+        self.oncs & 1 << 2 != 0
     }
 }
 
@@ -301,6 +345,8 @@ pub struct IdentifyNamespace {
     pub metadata_bytes: u16,
     /// End-to-end protection type (DPS bits 0..3); 0 is none.
     pub protection_type: u8,
+    /// Deallocate Logical Block Features (DLFEAT).
+    pub dlfeat: u8,
 }
 
 impl IdentifyNamespace {
@@ -312,7 +358,13 @@ impl IdentifyNamespace {
             lba_shift: (lbaf >> 16) & 0xff,
             metadata_bytes: lbaf as u16,
             protection_type: b[29] & 7,
+            dlfeat: b[33],
         }
+    }
+
+    /// Reads of deallocated blocks return zeros (DLFEAT bits 0..3 = 001b).
+    pub fn deallocated_reads_zero(&self) -> bool {
+        self.dlfeat & 7 == 1
     }
 
     pub fn block_size(&self) -> u64 {
@@ -377,6 +429,38 @@ mod tests {
             Status::new(2, 0x81).to_string(),
             "unrecovered read error (status 0x281)"
         );
+    }
+
+    #[test]
+    fn dsm_deallocate_encodes_nr_and_the_attribute() {
+        let e = SqEntry::dsm_deallocate(3, 2, 0x10_0000);
+        assert_eq!(e.opcode, 0x09);
+        assert_eq!(e.nsid, 3);
+        assert_eq!(e.prp1, 0x10_0000);
+        assert_eq!(e.prp2, 0);
+        assert_eq!(e.cdw10, 1, "NR is zero-based");
+        assert_eq!(e.cdw11, 1 << 2, "AD");
+        let r = DsmRange {
+            attributes: 0,
+            nlb: 8,
+            slba: 0x1_0000_0002,
+        };
+        assert_eq!(
+            bytemuck::bytes_of(&r),
+            &[0, 0, 0, 0, 8, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn oncs_and_dlfeat_decode() {
+        let mut b = [0u8; IDENTIFY_LEN];
+        assert!(!IdentifyController::parse(&b).supports_dsm());
+        b[520] = 1 << 2;
+        assert!(IdentifyController::parse(&b).supports_dsm());
+        b[33] = 0x9; // as QEMU: zeros, and Write Zeroes may deallocate
+        assert!(IdentifyNamespace::parse(&b).deallocated_reads_zero());
+        b[33] = 0x2; // all ones
+        assert!(!IdentifyNamespace::parse(&b).deallocated_reads_zero());
     }
 
     #[test]

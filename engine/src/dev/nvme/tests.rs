@@ -532,3 +532,105 @@ proptest::proptest! {
         proptest::prop_assert_eq!(errno == 0, s.is_success());
     }
 }
+
+#[test]
+fn discard_is_one_deallocate_with_its_range_list_in_dma_memory() {
+    let sim = SimNvme::new(&[(8 * MIB, 12), (MIB, 9)]);
+    let d = dev(&sim);
+    assert_eq!(d.geometry().discard, crate::dev::Discard::Zeroes);
+    let pool = DmaPool::new(64 * 1024, 2).unwrap();
+    let mut qp = queue(&d, &pool, 4);
+    let mut b = pool.try_get().unwrap();
+    b.as_mut_slice().fill(0x5a);
+    qp.run_one(IoRequest::write(0, 64 * 1024, b, 1))
+        .result
+        .unwrap();
+    let before = sim.stats();
+    // 20 KiB at 12 KiB: LBAs 3..8 of 4 KiB.
+    qp.run_one(IoRequest::discard(12 * 1024, 20 * 1024, 2))
+        .result
+        .unwrap();
+    assert_eq!(sim.dsm_log(), vec![(1, 3, 5)]);
+    let s = sim.stats();
+    assert_eq!(s.io_commands - before.io_commands, 1, "one command");
+    assert_eq!((s.deallocates, s.deallocated_blocks, s.bad_dma), (1, 5, 0));
+    let mut got = vec![0u8; 64 * 1024];
+    sim.read_ns(1, 0, &mut got);
+    assert!(got[..12 * 1024].iter().all(|&x| x == 0x5a));
+    assert!(got[12 * 1024..32 * 1024].iter().all(|&x| x == 0));
+    assert!(got[32 * 1024..].iter().all(|&x| x == 0x5a));
+    // Larger than a request's largest transfer: still one range.
+    qp.run_one(IoRequest::discard(0, 8 << 20, 3))
+        .result
+        .unwrap();
+    assert_eq!(sim.dsm_log()[1], (1, 0, 2048));
+
+    // 512-byte blocks: offsets become LBAs at that size.
+    let d2 = NvmeDev::on_controller(d.controller().clone(), 2, "sim/2".into()).unwrap();
+    let pool2 = DmaPool::new(4096, 1).unwrap();
+    let mut qp2 = queue(&d2, &pool2, 2);
+    qp2.run_one(IoRequest::discard(1024, 4096, 4))
+        .result
+        .unwrap();
+    assert_eq!(sim.dsm_log()[2], (2, 2, 8));
+}
+
+#[test]
+fn discard_command_slots_reuse_their_range_pages() {
+    // More discards in flight than fit in the SQ at once, at distinct
+    // places: each command's range list lives in its own slot's page.
+    let sim = SimNvme::with_limits(&[(8 * MIB, 12)], 64, 5);
+    let d = dev(&sim);
+    let pool = DmaPool::new(4096, 1).unwrap();
+    let mut qp = queue(&d, &pool, 16);
+    sim.hold_completions(true);
+    for i in 0..16u64 {
+        qp.submit(IoRequest::discard(i * 8192, 4096, i)).unwrap();
+    }
+    qp.kick().unwrap();
+    sim.release_completions(true);
+    sim.hold_completions(false);
+    let got = reap_all(&mut qp, 16);
+    assert!(got
+        .iter()
+        .all(|c| c.result.is_ok() && c.op == IoOp::Discard));
+    let mut log = sim.dsm_log();
+    log.sort();
+    let want: Vec<_> = (0..16u64).map(|i| (1, i * 2, 1)).collect();
+    assert_eq!(log, want);
+}
+
+#[test]
+fn discard_without_dsm_is_refused_before_the_device() {
+    let sim = SimNvme::new(&[(8 * MIB, 12)]);
+    sim.set_dsm(false);
+    let d = dev(&sim);
+    assert!(!d.controller().identity().supports_dsm());
+    assert_eq!(d.geometry().discard, crate::dev::Discard::Unsupported);
+    let pool = DmaPool::new(4096, 1).unwrap();
+    let mut qp = queue(&d, &pool, 2);
+    let before = sim.stats().io_commands;
+    let e = qp.submit(IoRequest::discard(0, 4096, 1)).unwrap_err();
+    assert!(matches!(
+        e.error,
+        crate::dev::DevError::Unsupported {
+            op: IoOp::Discard,
+            ..
+        }
+    ));
+    assert_eq!(sim.stats().io_commands, before);
+}
+
+#[test]
+fn discard_status_errors_reach_the_caller() {
+    let sim = SimNvme::new(&[(8 * MIB, 12)]);
+    let d = dev(&sim);
+    let pool = DmaPool::new(4096, 1).unwrap();
+    let mut qp = queue(&d, &pool, 2);
+    sim.inject(nvm::DATASET_MANAGEMENT, Status::new(0, 0x80), 1);
+    let c = qp.run_one(IoRequest::discard(4096, 4096, 1));
+    assert_eq!(c.result.unwrap_err().errno(), libc::ERANGE);
+    qp.run_one(IoRequest::discard(4096, 4096, 2))
+        .result
+        .unwrap();
+}

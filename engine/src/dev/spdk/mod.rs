@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 use super::nvme::normalize_bdf;
 use super::nvme::spec::{CqEntry, Status};
 use super::{
-    BlockDev, Completion, DevError, Geometry, IoOp, IoRequest, QueueBackend, QueueConfig, Rejected,
+    BlockDev, Completion, DevError, Discard, Geometry, IoOp, IoRequest, QueueBackend, QueueConfig,
+    Rejected,
 };
 use crate::dma::DmaPool;
 
@@ -258,6 +259,9 @@ impl SpdkDev {
             logical_block_size: lbs,
             capacity_bytes: sectors * u64::from(lbs),
             max_transfer_bytes: MAX_TRANSFER,
+            // Not yet: spdk_nvme_ns_cmd_dataset_management is outside the
+            // checked-in bindings' allowlist (vendor-bindings/).
+            discard: Discard::Unsupported,
         };
         Ok(SpdkDev {
             ctrlr,
@@ -489,6 +493,13 @@ impl QueueBackend for SpdkQueue {
                 req,
             });
         }
+        if req.op == IoOp::Discard {
+            let error = DevError::Unsupported {
+                op: IoOp::Discard,
+                dev: self.name.clone(),
+            };
+            return Err(Rejected { error, req });
+        }
         let Some(slot) = self.free.pop() else {
             return Err(Rejected {
                 error: DevError::QueueFull { depth: self.depth },
@@ -503,6 +514,7 @@ impl QueueBackend for SpdkQueue {
             IoOp::Flush => unsafe {
                 ffi::spdk_nvme_ns_cmd_flush(self.ns, self.qpair, Some(io_done), arg)
             },
+            IoOp::Discard => unreachable!("refused above"),
             IoOp::Read | IoOp::Write => {
                 let buf = req
                     .buf
