@@ -47,7 +47,8 @@ enum RaState {
     InFlight,
     /// In flight, but a write hit its blocks: discard when it lands.
     Stale,
-    Ready(Vec<u8>),
+    /// The DMA buffer it was read into (copied from once, by the read).
+    Ready(DmaBuf),
 }
 
 #[derive(Debug)]
@@ -103,8 +104,14 @@ impl DataIo {
     /// A data device whose write-back buffer holds up to `buffer_bytes`
     /// (0: every write goes to the device at once).
     pub fn with_buffer(dev: &dyn BlockDev, buffer_bytes: usize) -> Result<DataIo, DevError> {
-        let (qp, pool) =
-            open_queue_with_pool(dev, RUN_BLOCKS * BLOCK_SM_SIZE, DEPTH as usize, DEPTH)?;
+        // A buffer per queue slot, plus one per read-ahead run: the cache
+        // keeps the DMA buffers it read into rather than copying them out.
+        let (qp, pool) = open_queue_with_pool(
+            dev,
+            RUN_BLOCKS * BLOCK_SM_SIZE,
+            DEPTH as usize + RA_MAX_RUNS,
+            DEPTH,
+        )?;
         Ok(DataIo {
             qp,
             pool,
@@ -269,9 +276,8 @@ impl DataIo {
         };
         match (&run.state, c.result) {
             (RaState::InFlight, Ok(())) => {
-                let len = (run.len as usize) * BLOCK_SM_SIZE;
-                let buf = c.buf.as_ref().expect("a read returns its buffer");
-                run.state = RaState::Ready(buf.as_slice()[..len].to_vec());
+                let buf = c.buf.expect("a read returns its buffer");
+                run.state = RaState::Ready(buf);
             }
             (_, Err(e)) => {
                 tracing::debug!("read-ahead of block {blk} failed: {e}");
@@ -457,7 +463,7 @@ impl DataIo {
                 let from = ((s - b) as usize) * BLOCK_SM_SIZE;
                 let to = ((e - b) as usize) * BLOCK_SM_SIZE;
                 let at = ((s - blkno) as usize) * BLOCK_SM_SIZE;
-                out[at..at + (to - from)].copy_from_slice(&data[from..to]);
+                out[at..at + (to - from)].copy_from_slice(&data.as_slice()[from..to]);
                 if e == b + len {
                     // Consumed to its end: a sequential reader is past it.
                     self.ra.remove(&b);

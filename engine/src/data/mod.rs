@@ -486,12 +486,35 @@ pub async fn read<S: ItemStore>(
         }
         let s = e.iblock.max(b0);
         let t = e.end().min(b1);
-        let mut buf = vec![0u8; ((t - s + 1) * BS) as usize];
-        vol.data_io()?.read(e.blkno + (s - e.iblock), &mut buf)?;
-        let from = (s * BS).max(offset);
-        let to = ((t + 1) * BS).min(offset + len as u64);
-        out[(from - offset) as usize..(to - offset) as usize]
-            .copy_from_slice(&buf[(from - s * BS) as usize..(to - s * BS) as usize]);
+        let dev = |k: u64| e.blkno + (k - e.iblock);
+        let end = offset + len as u64;
+        // Blocks wholly inside the read go straight into `out`; a block
+        // the read starts or ends inside goes through a block buffer.
+        let first_full = if s * BS < offset { s + 1 } else { s };
+        let last_full = if (t + 1) * BS > end {
+            t.checked_sub(1)
+        } else {
+            Some(t)
+        };
+        let io = vol.data_io()?;
+        let full = last_full.filter(|&lf| lf >= first_full);
+        if let Some(lf) = full {
+            let at = (first_full * BS - offset) as usize;
+            let n = ((lf - first_full + 1) * BS) as usize;
+            io.read(dev(first_full), &mut out[at..at + n])?;
+        }
+        let partial: &[u64] = if s == t { &[s] } else { &[s, t] };
+        for &k in partial {
+            if full.is_some_and(|lf| (first_full..=lf).contains(&k)) {
+                continue;
+            }
+            let mut blk = [0u8; BLOCK_SM_SIZE];
+            io.read(dev(k), &mut blk)?;
+            let from = (k * BS).max(offset);
+            let to = ((k + 1) * BS).min(end);
+            out[(from - offset) as usize..(to - offset) as usize]
+                .copy_from_slice(&blk[(from - k * BS) as usize..(to - k * BS) as usize]);
+        }
     }
     read_ahead(vol, ino, b0, b1).await?;
     Ok(out)
