@@ -441,10 +441,16 @@ fn write_run(
     data: &[u8],
 ) -> Result<(), DataError> {
     let run_start = ext.iblock * BS;
-    let mut buf = vec![0u8; (ext.len * BS) as usize];
     let data_end = offset + data.len() as u64;
     let head_partial = offset > run_start;
     let tail_partial = data_end < run_start + ext.len * BS;
+    if !head_partial && !tail_partial {
+        // Whole blocks: straight from the caller's buffer.
+        let at = (run_start - offset) as usize;
+        io.write(ext.blkno, &data[at..at + (ext.len * BS) as usize])?;
+        return Ok(());
+    }
+    let mut buf = vec![0u8; (ext.len * BS) as usize];
     if !fresh {
         if head_partial {
             io.read(ext.blkno, &mut buf[..BLOCK_SM_SIZE])?;
