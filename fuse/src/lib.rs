@@ -230,7 +230,7 @@ impl FileSystem for ScoutFuse {
             want |= FsOptions::POSIX_ACL;
         }
         let got = capable & want;
-        tracing::info!("FUSE init: kernel offers {capable:?}, using {got:?}");
+        tracing::debug!("FUSE init: kernel offers {capable:?}, using {got:?}");
         Ok(got)
     }
 
