@@ -512,8 +512,11 @@ impl FileSystem for ScoutFuse {
         st.f_blocks = s.total_data_blocks;
         st.f_bfree = s.free_data_blocks;
         st.f_bavail = s.free_data_blocks;
-        // Inodes are items: about one per free metadata block's worth of
-        // items is a fair estimate of what can still be created.
+        // There is no inode table: an inode is a handful of items (inode,
+        // three dirent copies, index items, ~400 bytes with the names) in
+        // 64 KiB metadata blocks that are rarely full. Sixteen per block is
+        // a deliberately low estimate of what free space can still hold,
+        // so `df -i` never promises more than there is.
         let per_block = 16;
         st.f_files = s.total_meta_blocks * per_block;
         st.f_ffree = s.free_meta_blocks * per_block;
