@@ -8272,6 +8272,364 @@ impl Default for spdk_nvme_cpl {
         }
     }
 }
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct spdk_nvme_dsm_range {
+    pub attributes: spdk_nvme_dsm_range__bindgen_ty_1,
+    pub length: u32,
+    pub starting_lba: u64,
+}
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union spdk_nvme_dsm_range__bindgen_ty_1 {
+    pub bits: spdk_nvme_dsm_range__bindgen_ty_1__bindgen_ty_1,
+    pub raw: u32,
+}
+#[repr(C)]
+#[repr(align(4))]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct spdk_nvme_dsm_range__bindgen_ty_1__bindgen_ty_1 {
+    pub _bitfield_align_1: [u16; 0],
+    pub _bitfield_1: __BindgenBitfieldUnit<[u8; 4usize]>,
+}
+impl spdk_nvme_dsm_range__bindgen_ty_1__bindgen_ty_1 {
+    #[inline]
+    pub fn af(&self) -> u32 {
+        unsafe { ::std::mem::transmute(self._bitfield_1.get(0usize, 4u8) as u32) }
+    }
+    #[inline]
+    pub fn set_af(&mut self, val: u32) {
+        unsafe {
+            let val: u32 = ::std::mem::transmute(val);
+            self._bitfield_1.set(0usize, 4u8, val as u64)
+        }
+    }
+    #[inline]
+    pub unsafe fn af_raw(this: *const Self) -> u32 {
+        unsafe {
+            ::std::mem::transmute(<__BindgenBitfieldUnit<[u8; 4usize]>>::raw_get(
+                ::std::ptr::addr_of!((*this)._bitfield_1),
+                0usize,
+                4u8,
+            ) as u32)
+        }
+    }
+    #[inline]
+    pub unsafe fn set_af_raw(this: *mut Self, val: u32) {
+        unsafe {
+            let val: u32 = ::std::mem::transmute(val);
+            <__BindgenBitfieldUnit<[u8; 4usize]>>::raw_set(
+                ::std::ptr::addr_of_mut!((*this)._bitfield_1),
+                0usize,
+                4u8,
+                val as u64,
+            )
+        }
+    }
+    #[inline]
+    pub fn al(&self) -> u32 {
+        unsafe { ::std::mem::transmute(self._bitfield_1.get(4usize, 2u8) as u32) }
+    }
+    #[inline]
+    pub fn set_al(&mut self, val: u32) {
+        unsafe {
+            let val: u32 = ::std::mem::transmute(val);
+            self._bitfield_1.set(4usize, 2u8, val as u64)
+        }
+    }
+    #[inline]
+    pub unsafe fn al_raw(this: *const Self) -> u32 {
+        unsafe {
+            ::std::mem::transmute(<__BindgenBitfieldUnit<[u8; 4usize]>>::raw_get(
+                ::std::ptr::addr_of!((*this)._bitfield_1),
+                4usize,
+                2u8,
+            ) as u32)
+        }
+    }
+    #[inline]
+    pub unsafe fn set_al_raw(this: *mut Self, val: u32) {
+        unsafe {
+            let val: u32 = ::std::mem::transmute(val);
+            <__BindgenBitfieldUnit<[u8; 4usize]>>::raw_set(
+                ::std::ptr::addr_of_mut!((*this)._bitfield_1),
+                4usize,
+                2u8,
+                val as u64,
+            )
+        }
+    }
+    #[inline]
+    pub fn reserved0(&self) -> u32 {
+        unsafe { ::std::mem::transmute(self._bitfield_1.get(6usize, 2u8) as u32) }
+    }
+    #[inline]
+    pub fn set_reserved0(&mut self, val: u32) {
+        unsafe {
+            let val: u32 = ::std::mem::transmute(val);
+            self._bitfield_1.set(6usize, 2u8, val as u64)
+        }
+    }
+    #[inline]
+    pub unsafe fn reserved0_raw(this: *const Self) -> u32 {
+        unsafe {
+            ::std::mem::transmute(<__BindgenBitfieldUnit<[u8; 4usize]>>::raw_get(
+                ::std::ptr::addr_of!((*this)._bitfield_1),
+                6usize,
+                2u8,
+            ) as u32)
+        }
+    }
+    #[inline]
+    pub unsafe fn set_reserved0_raw(this: *mut Self, val: u32) {
+        unsafe {
+            let val: u32 = ::std::mem::transmute(val);
+            <__BindgenBitfieldUnit<[u8; 4usize]>>::raw_set(
+                ::std::ptr::addr_of_mut!((*this)._bitfield_1),
+                6usize,
+                2u8,
+                val as u64,
+            )
+        }
+    }
+    #[inline]
+    pub fn sr(&self) -> u32 {
+        unsafe { ::std::mem::transmute(self._bitfield_1.get(8usize, 1u8) as u32) }
+    }
+    #[inline]
+    pub fn set_sr(&mut self, val: u32) {
+        unsafe {
+            let val: u32 = ::std::mem::transmute(val);
+            self._bitfield_1.set(8usize, 1u8, val as u64)
+        }
+    }
+    #[inline]
+    pub unsafe fn sr_raw(this: *const Self) -> u32 {
+        unsafe {
+            ::std::mem::transmute(<__BindgenBitfieldUnit<[u8; 4usize]>>::raw_get(
+                ::std::ptr::addr_of!((*this)._bitfield_1),
+                8usize,
+                1u8,
+            ) as u32)
+        }
+    }
+    #[inline]
+    pub unsafe fn set_sr_raw(this: *mut Self, val: u32) {
+        unsafe {
+            let val: u32 = ::std::mem::transmute(val);
+            <__BindgenBitfieldUnit<[u8; 4usize]>>::raw_set(
+                ::std::ptr::addr_of_mut!((*this)._bitfield_1),
+                8usize,
+                1u8,
+                val as u64,
+            )
+        }
+    }
+    #[inline]
+    pub fn sw(&self) -> u32 {
+        unsafe { ::std::mem::transmute(self._bitfield_1.get(9usize, 1u8) as u32) }
+    }
+    #[inline]
+    pub fn set_sw(&mut self, val: u32) {
+        unsafe {
+            let val: u32 = ::std::mem::transmute(val);
+            self._bitfield_1.set(9usize, 1u8, val as u64)
+        }
+    }
+    #[inline]
+    pub unsafe fn sw_raw(this: *const Self) -> u32 {
+        unsafe {
+            ::std::mem::transmute(<__BindgenBitfieldUnit<[u8; 4usize]>>::raw_get(
+                ::std::ptr::addr_of!((*this)._bitfield_1),
+                9usize,
+                1u8,
+            ) as u32)
+        }
+    }
+    #[inline]
+    pub unsafe fn set_sw_raw(this: *mut Self, val: u32) {
+        unsafe {
+            let val: u32 = ::std::mem::transmute(val);
+            <__BindgenBitfieldUnit<[u8; 4usize]>>::raw_set(
+                ::std::ptr::addr_of_mut!((*this)._bitfield_1),
+                9usize,
+                1u8,
+                val as u64,
+            )
+        }
+    }
+    #[inline]
+    pub fn wp(&self) -> u32 {
+        unsafe { ::std::mem::transmute(self._bitfield_1.get(10usize, 1u8) as u32) }
+    }
+    #[inline]
+    pub fn set_wp(&mut self, val: u32) {
+        unsafe {
+            let val: u32 = ::std::mem::transmute(val);
+            self._bitfield_1.set(10usize, 1u8, val as u64)
+        }
+    }
+    #[inline]
+    pub unsafe fn wp_raw(this: *const Self) -> u32 {
+        unsafe {
+            ::std::mem::transmute(<__BindgenBitfieldUnit<[u8; 4usize]>>::raw_get(
+                ::std::ptr::addr_of!((*this)._bitfield_1),
+                10usize,
+                1u8,
+            ) as u32)
+        }
+    }
+    #[inline]
+    pub unsafe fn set_wp_raw(this: *mut Self, val: u32) {
+        unsafe {
+            let val: u32 = ::std::mem::transmute(val);
+            <__BindgenBitfieldUnit<[u8; 4usize]>>::raw_set(
+                ::std::ptr::addr_of_mut!((*this)._bitfield_1),
+                10usize,
+                1u8,
+                val as u64,
+            )
+        }
+    }
+    #[inline]
+    pub fn reserved1(&self) -> u32 {
+        unsafe { ::std::mem::transmute(self._bitfield_1.get(11usize, 13u8) as u32) }
+    }
+    #[inline]
+    pub fn set_reserved1(&mut self, val: u32) {
+        unsafe {
+            let val: u32 = ::std::mem::transmute(val);
+            self._bitfield_1.set(11usize, 13u8, val as u64)
+        }
+    }
+    #[inline]
+    pub unsafe fn reserved1_raw(this: *const Self) -> u32 {
+        unsafe {
+            ::std::mem::transmute(<__BindgenBitfieldUnit<[u8; 4usize]>>::raw_get(
+                ::std::ptr::addr_of!((*this)._bitfield_1),
+                11usize,
+                13u8,
+            ) as u32)
+        }
+    }
+    #[inline]
+    pub unsafe fn set_reserved1_raw(this: *mut Self, val: u32) {
+        unsafe {
+            let val: u32 = ::std::mem::transmute(val);
+            <__BindgenBitfieldUnit<[u8; 4usize]>>::raw_set(
+                ::std::ptr::addr_of_mut!((*this)._bitfield_1),
+                11usize,
+                13u8,
+                val as u64,
+            )
+        }
+    }
+    #[inline]
+    pub fn access_size(&self) -> u32 {
+        unsafe { ::std::mem::transmute(self._bitfield_1.get(24usize, 8u8) as u32) }
+    }
+    #[inline]
+    pub fn set_access_size(&mut self, val: u32) {
+        unsafe {
+            let val: u32 = ::std::mem::transmute(val);
+            self._bitfield_1.set(24usize, 8u8, val as u64)
+        }
+    }
+    #[inline]
+    pub unsafe fn access_size_raw(this: *const Self) -> u32 {
+        unsafe {
+            ::std::mem::transmute(<__BindgenBitfieldUnit<[u8; 4usize]>>::raw_get(
+                ::std::ptr::addr_of!((*this)._bitfield_1),
+                24usize,
+                8u8,
+            ) as u32)
+        }
+    }
+    #[inline]
+    pub unsafe fn set_access_size_raw(this: *mut Self, val: u32) {
+        unsafe {
+            let val: u32 = ::std::mem::transmute(val);
+            <__BindgenBitfieldUnit<[u8; 4usize]>>::raw_set(
+                ::std::ptr::addr_of_mut!((*this)._bitfield_1),
+                24usize,
+                8u8,
+                val as u64,
+            )
+        }
+    }
+    #[inline]
+    pub fn new_bitfield_1(
+        af: u32,
+        al: u32,
+        reserved0: u32,
+        sr: u32,
+        sw: u32,
+        wp: u32,
+        reserved1: u32,
+        access_size: u32,
+    ) -> __BindgenBitfieldUnit<[u8; 4usize]> {
+        let mut __bindgen_bitfield_unit: __BindgenBitfieldUnit<[u8; 4usize]> = Default::default();
+        __bindgen_bitfield_unit.set(0usize, 4u8, {
+            let af: u32 = unsafe { ::std::mem::transmute(af) };
+            af as u64
+        });
+        __bindgen_bitfield_unit.set(4usize, 2u8, {
+            let al: u32 = unsafe { ::std::mem::transmute(al) };
+            al as u64
+        });
+        __bindgen_bitfield_unit.set(6usize, 2u8, {
+            let reserved0: u32 = unsafe { ::std::mem::transmute(reserved0) };
+            reserved0 as u64
+        });
+        __bindgen_bitfield_unit.set(8usize, 1u8, {
+            let sr: u32 = unsafe { ::std::mem::transmute(sr) };
+            sr as u64
+        });
+        __bindgen_bitfield_unit.set(9usize, 1u8, {
+            let sw: u32 = unsafe { ::std::mem::transmute(sw) };
+            sw as u64
+        });
+        __bindgen_bitfield_unit.set(10usize, 1u8, {
+            let wp: u32 = unsafe { ::std::mem::transmute(wp) };
+            wp as u64
+        });
+        __bindgen_bitfield_unit.set(11usize, 13u8, {
+            let reserved1: u32 = unsafe { ::std::mem::transmute(reserved1) };
+            reserved1 as u64
+        });
+        __bindgen_bitfield_unit.set(24usize, 8u8, {
+            let access_size: u32 = unsafe { ::std::mem::transmute(access_size) };
+            access_size as u64
+        });
+        __bindgen_bitfield_unit
+    }
+}
+impl Default for spdk_nvme_dsm_range__bindgen_ty_1 {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+impl Default for spdk_nvme_dsm_range {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+pub const SPDK_NVME_DSM_ATTR_INTEGRAL_READ: spdk_nvme_dsm_attribute = 1;
+pub const SPDK_NVME_DSM_ATTR_INTEGRAL_WRITE: spdk_nvme_dsm_attribute = 2;
+pub const SPDK_NVME_DSM_ATTR_DEALLOCATE: spdk_nvme_dsm_attribute = 4;
+pub type spdk_nvme_dsm_attribute = ::std::os::raw::c_uint;
+pub const SPDK_NVME_DEALLOC_NOT_REPORTED: spdk_nvme_dealloc_logical_block_read_value = 0;
+pub const SPDK_NVME_DEALLOC_READ_00: spdk_nvme_dealloc_logical_block_read_value = 1;
+pub const SPDK_NVME_DEALLOC_READ_FF: spdk_nvme_dealloc_logical_block_read_value = 2;
+pub type spdk_nvme_dealloc_logical_block_read_value = ::std::os::raw::c_uint;
 pub const SPDK_NVME_FMT_NVM_PROTECTION_DISABLE: spdk_nvme_pi_type = 0;
 pub const SPDK_NVME_FMT_NVM_PROTECTION_TYPE1: spdk_nvme_pi_type = 1;
 pub const SPDK_NVME_FMT_NVM_PROTECTION_TYPE2: spdk_nvme_pi_type = 2;
@@ -8536,6 +8894,23 @@ unsafe extern "C" {
     pub fn spdk_nvme_ns_get_md_size(ns: *mut spdk_nvme_ns) -> u32;
 }
 unsafe extern "C" {
+    pub fn spdk_nvme_ns_get_dealloc_logical_block_read_value(
+        ns: *mut spdk_nvme_ns,
+    ) -> spdk_nvme_dealloc_logical_block_read_value;
+}
+pub const SPDK_NVME_NS_DEALLOCATE_SUPPORTED: spdk_nvme_ns_flags = 1;
+pub const SPDK_NVME_NS_FLUSH_SUPPORTED: spdk_nvme_ns_flags = 2;
+pub const SPDK_NVME_NS_RESERVATION_SUPPORTED: spdk_nvme_ns_flags = 4;
+pub const SPDK_NVME_NS_WRITE_ZEROES_SUPPORTED: spdk_nvme_ns_flags = 8;
+pub const SPDK_NVME_NS_DPS_PI_SUPPORTED: spdk_nvme_ns_flags = 16;
+pub const SPDK_NVME_NS_EXTENDED_LBA_SUPPORTED: spdk_nvme_ns_flags = 32;
+pub const SPDK_NVME_NS_WRITE_UNCORRECTABLE_SUPPORTED: spdk_nvme_ns_flags = 64;
+pub const SPDK_NVME_NS_COMPARE_SUPPORTED: spdk_nvme_ns_flags = 128;
+pub type spdk_nvme_ns_flags = ::std::os::raw::c_uint;
+unsafe extern "C" {
+    pub fn spdk_nvme_ns_get_flags(ns: *mut spdk_nvme_ns) -> u32;
+}
+unsafe extern "C" {
     pub fn spdk_nvme_ns_cmd_write(
         ns: *mut spdk_nvme_ns,
         qpair: *mut spdk_nvme_qpair,
@@ -8557,6 +8932,17 @@ unsafe extern "C" {
         cb_fn: spdk_nvme_cmd_cb,
         cb_arg: *mut ::std::os::raw::c_void,
         io_flags: u32,
+    ) -> ::std::os::raw::c_int;
+}
+unsafe extern "C" {
+    pub fn spdk_nvme_ns_cmd_dataset_management(
+        ns: *mut spdk_nvme_ns,
+        qpair: *mut spdk_nvme_qpair,
+        type_: u32,
+        ranges: *const spdk_nvme_dsm_range,
+        num_ranges: u16,
+        cb_fn: spdk_nvme_cmd_cb,
+        cb_arg: *mut ::std::os::raw::c_void,
     ) -> ::std::os::raw::c_int;
 }
 unsafe extern "C" {

@@ -255,13 +255,27 @@ impl SpdkDev {
                  only formats without metadata are supported"
             )));
         }
+        // SAFETY: as above.
+        let (flags, dealloc_reads) = unsafe {
+            (
+                ffi::spdk_nvme_ns_get_flags(ns),
+                ffi::spdk_nvme_ns_get_dealloc_logical_block_read_value(ns),
+            )
+        };
+        // SPDK sets DEALLOCATE_SUPPORTED from ONCS's DSM bit, and reports
+        // DLFEAT's read value.
+        let discard = if flags & ffi::SPDK_NVME_NS_DEALLOCATE_SUPPORTED == 0 {
+            Discard::Unsupported
+        } else if dealloc_reads == ffi::SPDK_NVME_DEALLOC_READ_00 {
+            Discard::Zeroes
+        } else {
+            Discard::Undefined
+        };
         let geom = Geometry {
             logical_block_size: lbs,
             capacity_bytes: sectors * u64::from(lbs),
             max_transfer_bytes: MAX_TRANSFER,
-            // Not yet: spdk_nvme_ns_cmd_dataset_management is outside the
-            // checked-in bindings' allowlist (vendor-bindings/).
-            discard: Discard::Unsupported,
+            discard,
         };
         Ok(SpdkDev {
             ctrlr,
@@ -342,6 +356,8 @@ struct SpdkQueue {
     ctrlr: Arc<Ctrlr>,
     ns: *mut ffi::spdk_nvme_ns,
     lba_shift: u32,
+    /// The namespace takes Dataset Management deallocate.
+    discard: bool,
     qpair: *mut ffi::spdk_nvme_qpair,
     depth: usize,
     slots: Vec<Option<IoRequest>>,
@@ -415,6 +431,7 @@ impl BlockDev for SpdkDev {
             ctrlr: self.ctrlr.clone(),
             ns: self.ns,
             lba_shift: self.geom.logical_block_size.trailing_zeros(),
+            discard: self.geom.supports_discard(),
             qpair,
             depth,
             slots: (0..depth).map(|_| None).collect(),
@@ -493,7 +510,7 @@ impl QueueBackend for SpdkQueue {
                 req,
             });
         }
-        if req.op == IoOp::Discard {
+        if req.op == IoOp::Discard && !self.discard {
             let error = DevError::Unsupported {
                 op: IoOp::Discard,
                 dev: self.name.clone(),
@@ -514,7 +531,28 @@ impl QueueBackend for SpdkQueue {
             IoOp::Flush => unsafe {
                 ffi::spdk_nvme_ns_cmd_flush(self.ns, self.qpair, Some(io_done), arg)
             },
-            IoOp::Discard => unreachable!("refused above"),
+            IoOp::Discard => {
+                // SPDK copies the range list into its own DMA memory, so
+                // it may live on the stack.
+                let range = ffi::spdk_nvme_dsm_range {
+                    attributes: ffi::spdk_nvme_dsm_range__bindgen_ty_1 { raw: 0 },
+                    length: nlb,
+                    starting_lba: lba,
+                };
+                // SAFETY: ns and qpair are live; range is read before the
+                // call returns; arg outlives the command.
+                unsafe {
+                    ffi::spdk_nvme_ns_cmd_dataset_management(
+                        self.ns,
+                        self.qpair,
+                        ffi::SPDK_NVME_DSM_ATTR_DEALLOCATE,
+                        &range,
+                        1,
+                        Some(io_done),
+                        arg,
+                    )
+                }
+            }
             IoOp::Read | IoOp::Write => {
                 let buf = req
                     .buf
