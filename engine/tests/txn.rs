@@ -11,8 +11,12 @@ use scoutfs_engine::txn::check::check_volume;
 use scoutfs_engine::txn::mkfs::{mkfs, MkfsOptions};
 use scoutfs_engine::txn::{TxnOptions, Volume};
 
+/// An item type the fs layer doesn't define (check_volume checks the fs
+/// items it knows, and these hold arbitrary values).
+const RAW: u8 = 100;
+
 fn k(ino: u64, n: u64) -> Key {
-    Key::new(zone::FS, ino, 4, n, 0, 0)
+    Key::new(zone::FS, ino, RAW, n, 0, 0)
 }
 
 fn small_opts() -> TxnOptions {
