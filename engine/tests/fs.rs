@@ -3011,6 +3011,17 @@ impl T {
     }
 }
 
+/// How many extent items `ino` has.
+fn extent_count(t: &mut T, ino: u64) -> usize {
+    block_on(scoutfs_engine::data::count_extents_from(
+        t.vol(),
+        ino,
+        0,
+        usize::MAX,
+    ))
+    .unwrap()
+}
+
 fn pattern(seed: u8, n: usize) -> Vec<u8> {
     (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
 }
@@ -3124,18 +3135,7 @@ fn large_fragmented_files_are_deleted_over_several_transactions() {
         t.write(f.ino, i * 4096, &[1u8; 4096]);
         t.write(g.ino, i * 4096, &[2u8; 4096]);
     }
-    let items = |t: &mut T, ino: u64| {
-        let first = Key::new(zone::FS, ino, item_type::DATA_EXTENT, 0, 0, 0);
-        let last = Key::new(
-            zone::FS,
-            ino,
-            item_type::DATA_EXTENT,
-            u64::MAX,
-            u64::MAX,
-            u8::MAX,
-        );
-        t.vol().range(&first, &last, usize::MAX).unwrap().len()
-    };
+    let items = |t: &mut T, ino: u64| extent_count(t, ino);
     assert_eq!(items(&mut t, f.ino), n as usize);
     // Truncating most of g away takes several transactions too.
     let a = t.truncate(g.ino, 10 * 4096 + 1);
@@ -3291,18 +3291,7 @@ fn preallocation_keeps_interleaved_appends_contiguous() {
         t.write(f.ino, i * 4096, &[1u8; 4096]);
         t.write(g.ino, i * 4096, &[2u8; 4096]);
     }
-    let count = |t: &mut T, ino: u64| {
-        let first = Key::new(zone::FS, ino, item_type::DATA_EXTENT, 0, 0, 0);
-        let last = Key::new(
-            zone::FS,
-            ino,
-            item_type::DATA_EXTENT,
-            u64::MAX,
-            u64::MAX,
-            u8::MAX,
-        );
-        t.vol().range(&first, &last, usize::MAX).unwrap().len()
-    };
+    let count = |t: &mut T, ino: u64| extent_count(t, ino);
     // Each allocation doubles: about log2(512) extents, not 512.
     let (nf, ng) = (count(&mut t, f.ino), count(&mut t, g.ino));
     assert!(nf <= 12 && ng <= 12, "extents: f {nf}, g {ng}");

@@ -128,21 +128,28 @@ async fn del<S: ItemStore>(vol: &mut S, ino: u64, e: &FileExtent) -> Result<(), 
     Ok(())
 }
 
+/// The key range of `ino`'s extents that end at or after `iblock`.
+fn extent_keys(ino: u64, iblock: u64) -> (Key, Key) {
+    (
+        Key::new(zone::FS, ino, item_type::DATA_EXTENT, iblock, 0, 0),
+        Key::new(
+            zone::FS,
+            ino,
+            item_type::DATA_EXTENT,
+            u64::MAX,
+            u64::MAX,
+            u8::MAX,
+        ),
+    )
+}
+
 /// The first extent of `ino` that ends at or after `iblock`.
 pub async fn extent_from<S: ItemStore>(
     vol: &mut S,
     ino: u64,
     iblock: u64,
 ) -> Result<Option<FileExtent>, DataError> {
-    let first = Key::new(zone::FS, ino, item_type::DATA_EXTENT, iblock, 0, 0);
-    let last = Key::new(
-        zone::FS,
-        ino,
-        item_type::DATA_EXTENT,
-        u64::MAX,
-        u64::MAX,
-        u8::MAX,
-    );
+    let (first, last) = extent_keys(ino, iblock);
     match vol.next(&first, &last).await? {
         Some(it) => Ok(Some(decode(ino, &it)?)),
         None => Ok(None),
@@ -622,11 +629,17 @@ pub async fn truncate<S: ItemStore>(vol: &mut S, ino: u64, size: u64) -> Result<
     if first_gone <= MAX_IBLOCK {
         freed = free_blocks(vol, ino, first_gone, MAX_IBLOCK).await?;
     }
+    zero_after(vol, ino, size).await?;
+    Ok(freed)
+}
+
+/// Zero the rest of the block `size` ends inside (if it is written).
+async fn zero_after<S: ItemStore>(vol: &mut S, ino: u64, size: u64) -> Result<(), DataError> {
     let within = (size % BS) as usize;
     if within != 0 {
         zero_in_block(vol, ino, size / BS, within, BLOCK_SM_SIZE).await?;
     }
-    Ok(freed)
+    Ok(())
 }
 
 /// The part of a truncate to `size` that one transaction always carries:
@@ -647,10 +660,7 @@ pub async fn truncate_edge<S: ItemStore>(
             }
         }
     }
-    let within = (size % BS) as usize;
-    if within != 0 {
-        zero_in_block(vol, ino, size / BS, within, BLOCK_SM_SIZE).await?;
-    }
+    zero_after(vol, ino, size).await?;
     Ok(freed)
 }
 
