@@ -400,6 +400,13 @@ fn kill_9_mid_copy_keeps_every_fsynced_file() {
     let mut v = Vol::new(256 << 20, 2 << 30);
     v.mount();
     let m = v.mnt();
+    // A file never fsync'd becomes durable when the engine commits the
+    // aged transaction (5 s) with no other operation to trigger it.
+    sh(&format!("echo aged > {m}/aged"));
+    std::thread::sleep(Duration::from_secs(7));
+    v.kill9();
+    v.mount();
+    assert_eq!(sh(&format!("cat {m}/aged")), "aged\n");
     // Files made durable with fsync before the copy starts.
     sh(&format!(
         r#"python3 - <<'EOF'

@@ -91,7 +91,8 @@ const HOLD_BLOCKS_PER_ITEM: usize = 1;
 pub struct TxnOptions {
     /// Commit once this many metadata blocks are dirty.
     pub commit_dirty_blocks: usize,
-    /// Commit a transaction older than this at the next write.
+    /// Commit a transaction older than this (at the next write, or by the
+    /// engine's check for quiet mounts).
     pub commit_age: Duration,
     /// Clean metadata blocks kept cached.
     pub cache_bytes: usize,
@@ -110,7 +111,7 @@ impl Default for TxnOptions {
     fn default() -> Self {
         TxnOptions {
             commit_dirty_blocks: 512,
-            commit_age: Duration::from_secs(10),
+            commit_age: Duration::from_secs(5),
             cache_bytes: 256 << 20,
             rid: 1,
             meta_targets: (crate::alloc::META_RESERVE, crate::alloc::META_FILL),
