@@ -206,7 +206,11 @@ fn vfio_slow_commands_time_out_and_fail_the_device() {
                     failed += 1;
                 }
             });
-            assert!(start.elapsed().as_secs() < 20, "requests hung");
+            // A watchdog, not a speed check: the engine must never hang on a
+            // lost completion, so a test that waits this long has failed.
+            if start.elapsed().as_secs() >= 20 {
+                panic!("requests hung: no completion or timeout in 20 s");
+            }
         }
         let waited = start.elapsed();
         eprintln!("{failed} of 16 failed after {waited:?}");

