@@ -298,3 +298,37 @@ fn sequential_reads_are_read_ahead_and_stay_coherent_with_writes() {
         vec![0xcc; 4096]
     );
 }
+
+#[test]
+fn freed_blocks_are_discarded_after_the_commit_with_the_discard_option() {
+    for discard in [false, true] {
+        let (meta, dev) = setup();
+        let opts = TxnOptions {
+            commit_dirty_blocks: 32,
+            meta_targets: (32, 48),
+            discard,
+            ..TxnOptions::default()
+        };
+        let mut vol = Volume::open(&meta, opts).unwrap();
+        vol.attach_data_device(&dev).unwrap();
+        ready(data::write(&mut vol, INO, 0, &fill(3, 1 << 20))).unwrap();
+        vol.commit().unwrap();
+        let ex = ready(extents(&mut vol, INO, 0, data::MAX_IBLOCK)).unwrap();
+        let at = ex[0].blkno * 4096;
+        ready(data::truncate(&mut vol, INO, 0)).unwrap();
+        let discards0 = dev.stats().discards;
+        let mut before = vec![0u8; 4096];
+        dev.read_at(at, &mut before);
+        assert_eq!(before, fill(3, 4096), "still there until the commit");
+        vol.commit().unwrap();
+        let mut after = vec![0u8; 4096];
+        dev.read_at(at, &mut after);
+        if discard {
+            assert!(dev.stats().discards > discards0);
+            assert_eq!(after, vec![0u8; 4096], "discarded after the commit");
+        } else {
+            assert_eq!(dev.stats().discards, discards0);
+            assert_eq!(after, fill(3, 4096));
+        }
+    }
+}

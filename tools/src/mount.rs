@@ -31,7 +31,9 @@ pub struct Args {
     pub fuse: PathBuf,
     /// Mount options, comma separated, as scoutfs's: ino_alloc_per_lock=N,
     /// data_prealloc_blocks=N (2048), data_prealloc_contig_only=0|1 (1),
-    /// acl (the default) or noacl, ro, rw.
+    /// discard (freed data blocks are discarded once their commit is
+    /// durable) or nodiscard (the default), acl (the default) or noacl,
+    /// ro, rw.
     #[arg(short = 'o', long = "options", value_name = "OPTS")]
     pub options: Option<String>,
     /// Pin the reactor to this core ("auto": the last core when there are
@@ -82,6 +84,7 @@ pub struct MountOptions {
     pub noacl: bool,
     pub data_prealloc_blocks: Option<u64>,
     pub data_prealloc_contig_only: Option<bool>,
+    pub discard: bool,
 }
 
 pub fn parse_options(s: &str) -> Result<MountOptions, String> {
@@ -112,11 +115,13 @@ pub fn parse_options(s: &str) -> Result<MountOptions, String> {
             },
             "ro" => o.read_only = true,
             "rw" => o.read_only = false,
+            "discard" => o.discard = true,
+            "nodiscard" => o.discard = false,
             "acl" => o.noacl = false,
             "noacl" => o.noacl = true,
             _ => {
                 return Err(format!(
-                    "unknown mount option {opt:?} (known: ino_alloc_per_lock=N, data_prealloc_blocks=N, data_prealloc_contig_only=0|1, acl, noacl, ro, rw)"
+                    "unknown mount option {opt:?} (known: ino_alloc_per_lock=N, data_prealloc_blocks=N, data_prealloc_contig_only=0|1, discard, nodiscard, acl, noacl, ro, rw)"
                 ))
             }
         }
@@ -259,6 +264,7 @@ fn serve(a: &Args) -> Result<(), String> {
         },
         txn: TxnOptions {
             cache_bytes,
+            discard: mo.discard,
             ..TxnOptions::default()
         },
         fs,
@@ -478,5 +484,7 @@ mod tests {
             (Some(0), Some(false))
         );
         assert!(parse_options("data_prealloc_contig_only=2").is_err());
+        assert!(parse_options("discard").unwrap().discard);
+        assert!(!parse_options("discard,nodiscard").unwrap().discard);
     }
 }

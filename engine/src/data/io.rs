@@ -543,6 +543,67 @@ impl DataIo {
         }
     }
 
+    /// Whether the device takes discards.
+    pub fn supports_discard(&self) -> bool {
+        self.qp.geometry().supports_discard()
+    }
+
+    /// Tell the device the blocks of `extents` hold nothing (they were
+    /// freed by a commit that is durable): thin-provisioned and flash
+    /// storage can reclaim them. Waits for every discard; does nothing on
+    /// a device without discard.
+    pub fn discard(&mut self, extents: &[crate::format::alloc::Extent]) -> Result<(), DevError> {
+        if !self.supports_discard() {
+            return Ok(());
+        }
+        // Requests of at most 1 GiB (the length field is 32-bit).
+        const MAX_BLOCKS: u64 = (1 << 30) >> BLOCK_SM_SHIFT;
+        let mut reqs = extents.iter().flat_map(|e| {
+            (0..e.len.div_ceil(MAX_BLOCKS)).map(move |i| {
+                let start = e.start + i * MAX_BLOCKS;
+                (start, MAX_BLOCKS.min(e.start + e.len - start))
+            })
+        });
+        let mut first_err: Option<DevError> = None;
+        let mut mine = 0usize;
+        let mut more = true;
+        while more || mine > 0 {
+            while more && !self.qp.is_full() {
+                let Some((blk, nr)) = reqs.next() else {
+                    more = false;
+                    break;
+                };
+                self.ra_invalidate(blk, nr);
+                for b in self
+                    .pending
+                    .range(blk..blk + nr)
+                    .map(|(&b, _)| b)
+                    .collect::<Vec<_>>()
+                {
+                    self.pending.remove(&b);
+                }
+                let req =
+                    IoRequest::discard(blk << BLOCK_SM_SHIFT, (nr << BLOCK_SM_SHIFT) as u32, 0);
+                if let Err(rej) = self.qp.submit(req) {
+                    first_err.get_or_insert(rej.error);
+                    more = false;
+                    break;
+                }
+                mine += 1;
+            }
+            for c in self.turn() {
+                mine -= 1;
+                if let Err(e) = c.result {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Write back what is buffered and make every completed write durable.
     pub fn flush(&mut self) -> Result<(), DevError> {
         self.write_back()?;

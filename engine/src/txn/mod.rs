@@ -105,6 +105,9 @@ pub struct TxnOptions {
     pub merge_every_commits: u64,
     /// A merge commits along the way once this many blocks are dirty.
     pub merge_commit_dirty_blocks: usize,
+    /// Discard data blocks on the device once the commit that freed them
+    /// is durable (ext4's `discard`); off by default.
+    pub discard: bool,
 }
 
 impl Default for TxnOptions {
@@ -117,6 +120,7 @@ impl Default for TxnOptions {
             meta_targets: (crate::alloc::META_RESERVE, crate::alloc::META_FILL),
             merge_every_commits: 64,
             merge_commit_dirty_blocks: crate::server::MERGE_COMMIT_DIRTY_BLOCKS,
+            discard: false,
         }
     }
 }
@@ -550,12 +554,24 @@ impl Volume {
         }
         self.call(Request::GetMetaAvail { for_commit: true })?;
         let data_freed = std::mem::take(&mut self.data_freed);
+        let to_discard = if self.opts.discard {
+            data_freed.clone()
+        } else {
+            Vec::new()
+        };
         let r = self.call(Request::CommitLogTrees {
             log: Box::new(self.log),
             data_freed,
         });
         match r {
             Ok(Response::Committed { seq }) => {
+                // The frees are durable and nothing has allocated them yet
+                // (this thread allocates): discard them now, before any can.
+                if let (false, Some(d)) = (to_discard.is_empty(), self.data.as_mut()) {
+                    if let Err(e) = d.discard(&to_discard) {
+                        tracing::warn!("discarding freed data blocks: {e}");
+                    }
+                }
                 self.committed_log = self.log;
                 self.commits += 1;
                 self.commits_since_merge += 1;
