@@ -231,8 +231,18 @@ fn serve(a: &Args) -> Result<(), String> {
         read_only: mo.read_only,
         posix_acl: !mo.noacl,
     };
-    if !a.fuse.is_dir() {
-        return Err(format!("{}: not a directory", a.fuse.display()));
+    match std::fs::metadata(&a.fuse) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(format!("{}: not a directory", a.fuse.display())),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(format!(
+                "{}: a dead FUSE mount is left there (its engine was killed); \
+                 detach it with `fusermount3 -u -z {}` and mount again",
+                a.fuse.display(),
+                a.fuse.display()
+            ))
+        }
+        Err(e) => return Err(format!("{}: {e}", a.fuse.display())),
     }
 
     let (tx, rx) = mpsc::channel::<String>();
