@@ -605,6 +605,31 @@ EOF"#
         test "$(stat -c %a {m}/acl/inherits)" = 660
         "#
     ));
+    // Negative entries: with --negative-timeout the kernel remembers a
+    // missing name (one lookup reaches the engine for three stats), and a
+    // create through the mount still shows the name at once.
+    v.unmount();
+    v.mount_with(&["--negative-timeout", "60"]);
+    let lookups = |v: &Vol| -> u64 {
+        let out = scoutfs()
+            .arg("counters")
+            .arg(v.path("admin.sock"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("fuse_lookup "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = lookups(&v);
+    sh(&format!(
+        "for i in 1 2 3; do ! stat {m}/not-there 2>/dev/null; done"
+    ));
+    assert_eq!(lookups(&v) - before, 1, "negative entry cached");
+    sh(&format!("touch {m}/not-there && test -e {m}/not-there"));
     v.unmount();
     v.check();
 }

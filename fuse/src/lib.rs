@@ -44,6 +44,11 @@ pub struct FuseOptions {
     pub entry_timeout: Duration,
     /// How long the kernel may trust attributes.
     pub attr_timeout: Duration,
+    /// How long the kernel may remember that a name does not exist (0:
+    /// not at all). Saves the lookups of programs that probe many missing
+    /// names (PATH searches, python imports); a name another frontend
+    /// creates meanwhile stays invisible here that long.
+    pub negative_timeout: Duration,
     /// Let the kernel cache writes and send them in large batches (FUSE
     /// writeback caching). Faster for small writes; other frontends of the
     /// same volume see the data only once the kernel flushes it.
@@ -66,6 +71,7 @@ impl Default for FuseOptions {
         FuseOptions {
             entry_timeout: Duration::from_secs(1),
             attr_timeout: Duration::from_secs(1),
+            negative_timeout: Duration::ZERO,
             writeback_cache: false,
             readdirplus: true,
             threads: 2,
@@ -240,8 +246,26 @@ impl FileSystem for ScoutFuse {
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
         let (c, n) = (self.creds(ctx), name_bytes(name));
-        let a = self.call(Counter::Lookup, move |fs| ready(fs.lookup(&c, parent, &n)))?;
-        Ok(self.entry(&a))
+        let r = self.call(Counter::Lookup, move |fs| ready(fs.lookup(&c, parent, &n)));
+        match r {
+            Ok(a) => Ok(self.entry(&a)),
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOENT)
+                    && !self.opts.negative_timeout.is_zero() =>
+            {
+                // Inode 0: the kernel keeps a negative entry this long.
+                Ok(Entry {
+                    inode: 0,
+                    generation: 0,
+                    // SAFETY: stat64 is plain data; all-zero is valid.
+                    attr: unsafe { std::mem::zeroed() },
+                    attr_flags: 0,
+                    attr_timeout: Duration::ZERO,
+                    entry_timeout: self.opts.negative_timeout,
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn forget(&self, _ctx: &Context, _inode: u64, _count: u64) {

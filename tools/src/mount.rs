@@ -61,6 +61,10 @@ pub struct Args {
     /// Seconds the kernel may cache attributes.
     #[arg(long, default_value_t = 1.0)]
     pub attr_timeout: f64,
+    /// Seconds the kernel may remember that a name doesn't exist (0: not
+    /// at all; names other frontends create stay invisible that long).
+    #[arg(long, default_value_t = 0.0)]
+    pub negative_timeout: f64,
     /// FUSE writeback caching: the kernel gathers writes in its page cache.
     #[arg(long)]
     pub writeback_cache: bool,
@@ -225,6 +229,7 @@ fn serve(a: &Args) -> Result<(), String> {
     let fuse_opts = FuseOptions {
         entry_timeout: secs(a.entry_timeout, "--entry-timeout")?,
         attr_timeout: secs(a.attr_timeout, "--attr-timeout")?,
+        negative_timeout: secs(a.negative_timeout, "--negative-timeout")?,
         writeback_cache: a.writeback_cache,
         readdirplus: !a.no_readdirplus,
         threads: a.fuse_threads.clamp(1, 64),
