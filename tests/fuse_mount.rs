@@ -123,17 +123,25 @@ impl Vol {
         self.mount_with(&extra);
     }
 
-    fn mount_with(&mut self, extra: &[&str]) {
-        assert!(self.engine.is_none());
-        let log = std::fs::File::create(self.path("engine.log")).unwrap();
-        let child = scoutfs()
-            .arg("mount")
+    /// `scoutfs mount` of this volume at `mnt` with admin socket `sock`
+    /// (both under the volume's directory).
+    fn mount_command(&self, mnt: &str, sock: &str) -> Command {
+        let mut c = scoutfs();
+        c.arg("mount")
             .arg(self.path("meta"))
             .arg(self.path("data"))
             .arg("--fuse")
-            .arg(self.path("mnt"))
+            .arg(self.path(mnt))
             .arg("--admin-socket")
-            .arg(self.path("admin.sock"))
+            .arg(self.path(sock));
+        c
+    }
+
+    fn mount_with(&mut self, extra: &[&str]) {
+        assert!(self.engine.is_none());
+        let log = std::fs::File::create(self.path("engine.log")).unwrap();
+        let child = self
+            .mount_command("mnt", "admin.sock")
             .args(["--core", "none"])
             .args(extra)
             .stderr(log)
@@ -574,16 +582,7 @@ EOF"#
     // A second engine on the same devices is refused clearly, and the
     // first keeps serving.
     std::fs::create_dir(v.path("mnt2")).unwrap();
-    let second = scoutfs()
-        .arg("mount")
-        .arg(v.path("meta"))
-        .arg(v.path("data"))
-        .arg("--fuse")
-        .arg(v.path("mnt2"))
-        .arg("--admin-socket")
-        .arg(v.path("admin2.sock"))
-        .output()
-        .unwrap();
+    let second = v.mount_command("mnt2", "admin2.sock").output().unwrap();
     let err = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(1), "{err}");
     assert!(err.contains("in use by another engine"), "{err}");

@@ -42,6 +42,14 @@ const RA_TAG: u64 = 1 << 63;
 /// Sequential readers tracked at once.
 const MAX_STREAMS: usize = 256;
 
+/// What a request maker (`DataIo::run_requests`) has next.
+enum Step {
+    Submit(IoRequest),
+    /// No slot or buffer free: reap, then ask again.
+    Wait,
+    Done,
+}
+
 #[derive(Debug)]
 enum RaState {
     InFlight,
@@ -142,14 +150,7 @@ impl DataIo {
         self.ra_invalidate(blkno, nr);
         if data.len() >= DIRECT_MIN_BYTES || self.limit_blocks == 0 {
             // Buffered copies of these blocks are superseded.
-            let stale: Vec<u64> = self
-                .pending
-                .range(blkno..blkno + nr)
-                .map(|(&b, _)| b)
-                .collect();
-            for b in stale {
-                self.pending.remove(&b);
-            }
+            self.drop_pending(blkno, nr);
             return self.write_runs(blkno, data);
         }
         for (i, blk) in data.chunks(BLOCK_SM_SIZE).enumerate() {
@@ -205,27 +206,47 @@ impl DataIo {
     /// Submit writes keeping the queue full; the first error wins (after
     /// every submitted write has completed).
     fn pipeline(&mut self, reqs: &mut dyn Iterator<Item = (u64, &[u8])>) -> Result<(), DevError> {
+        self.run_requests(&mut |io: &mut DataIo| {
+            let Some(mut b) = io.free_slot() else {
+                return Step::Wait;
+            };
+            let Some((blk, chunk)) = reqs.next() else {
+                return Step::Done;
+            };
+            b.as_mut_slice()[..chunk.len()].copy_from_slice(chunk);
+            // Read-ahead of these blocks (taken while they were only
+            // buffered, say) is older than what goes out now.
+            io.ra_invalidate(blk, (chunk.len() / BLOCK_SM_SIZE) as u64);
+            Step::Submit(IoRequest::write(
+                blk << BLOCK_SM_SHIFT,
+                chunk.len() as u32,
+                b,
+                0,
+            ))
+        })
+    }
+
+    /// Submit the requests `next` makes, as many at once as it can, and
+    /// wait for all of them; the first error wins (after every submitted
+    /// request has completed).
+    fn run_requests(&mut self, next: &mut dyn FnMut(&mut DataIo) -> Step) -> Result<(), DevError> {
         let mut first_err: Option<DevError> = None;
         let mut mine = 0usize;
         let mut more = true;
         while more || mine > 0 {
             while more {
-                let Some(mut b) = self.free_slot() else { break };
-                let Some((blk, chunk)) = reqs.next() else {
-                    more = false;
-                    break;
-                };
-                b.as_mut_slice()[..chunk.len()].copy_from_slice(chunk);
-                // Read-ahead of these blocks (taken while they were only
-                // buffered, say) is older than what goes out now.
-                self.ra_invalidate(blk, (chunk.len() / BLOCK_SM_SIZE) as u64);
-                let req = IoRequest::write(blk << BLOCK_SM_SHIFT, chunk.len() as u32, b, 0);
-                if let Err(rej) = self.qp.submit(req) {
-                    first_err.get_or_insert(rej.error);
-                    more = false;
-                    break;
+                match next(self) {
+                    Step::Submit(req) => {
+                        if let Err(rej) = self.qp.submit(req) {
+                            first_err.get_or_insert(rej.error);
+                            more = false;
+                            break;
+                        }
+                        mine += 1;
+                    }
+                    Step::Wait => break,
+                    Step::Done => more = false,
                 }
-                mine += 1;
             }
             for c in self.turn() {
                 mine -= 1;
@@ -237,6 +258,19 @@ impl DataIo {
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+
+    /// Forget buffered blocks in `[blkno, blkno + nr)`: superseded by a
+    /// write that goes out directly, or discarded.
+    fn drop_pending(&mut self, blkno: u64, nr: u64) {
+        let stale: Vec<u64> = self
+            .pending
+            .range(blkno..blkno + nr)
+            .map(|(&b, _)| b)
+            .collect();
+        for b in stale {
+            self.pending.remove(&b);
         }
     }
 
@@ -564,44 +598,21 @@ impl DataIo {
                 (start, MAX_BLOCKS.min(e.start + e.len - start))
             })
         });
-        let mut first_err: Option<DevError> = None;
-        let mut mine = 0usize;
-        let mut more = true;
-        while more || mine > 0 {
-            while more && !self.qp.is_full() {
-                let Some((blk, nr)) = reqs.next() else {
-                    more = false;
-                    break;
-                };
-                self.ra_invalidate(blk, nr);
-                for b in self
-                    .pending
-                    .range(blk..blk + nr)
-                    .map(|(&b, _)| b)
-                    .collect::<Vec<_>>()
-                {
-                    self.pending.remove(&b);
-                }
-                let req =
-                    IoRequest::discard(blk << BLOCK_SM_SHIFT, (nr << BLOCK_SM_SHIFT) as u32, 0);
-                if let Err(rej) = self.qp.submit(req) {
-                    first_err.get_or_insert(rej.error);
-                    more = false;
-                    break;
-                }
-                mine += 1;
+        self.run_requests(&mut |io: &mut DataIo| {
+            if io.qp.is_full() {
+                return Step::Wait;
             }
-            for c in self.turn() {
-                mine -= 1;
-                if let Err(e) = c.result {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+            let Some((blk, nr)) = reqs.next() else {
+                return Step::Done;
+            };
+            io.ra_invalidate(blk, nr);
+            io.drop_pending(blk, nr);
+            Step::Submit(IoRequest::discard(
+                blk << BLOCK_SM_SHIFT,
+                (nr << BLOCK_SM_SHIFT) as u32,
+                0,
+            ))
+        })
     }
 
     /// Write back what is buffered and make every completed write durable.

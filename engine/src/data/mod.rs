@@ -672,15 +672,7 @@ pub async fn count_extents_from<S: ItemStore>(
     first: u64,
     max: usize,
 ) -> Result<usize, DataError> {
-    let from = Key::new(zone::FS, ino, item_type::DATA_EXTENT, first, 0, 0);
-    let last = Key::new(
-        zone::FS,
-        ino,
-        item_type::DATA_EXTENT,
-        u64::MAX,
-        u64::MAX,
-        u8::MAX,
-    );
+    let (from, last) = extent_keys(ino, first);
     Ok(vol.range(&from, &last, max).await?.len())
 }
 
@@ -693,15 +685,7 @@ pub async fn free_extents_from<S: ItemStore>(
     first: u64,
     max: usize,
 ) -> Result<(u64, bool), DataError> {
-    let from = Key::new(zone::FS, ino, item_type::DATA_EXTENT, first, 0, 0);
-    let last = Key::new(
-        zone::FS,
-        ino,
-        item_type::DATA_EXTENT,
-        u64::MAX,
-        u64::MAX,
-        u8::MAX,
-    );
+    let (from, last) = extent_keys(ino, first);
     let items = vol.range(&from, &last, max + 1).await?;
     let more = items.len() > max;
     let mut freed = 0;
