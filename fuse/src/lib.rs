@@ -14,6 +14,7 @@
 
 mod counters;
 mod creds;
+mod server;
 mod session;
 
 use std::ffi::CStr;
@@ -35,6 +36,7 @@ use scoutfs_engine::serve::{Engine, Mounted};
 use scoutfs_engine::util::ready;
 
 pub use counters::{Counter, Counters};
+pub use server::{ScoutServer, FUSE_TMPFILE};
 pub use session::{mount, FuseMount};
 
 /// How the mount behaves toward the kernel's caches.
@@ -193,6 +195,20 @@ impl ScoutFuse {
     fn new_handle(&self, flags: u32) -> u64 {
         let n = self.next_handle.fetch_add(1, Ordering::Relaxed);
         (n << 2) | (flags as u64 & libc::O_ACCMODE as u64)
+    }
+
+    /// O_TMPFILE (FUSE_TMPFILE, which [`ScoutServer`] decodes): an open
+    /// regular file in `parent` with no name, its mode from `args` less the
+    /// umask or by the parent's default ACL. It lives until its last close
+    /// unless `linkat` names it first; after a crash, recovery deletes it.
+    pub fn tmpfile(&self, ctx: &Context, parent: u64, args: CreateIn) -> io::Result<(Entry, u64)> {
+        let c = self.creds_umask(ctx, args.umask);
+        let mode = args.mode;
+        // The engine holds the new inode open for this handle.
+        let a = self.call(Counter::Create, move |fs| {
+            ready(fs.tmpfile(&c, parent, mode))
+        })?;
+        Ok((self.entry(&a), self.new_handle(args.flags)))
     }
 }
 
@@ -371,9 +387,9 @@ impl FileSystem for ScoutFuse {
         parent: u64,
         name: &CStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
     ) -> io::Result<Entry> {
-        let (c, n) = (self.creds(ctx), name_bytes(name));
+        let (c, n) = (self.creds_umask(ctx, umask), name_bytes(name));
         let a = self.call(Counter::Create, move |fs| {
             ready(fs.mkdir(&c, parent, &n, mode))
         })?;

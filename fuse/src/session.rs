@@ -5,10 +5,9 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::FuseSession;
 
-use crate::ScoutFuse;
+use crate::{ScoutFuse, ScoutServer};
 
 /// A live FUSE mount served by handler threads.
 pub struct FuseMount {
@@ -46,7 +45,7 @@ pub fn mount(
     session
         .mount()
         .map_err(|e| format!("mounting FUSE at {}: {e}", mountpoint.display()))?;
-    let server = Arc::new(Server::new(fs));
+    let server = Arc::new(ScoutServer::new(fs));
     let mut threads = Vec::new();
     for i in 0..threads_n {
         let mut ch = match session.new_channel() {
