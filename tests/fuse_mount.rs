@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{counter, scoutfs, sh, Vol};
+use common::{counter, scoutfs, sh, wait_timeout, Vol};
 
 /// A source tree on the host's filesystem with what copies must keep:
 /// nested dirs, modes, times, symlinks, hard links, a sparse file, xattrs.
@@ -404,4 +404,30 @@ EOF"#
     sh(&format!("touch {m}/not-there && test -e {m}/not-there"));
     v.unmount();
     v.check();
+}
+
+#[test]
+fn umount_from_outside_is_logged_as_a_clean_unmount() {
+    require_fuse!();
+    let mut v = Vol::new(128 << 20, 256 << 20);
+    v.mount();
+    let m = v.mnt();
+    sh(&format!("echo kept > {m}/f && umount {m}"));
+    let mut engine = v.engine.take().expect("mounted");
+    let st = wait_timeout(&mut engine, Duration::from_secs(60));
+    let log = v.log();
+    assert!(st.success(), "engine exit {st}: {log}");
+    assert!(!v.mounted());
+    assert!(
+        log.contains(&format!("scoutfs: unmounted {m} (umount from outside)")),
+        "{log}"
+    );
+    for bad in ["ERROR", "WARN", "error", "fail"] {
+        assert!(!log.contains(bad), "{bad:?} in the log:\n{log}");
+    }
+    // The unmount committed what was written.
+    v.check();
+    v.mount();
+    assert_eq!(sh(&format!("cat {m}/f")), "kept\n");
+    v.unmount();
 }
