@@ -331,7 +331,27 @@ pub fn lookup(
     let b = read_block(blocks, &spot.leaf, 0)?;
     match node::search(b, key) {
         Ok(i) => Ok(Some(read_item(b, &spot.leaf, i)?)),
-        Err(_) => Ok(None),
+        Err(i) => {
+            // "Absent" is an answer callers act on (a create takes the
+            // name): only give it where the keys around the gap agree.
+            check_gap(b, &spot.leaf, i, key)?;
+            Ok(None)
+        }
+    }
+}
+
+/// The keys around index `i` of leaf `r` bracket `key` (`key_at(i - 1) <
+/// key <= key_at(i)`): what a binary search or lower bound relies on. A
+/// block whose keys are out of order there is corrupt, so searches never
+/// answer from unsorted keys (nor walk backwards over them).
+fn check_gap(b: &[u8], r: &BlockRef, i: usize, key: &Key) -> Result<(), BtreeError> {
+    let nr = node::nr_items(b);
+    let below_ok = i == 0 || node::key_at(b, i - 1) < *key;
+    let above_ok = i >= nr || node::key_at(b, i) >= *key;
+    if below_ok && above_ok {
+        Ok(())
+    } else {
+        Err(corrupt(r, 0, Corruption::KeyOrder { index: i }))
     }
 }
 
@@ -351,6 +371,7 @@ pub fn next(
         };
         let b = read_block(blocks, &spot.leaf, 0)?;
         let i = node::lower_bound(b, &from);
+        check_gap(b, &spot.leaf, i, &from)?;
         if i < node::nr_items(b) {
             return Ok(Some(read_item(b, &spot.leaf, i)?));
         }
@@ -376,8 +397,10 @@ pub fn prev(
         let b = read_block(blocks, &spot.leaf, 0)?;
         let i = match node::search(b, &from) {
             Ok(i) => Some(i),
-            Err(0) => None,
-            Err(i) => Some(i - 1),
+            Err(i) => {
+                check_gap(b, &spot.leaf, i, &from)?;
+                i.checked_sub(1)
+            }
         };
         if let Some(i) = i {
             return Ok(Some(read_item(b, &spot.leaf, i)?));
@@ -446,9 +469,17 @@ pub fn range(
         let b = read_block(blocks, &spot.leaf, 0)?;
         let nr = node::nr_items(b);
         let mut i = node::lower_bound(b, &from);
+        check_gap(b, &spot.leaf, i, &from)?;
         while i < nr && out.len() < max_items {
-            if node::key_at(b, i) > *last {
+            let key = node::key_at(b, i);
+            if key > *last {
                 return Ok(out);
+            }
+            // Strictly ascending across the whole range, leaves included:
+            // callers continue from the last key, so a key out of order
+            // would send them back over keys already read.
+            if out.last().is_some_and(|p: &Item| p.key >= key) {
+                return Err(corrupt(&spot.leaf, 0, Corruption::KeyOrder { index: i }));
             }
             out.push(read_item(b, &spot.leaf, i)?);
             i += 1;
