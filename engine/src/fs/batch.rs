@@ -176,7 +176,7 @@ impl Batch {
                     if new == stored && !data_changed {
                         continue;
                     }
-                    new.version.set(stored.version.get() + 1);
+                    new.version.set(stored.version.get().wrapping_add(1));
                     let old_meta = stored.meta_seq.get();
                     if old_meta != seq {
                         set(&mut items, meta_seq_index_key(old_meta, ino), None);

@@ -12,7 +12,7 @@ use crate::format::inode::{Inode, DIRENT_FIRST_POS, DIRENT_LAST_POS, LINK_MAX};
 
 use super::dirent::{check_name, readdir_key, Entry, NameKind};
 use super::error::{FsError, Result};
-use super::inode::{Attr, FileType};
+use super::inode::{adjust_u32, adjust_u64, name_delta, Attr, FileType};
 use super::orphan::orphan_key;
 use super::perm::{self, Creds, MAY_EXEC, MAY_WRITE};
 use super::xattr::put_xattr;
@@ -231,9 +231,9 @@ impl<S: ItemStore> Fs<S> {
         b.track(dir, d);
         let di = b.inode_mut(dir);
         di.next_readdir_pos.set(pos + 1);
-        di.size.set(di.size.get() + name.len() as u64);
+        adjust_u64(dir, "size", &mut di.size, name_delta(name))?;
         if kind == FileType::Directory {
-            di.nlink.set(di.nlink.get() + 1);
+            adjust_u32(dir, "nlink", &mut di.nlink, 1)?;
         }
         di.mtime = now;
         di.ctime = now;
@@ -289,15 +289,19 @@ impl<S: ItemStore> Fs<S> {
         b.track(e.ino, child);
         e.delete(&mut b, dir);
         let di = b.inode_mut(dir);
-        di.size.set(di.size.get() - name.len() as u64);
+        adjust_u64(dir, "size", &mut di.size, -name_delta(name))?;
         if is_dir {
-            di.nlink.set(di.nlink.get() - 1);
+            adjust_u32(dir, "nlink", &mut di.nlink, -1)?;
         }
         di.mtime = now;
         di.ctime = now;
         let ci = b.inode_mut(e.ino);
-        let nlink = if is_dir { 0 } else { ci.nlink.get() - 1 };
-        ci.nlink.set(nlink);
+        if is_dir {
+            ci.nlink.set(0);
+        } else {
+            adjust_u32(e.ino, "nlink", &mut ci.nlink, -1)?;
+        }
+        let nlink = ci.nlink.get();
         ci.ctime = now;
         if nlink == 0 {
             self.drop_inode(&mut b, e.ino).await?;
@@ -335,11 +339,11 @@ impl<S: ItemStore> Fs<S> {
         b.track(ino, child);
         let di = b.inode_mut(dir);
         di.next_readdir_pos.set(pos + 1);
-        di.size.set(di.size.get() + name.len() as u64);
+        adjust_u64(dir, "size", &mut di.size, name_delta(name))?;
         di.mtime = now;
         di.ctime = now;
         let ci = b.inode_mut(ino);
-        ci.nlink.set(ci.nlink.get() + 1);
+        adjust_u32(ino, "nlink", &mut ci.nlink, 1)?;
         ci.ctime = now;
         let entry = Entry {
             ino,

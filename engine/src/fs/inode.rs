@@ -4,6 +4,7 @@
 use crate::format::inode::{
     Inode, Timespec, DT_BLK, DT_CHR, DT_DIR, DT_FIFO, DT_LNK, DT_REG, DT_SOCK,
 };
+use crate::format::le::{Le32, Le64};
 
 use super::acl::ACL_ACCESS_XATTR;
 use super::batch::Batch;
@@ -11,6 +12,38 @@ use super::error::{FsError, Result};
 use super::perm::{self, Creds, MAY_WRITE};
 use super::xattr::{delete_xattr, put_xattr};
 use super::{Fs, ItemStore};
+
+/// Add `delta` to a stored 64-bit count (a directory's size). A result
+/// below zero or past the type means the inode disagrees with its items:
+/// corruption, reported as EIO, never wrapped or a panic.
+pub(super) fn adjust_u64(ino: u64, what: &str, field: &mut Le64, delta: i64) -> Result<()> {
+    let have = field.get();
+    let new = have.checked_add_signed(delta).ok_or_else(|| {
+        FsError::corrupt(format!(
+            "inode {ino}: {what} {have} can't change by {delta}"
+        ))
+    })?;
+    field.set(new);
+    Ok(())
+}
+
+/// [`adjust_u64`] for a 32-bit count (nlink).
+pub(super) fn adjust_u32(ino: u64, what: &str, field: &mut Le32, delta: i32) -> Result<()> {
+    let have = field.get();
+    let new = have.checked_add_signed(delta).ok_or_else(|| {
+        FsError::corrupt(format!(
+            "inode {ino}: {what} {have} can't change by {delta}"
+        ))
+    })?;
+    field.set(new);
+    Ok(())
+}
+
+/// A name's length as a size change.
+pub(super) fn name_delta(name: &[u8]) -> i64 {
+    // Names are at most NAME_LEN (255) bytes: checked before any change.
+    name.len() as i64
+}
 
 /// The type of an inode, from its mode's `S_IFMT` bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -251,7 +284,8 @@ impl<S: ItemStore> Fs<S> {
             if size != stored.size.get() {
                 new.size.set(size);
                 new.mtime = now;
-                new.data_version.set(stored.data_version.get() + 1);
+                new.data_version
+                    .set(stored.data_version.get().wrapping_add(1));
                 data_changed = true;
             }
         }

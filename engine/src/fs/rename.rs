@@ -18,7 +18,7 @@ use crate::format::inode::{DIRENT_FIRST_POS, DIRENT_LAST_POS, LINK_MAX};
 
 use super::dirent::{backref_key, check_name, Entry, NameKind};
 use super::error::{FsError, Result};
-use super::inode::{Attr, FileType};
+use super::inode::{adjust_u32, adjust_u64, name_delta, Attr, FileType};
 use super::perm::{Creds, MAY_EXEC, MAY_WRITE};
 use super::{Fs, ItemStore};
 
@@ -161,32 +161,32 @@ impl<S: ItemStore> Fs<S> {
             }
             .put(&mut b, new_dir);
             if moves_dir_between(s_dir) && !t_dir {
-                let o = b.inode_mut(old_dir);
-                o.nlink.set(o.nlink.get() - 1);
-                let n = b.inode_mut(new_dir);
-                n.nlink.set(n.nlink.get() + 1);
+                adjust_u32(old_dir, "nlink", &mut b.inode_mut(old_dir).nlink, -1)?;
+                adjust_u32(new_dir, "nlink", &mut b.inode_mut(new_dir).nlink, 1)?;
             }
             if moves_dir_between(t_dir) && !s_dir {
-                let n = b.inode_mut(new_dir);
-                n.nlink.set(n.nlink.get() - 1);
-                let o = b.inode_mut(old_dir);
-                o.nlink.set(o.nlink.get() + 1);
+                adjust_u32(new_dir, "nlink", &mut b.inode_mut(new_dir).nlink, -1)?;
+                adjust_u32(old_dir, "nlink", &mut b.inode_mut(old_dir).nlink, 1)?;
             }
             b.inode_mut(t.ino).ctime = now;
         } else {
             src.delete(&mut b, old_dir);
             let o = b.inode_mut(old_dir);
-            o.size.set(o.size.get() - old_name.len() as u64);
+            adjust_u64(old_dir, "size", &mut o.size, -name_delta(old_name))?;
             if let Some(t) = &tgt {
                 t.delete(&mut b, new_dir);
                 let n = b.inode_mut(new_dir);
-                n.size.set(n.size.get() - new_name.len() as u64);
+                adjust_u64(new_dir, "size", &mut n.size, -name_delta(new_name))?;
                 if t_dir {
-                    n.nlink.set(n.nlink.get() - 1);
+                    adjust_u32(new_dir, "nlink", &mut n.nlink, -1)?;
                 }
                 let victim = b.inode_mut(t.ino);
-                let nlink = if t_dir { 0 } else { victim.nlink.get() - 1 };
-                victim.nlink.set(nlink);
+                if t_dir {
+                    victim.nlink.set(0);
+                } else {
+                    adjust_u32(t.ino, "nlink", &mut victim.nlink, -1)?;
+                }
+                let nlink = victim.nlink.get();
                 victim.ctime = now;
                 if nlink == 0 {
                     self.drop_inode(&mut b, t.ino).await?;
@@ -200,11 +200,10 @@ impl<S: ItemStore> Fs<S> {
                 )));
             }
             n.next_readdir_pos.set(pos + 1);
-            n.size.set(n.size.get() + new_name.len() as u64);
+            adjust_u64(new_dir, "size", &mut n.size, name_delta(new_name))?;
             if moves_dir_between(s_dir) {
-                n.nlink.set(n.nlink.get() + 1);
-                let o = b.inode_mut(old_dir);
-                o.nlink.set(o.nlink.get() - 1);
+                adjust_u32(new_dir, "nlink", &mut n.nlink, 1)?;
+                adjust_u32(old_dir, "nlink", &mut b.inode_mut(old_dir).nlink, -1)?;
             }
             Entry {
                 ino: src.ino,

@@ -65,7 +65,16 @@ impl<S: ItemStore> Fs<S> {
         if Attr::from_inode(ino, &inode)?.kind != FileType::Symlink {
             return Err(FsError::Invalid);
         }
-        let size = inode.size.get() as usize;
+        // The size comes from disk: check it before allocating by it.
+        let size = match usize::try_from(inode.size.get()) {
+            Ok(s) if s < SYMLINK_MAX_SIZE => s,
+            _ => {
+                return Err(FsError::corrupt(format!(
+                    "symlink {ino} has size {}",
+                    inode.size.get()
+                )))
+            }
+        };
         let items = self
             .store
             .range(

@@ -127,7 +127,7 @@ pub(super) fn put_xattr(
         None => {
             let i = b.inode_mut(ino);
             let id = i.next_xattr_id.get();
-            i.next_xattr_id.set(id + 1);
+            i.next_xattr_id.set(id.wrapping_add(1));
             (hash, id, 0)
         }
     };
