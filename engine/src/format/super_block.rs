@@ -240,6 +240,11 @@ pub struct SuperExpect {
 /// Why a super block can't be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SuperError {
+    /// Neither the block magic nor the id is scoutfs's: whatever the
+    /// device holds, it was never a scoutfs super block (rather than a
+    /// scoutfs super block that went bad).
+    #[error("not a scoutfs volume (no scoutfs super block at byte {SUPER_OFFSET_BYTES})")]
+    NotScoutfs,
     #[error("super block buffer is {found} bytes, expected {expected}")]
     Length { expected: usize, found: usize },
     /// Bad crc, magic, blkno or fsid.
@@ -286,13 +291,19 @@ pub fn check_fixed_block(
 /// Validate a 4 KiB super block read from disk and return a copy of it:
 /// its length, header (crc, magic, blkno [`SUPER_BLKNO`], fsid when
 /// expected), id and format version, and the device it claims to be.
-/// Never panics, whatever the buffer holds.
+/// A block with neither scoutfs's magic nor its id is
+/// [`SuperError::NotScoutfs`]; one with either is checked and, if bad,
+/// corrupt. Never panics, whatever the buffer holds.
 pub fn read_super(block: &[u8], expect: &SuperExpect) -> Result<SuperBlock, SuperError> {
     if block.len() != BLOCK_SM_SIZE {
         return Err(SuperError::Length {
             expected: BLOCK_SM_SIZE,
             found: block.len(),
         });
+    }
+    let raw: SuperBlock = bytemuck::pod_read_unaligned(&block[..std::mem::size_of::<SuperBlock>()]);
+    if raw.hdr.magic.get() != BlockMagic::Super as u32 && raw.id.get() != SUPER_ID {
+        return Err(SuperError::NotScoutfs);
     }
     check_fixed_block(block, BlockMagic::Super, SUPER_BLKNO, expect.fsid)?;
     let sb: SuperBlock = bytemuck::pod_read_unaligned(&block[..std::mem::size_of::<SuperBlock>()]);
@@ -511,8 +522,21 @@ mod tests {
             read_super(&long, &meta()),
             Err(SuperError::Length { .. })
         ));
-        assert!(matches!(
+        assert_eq!(
             read_super(&vec![0; BLOCK_SM_SIZE], &meta()),
+            Err(SuperError::NotScoutfs)
+        );
+        // Either mark of a super block makes a bad one corrupt, not foreign.
+        let mut torn = b.clone();
+        torn[200] ^= 1;
+        assert!(matches!(
+            read_super(&torn, &meta()),
+            Err(SuperError::Block(_))
+        ));
+        let mut no_magic = b.clone();
+        no_magic[4..8].copy_from_slice(&[0; 4]);
+        assert!(matches!(
+            read_super(&no_magic, &meta()),
             Err(SuperError::Block(_))
         ));
         assert!(check_fixed_block(&b[..10], BlockMagic::Super, SUPER_BLKNO, None).is_err());

@@ -96,14 +96,23 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Claim both devices, start the reactor and mount the volume on it.
-    /// A device another engine holds is refused (`DevError::Busy`).
+    /// Claim both devices, check that they are this volume's metadata and
+    /// data devices, start the reactor and mount the volume on it. A
+    /// device another engine holds is refused (`DevError::Busy`), and so
+    /// is a device that isn't what the volume says it is
+    /// (`TxnError::Device`: not scoutfs, another volume's, the wrong
+    /// role, shorter than the volume), before anything is written.
     pub fn start(
         meta: Arc<dyn BlockDev>,
         data: Arc<dyn BlockDev>,
         opts: EngineOptions,
     ) -> Result<Engine, EngineError> {
         meta.lock_exclusive()?;
+        // Checked before the data device is claimed, so that the metadata
+        // device given twice reads as the wrong role rather than busy.
+        let (_, sb) = crate::txn::read_meta_super(&*meta)?;
+        crate::txn::devices::check_meta_size(&*meta, &sb)?;
+        crate::txn::devices::check_data_device(&*data, &sb)?;
         data.lock_exclusive()?;
         let (m, d) = (meta.clone(), data.clone());
         let (txn, fs_opts, read_only) = (opts.txn, opts.fs, opts.read_only);

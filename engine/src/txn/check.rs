@@ -14,11 +14,8 @@ use crate::btree;
 use crate::dev::BlockDev;
 use crate::forest::{self, ForestRoots};
 use crate::format::alloc::{alloc_list_entries, Extent, DATA_EXTENT_OFFLINE};
-use crate::format::block::BLOCK_SM_SIZE;
 use crate::format::key::{item_type, zone};
-use crate::format::super_block::{
-    read_super, DeviceKind, SuperExpect, DATA_DEV_START_BLKNO, META_DEV_START_BLKNO,
-};
+use crate::format::super_block::{DeviceKind, DATA_DEV_START_BLKNO, META_DEV_START_BLKNO};
 use crate::format::Key;
 use crate::format::{BlockMagic, BtreeRoot, LogTrees, SuperBlock};
 
@@ -258,48 +255,25 @@ pub fn check_volume(store: &mut Store, meta: &dyn BlockDev, data: &dyn BlockDev)
 
 pub fn check_volume_with_progress<'a>(
     store: &'a mut Store,
-    _meta: &dyn BlockDev,
+    meta: &dyn BlockDev,
     data: &dyn BlockDev,
     progress: Option<Box<dyn FnMut(u64) + 'a>>,
 ) -> CheckReport {
     let mut report = CheckReport::default();
-    let sb = match store
-        .io
-        .read_super_block()
-        .map_err(|e| e.to_string())
-        .and_then(|raw| {
-            read_super(
-                &raw,
-                &SuperExpect {
-                    fsid: None,
-                    device: Some(DeviceKind::Meta),
-                },
-            )
-            .map_err(|e| e.to_string())
-        }) {
-        Ok(sb) => sb,
+    let sb = match super::devices::read_device_super(meta, DeviceKind::Meta) {
+        Ok((_, sb)) => sb,
         Err(e) => {
-            report.problems.push(format!("metadata super block: {e}"));
+            report.problems.push(e.to_string());
             return report;
         }
     };
-    match crate::block::io::MetaIo::open(data)
-        .map_err(|e| e.to_string())
-        .and_then(|mut io| io.read_super_block().map_err(|e| e.to_string()))
-    {
-        Ok(raw) if raw.len() == BLOCK_SM_SIZE => {
-            if let Err(e) = read_super(
-                &raw,
-                &SuperExpect {
-                    fsid: Some(sb.fsid()),
-                    device: Some(DeviceKind::Data),
-                },
-            ) {
-                report.problems.push(format!("data super block: {e}"));
-            }
-        }
-        Ok(_) => report.problems.push("data super block: short read".into()),
-        Err(e) => report.problems.push(format!("data device: {e}")),
+    // A device cut short loses blocks that only free space may name:
+    // nothing else would read them.
+    if let Err(e) = super::devices::check_meta_size(meta, &sb) {
+        report.problems.push(e.to_string());
+    }
+    if let Err(e) = super::devices::check_data_device(data, &sb) {
+        report.problems.push(e.to_string());
     }
     let mut ck = Checker {
         store,

@@ -27,11 +27,12 @@ use crate::dev::{BlockDev, DevError};
 use crate::forest::{self, ForestRoots};
 use crate::format::alloc::Extent;
 use crate::format::btree::ITEM_FLAG_DELETION;
-use crate::format::super_block::{read_super, DeviceKind, SuperError, SuperExpect};
+use crate::format::super_block::{DeviceKind, SuperError};
 use crate::format::{Key, LogTrees, SuperBlock};
 use crate::server::{Request, Response, Server, ServerError, Statfs};
 
 pub mod check;
+pub mod devices;
 pub mod mkfs;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,13 @@ pub enum TxnError {
     ValueTooLarge(usize),
     #[error("{0}")]
     Invalid(String),
+    /// A device that is not what the volume says it is.
+    #[error("{} device {device}: {problem}", devices::role_name(*role))]
+    Device {
+        role: DeviceKind,
+        device: String,
+        problem: devices::DeviceProblem,
+    },
 }
 
 impl From<AllocError> for TxnError {
@@ -75,6 +83,7 @@ impl TxnError {
             TxnError::Server(e) => e.errno(),
             TxnError::ReadOnly(_) => libc::EROFS,
             TxnError::Invalid(_) => libc::EINVAL,
+            TxnError::Device { problem, .. } => problem.errno(),
         }
     }
 }
@@ -152,16 +161,9 @@ pub struct Volume {
     commits_since_merge: u64,
 }
 
-/// Read and check the metadata device's super block.
-fn read_meta_super(meta: &dyn BlockDev) -> Result<(MetaIo, SuperBlock), TxnError> {
-    let mut io = MetaIo::open(meta)?;
-    let raw = io.read_super_block()?;
-    let expect = SuperExpect {
-        fsid: None,
-        device: Some(DeviceKind::Meta),
-    };
-    let sb = read_super(&raw, &expect)?;
-    Ok((io, sb))
+/// Read and check the metadata device's super block (see `devices`).
+pub fn read_meta_super(meta: &dyn BlockDev) -> Result<(MetaIo, SuperBlock), TxnError> {
+    devices::read_device_super(meta, DeviceKind::Meta)
 }
 
 /// Open a volume's metadata for reading only (print, check): the store
@@ -180,18 +182,11 @@ impl Volume {
     /// server state, and open this mount's log tree.
     pub fn open(meta: &dyn BlockDev, opts: TxnOptions) -> Result<Volume, TxnError> {
         let (io, sb) = read_meta_super(meta)?;
+        devices::check_meta_size(meta, &sb)?;
         Self::from_super(io, sb, opts)
     }
 
     fn from_super(io: MetaIo, sb: SuperBlock, opts: TxnOptions) -> Result<Volume, TxnError> {
-        if sb.total_meta_blocks.get() > io.total_blocks() {
-            return Err(TxnError::Invalid(format!(
-                "super block says {} metadata blocks but {} holds {}",
-                sb.total_meta_blocks.get(),
-                io.device_name(),
-                io.total_blocks()
-            )));
-        }
         let mut cache = BlockCache::new(
             sb.fsid(),
             io.device_name(),
@@ -404,12 +399,15 @@ impl Volume {
 
     /// Attach the data device: file data goes through it, and its
     /// buffered writes are written back and flushed before every commit.
+    /// Refused unless it is this volume's data device
+    /// (`devices::check_data_device`).
     pub fn attach_data_device(&mut self, data: &dyn BlockDev) -> Result<(), TxnError> {
+        devices::check_data_device(data, self.super_block())?;
         self.attach_data_io(crate::data::io::DataIo::open(data)?);
         Ok(())
     }
 
-    pub fn attach_data_io(&mut self, io: crate::data::io::DataIo) {
+    fn attach_data_io(&mut self, io: crate::data::io::DataIo) {
         self.data = Some(io);
     }
 
