@@ -1,9 +1,13 @@
 //! The `scoutfs` command: parses the command line and hands it to the
 //! subcommands in the scoutfs-tools crate.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() {
-    let cli = scoutfs_tools::Cli::parse();
+    scoutfs_tools::default_sigpipe();
+    let version: &'static str =
+        Box::leak(scoutfs_tools::version(env!("SCOUTFS_BUILD_COMMIT")).into_boxed_str());
+    let matches = scoutfs_tools::Cli::command().version(version).get_matches();
+    let cli = scoutfs_tools::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     std::process::exit(scoutfs_tools::run(cli, env!("SCOUTFS_BUILD_COMMIT")));
 }

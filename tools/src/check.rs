@@ -28,7 +28,10 @@ pub fn run(a: &Args) -> i32 {
     let (mut store, sb) = match open_store(&*meta, 256 << 20) {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("scoutfs check: {}: {e}", a.meta.display());
+            eprintln!(
+                "scoutfs check: {}",
+                device::explain(&e, &[(&a.meta, &*meta), (&a.data, &*data)])
+            );
             return 1;
         }
     };

@@ -49,11 +49,33 @@ pub enum Command {
     Nvme(nvme::Args),
 }
 
+/// What `scoutfs version` and `scoutfs --version` print after "scoutfs ".
+pub fn version(build_commit: &str) -> String {
+    format!("{} ({build_commit})", env!("CARGO_PKG_VERSION"))
+}
+
+/// Let SIGPIPE end the process, as it ends coreutils: a command whose
+/// reader went away (`scoutfs print META | head`) stops quietly, killed by
+/// SIGPIPE (the shell shows 141), instead of panicking on the failed
+/// write. Rust starts programs with SIGPIPE ignored; the binary calls this
+/// first, and `scoutfs mount` ignores it again.
+pub fn default_sigpipe() {
+    // SAFETY: setting a signal's disposition to the default has no
+    // preconditions and runs before any other thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
+/// Ignore SIGPIPE: writes to a closed pipe or socket fail with EPIPE.
+pub fn ignore_sigpipe() {
+    // SAFETY: ignoring a signal has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
 /// Run a parsed command; returns the process exit code.
 pub fn run(cli: Cli, build_commit: &str) -> i32 {
     match cli.cmd {
         Command::Version => {
-            println!("scoutfs {} ({build_commit})", env!("CARGO_PKG_VERSION"));
+            println!("scoutfs {}", version(build_commit));
             0
         }
         Command::Devinfo(a) => devinfo::run(&a),
@@ -78,5 +100,8 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A failed write to stderr (a closed pipe) is dropped; reporting
+        // it on stderr would panic in whichever thread logged.
+        .log_internal_errors(false)
         .try_init();
 }

@@ -14,8 +14,9 @@ use std::time::Duration;
 use scoutfs_engine::dev::BlockDev;
 use scoutfs_engine::fs::FsOptions;
 use scoutfs_engine::reactor::{CorePin, IdlePolicy, ReactorConfig};
-use scoutfs_engine::serve::{Engine, EngineOptions};
-use scoutfs_engine::txn::TxnOptions;
+use scoutfs_engine::serve::{Engine, EngineError, EngineOptions};
+use scoutfs_engine::txn::devices::{check_data_device, check_meta_size};
+use scoutfs_engine::txn::{read_meta_super, TxnError, TxnOptions};
 use scoutfs_fuse::{Counters, FuseOptions, ScoutFuse};
 
 use crate::device;
@@ -207,14 +208,182 @@ fn catch_signals(tx: mpsc::Sender<String>) -> Result<(), String> {
     Ok(())
 }
 
+/// Write a line to stderr; a closed stderr must not stop (or panic) an
+/// engine that is serving a volume.
+fn say(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}
+
 pub fn run(a: &Args) -> i32 {
+    // The engine writes to sockets (the admin socket's clients) and to a
+    // stderr that may be a pipe: a reader going away is an error on that
+    // write, never a signal that kills the mount.
+    crate::ignore_sigpipe();
     match serve(a) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("scoutfs mount: {e}");
+            say(&format!("scoutfs mount: {e}"));
             1
         }
     }
+}
+
+/// What would make the FUSE mount at `dir` fail or misbehave, checked
+/// before the volume is recovered: not a directory, a dead FUSE mount, or
+/// already a mount point (a second mount there would hide the first, and
+/// its admin socket is the first's). A non-empty directory is fine, as
+/// for the kernel's mount and fusermount3.
+pub fn check_mountpoint(dir: &Path) -> Result<(), String> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(format!("{}: not a directory", dir.display())),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(format!(
+                "{}: a dead FUSE mount is left there (its engine was killed); \
+                 detach it with `fusermount3 -u -z {}` and mount again",
+                dir.display(),
+                dir.display()
+            ))
+        }
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    }
+    let canon = dir
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    if let Some((fstype, source)) = mounted_at(&mountinfo, &canon) {
+        return Err(format!(
+            "{} is already a mount point ({fstype} {source}); unmount it or mount elsewhere",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// The file system type and source of the last mount at `path` in a
+/// mountinfo listing.
+fn mounted_at(mountinfo: &str, path: &Path) -> Option<(String, String)> {
+    let want = path.to_string_lossy();
+    mountinfo.lines().rev().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let point = unescape_mountinfo(left.split(' ').nth(4)?);
+        if point != want {
+            return None;
+        }
+        let mut r = right.split(' ');
+        let fstype = r.next()?.to_string();
+        let source = unescape_mountinfo(r.next().unwrap_or(""));
+        Some((fstype, source))
+    })
+}
+
+/// mountinfo writes space, tab, newline and backslash as \ooo.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (b[i], oct) {
+            (b'\\', Some(c)) => {
+                out.push(c);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether this process has capability `cap` in its effective set.
+fn has_cap(cap: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|bits| bits & (1 << cap) != 0)
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// What mounting FUSE needs from this process, checked before the volume
+/// is recovered: read-write /dev/fuse; without CAP_SYS_ADMIN (not root),
+/// fusermount3 to mount through and `user_allow_other` in /etc/fuse.conf
+/// (the mount lets other users in, as a filesystem does).
+pub fn check_fuse_access() -> Result<(), String> {
+    const FUSE_DEV: &str = "/dev/fuse";
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(FUSE_DEV)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "{FUSE_DEV} is missing: load the fuse module (modprobe fuse)"
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            // SAFETY: geteuid has no preconditions.
+            let uid = unsafe { libc::geteuid() };
+            return Err(format!(
+                "{FUSE_DEV}: {e}: mounting needs root (uid {uid} may not open {FUSE_DEV})"
+            ));
+        }
+        Err(e) => return Err(format!("{FUSE_DEV}: {e}")),
+    }
+    if has_cap(CAP_SYS_ADMIN) {
+        return Ok(());
+    }
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("fusermount3").is_file()));
+    if !on_path {
+        return Err(
+            "mounting without root goes through fusermount3, which is not installed \
+             (Debian package fuse3); install it or run as root"
+                .into(),
+        );
+    }
+    let allow_other = std::fs::read_to_string("/etc/fuse.conf").is_ok_and(|c| {
+        c.lines()
+            .any(|l| l.split('#').next().unwrap_or("").trim() == "user_allow_other")
+    });
+    if !allow_other {
+        return Err(
+            "mounting without root needs `user_allow_other` in /etc/fuse.conf \
+             (the mount lets other users in, as a filesystem does); add it or run as root"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Check that `meta` and `data` are one volume's metadata and data
+/// devices before anything else happens (Engine::start checks again once
+/// it has claimed them).
+fn check_devices(
+    meta_path: &Path,
+    meta: &dyn BlockDev,
+    data_path: &Path,
+    data: &dyn BlockDev,
+) -> Result<(), String> {
+    let devs = [(meta_path, meta), (data_path, data)];
+    let explain = |e: TxnError| device::explain(&e, &devs);
+    let (_, sb) = read_meta_super(meta).map_err(explain)?;
+    check_meta_size(meta, &sb).map_err(explain)?;
+    check_data_device(data, &sb).map_err(explain)?;
+    Ok(())
 }
 
 fn serve(a: &Args) -> Result<(), String> {
@@ -236,27 +405,28 @@ fn serve(a: &Args) -> Result<(), String> {
         read_only: mo.read_only,
         posix_acl: !mo.noacl,
     };
-    match std::fs::metadata(&a.fuse) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(format!("{}: not a directory", a.fuse.display())),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            return Err(format!(
-                "{}: a dead FUSE mount is left there (its engine was killed); \
-                 detach it with `fusermount3 -u -z {}` and mount again",
-                a.fuse.display(),
-                a.fuse.display()
-            ))
-        }
-        Err(e) => return Err(format!("{}: {e}", a.fuse.display())),
+    check_mountpoint(&a.fuse)?;
+    let socket = a
+        .admin_socket
+        .clone()
+        .unwrap_or_else(|| default_socket(&a.fuse));
+    if UnixStream::connect(&socket).is_ok() {
+        return Err(format!(
+            "{}: another scoutfs mount answers on this admin socket",
+            socket.display()
+        ));
     }
-
-    let (tx, rx) = mpsc::channel::<String>();
-    catch_signals(tx.clone())?;
 
     let meta: Arc<dyn BlockDev> =
         device::open(&a.meta).map_err(|e| format!("{}: {e}", a.meta.display()))?;
     let data: Arc<dyn BlockDev> =
         device::open(&a.data).map_err(|e| format!("{}: {e}", a.data.display()))?;
+    check_devices(&a.meta, &*meta, &a.data, &*data)?;
+    check_fuse_access()?;
+
+    let (tx, rx) = mpsc::channel::<String>();
+    catch_signals(tx.clone())?;
+
     let mut fs = FsOptions {
         acl: !mo.noacl,
         ..FsOptions::default()
@@ -285,7 +455,13 @@ fn serve(a: &Args) -> Result<(), String> {
         fs,
         read_only: mo.read_only,
     };
-    let engine = Arc::new(Engine::start(meta, data, opts).map_err(|e| e.to_string())?);
+    let devs = (meta.clone(), data.clone());
+    let engine = Engine::start(meta, data, opts).map_err(|e| match e {
+        EngineError::Txn(t) => device::explain(&t, &[(&a.meta, &*devs.0), (&a.data, &*devs.1)]),
+        e => e.to_string(),
+    })?;
+    drop(devs);
+    let engine = Arc::new(engine);
     let statfs = engine
         .call(|fs| scoutfs_engine::util::ready(fs.statfs()))
         .map_err(|e| e.to_string())?
@@ -297,10 +473,6 @@ fn serve(a: &Args) -> Result<(), String> {
     );
 
     let counters = Arc::new(Counters::default());
-    let socket = a
-        .admin_socket
-        .clone()
-        .unwrap_or_else(|| default_socket(&a.fuse));
     let admin = start_admin(&socket, engine.clone(), counters.clone())?;
 
     let handler = ScoutFuse::new(engine.clone(), fuse_opts, counters);
@@ -313,12 +485,12 @@ fn serve(a: &Args) -> Result<(), String> {
             return Err(e);
         }
     };
-    eprintln!(
+    say(&format!(
         "scoutfs: serving volume {:#018x} at {} (admin socket {}); Ctrl-C or SIGTERM unmounts",
         statfs.fsid,
         a.fuse.display(),
         socket.display()
-    );
+    ));
 
     let why = rx.recv().unwrap_or_else(|_| "all senders gone".into());
     tracing::info!("stopping: {why}");
@@ -326,10 +498,10 @@ fn serve(a: &Args) -> Result<(), String> {
     drop(admin);
     let _ = std::fs::remove_file(&socket);
     let seq = shutdown_engine(engine)?;
-    eprintln!(
+    say(&format!(
         "scoutfs: unmounted {} ({why}); committed seq {seq}",
         a.fuse.display()
-    );
+    ));
     unmounted
 }
 
@@ -372,12 +544,8 @@ fn start_admin(path: &Path, engine: Arc<Engine>, counters: Arc<Counters>) -> Res
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    if UnixStream::connect(path).is_ok() {
-        return Err(format!(
-            "{}: another scoutfs mount answers on this admin socket",
-            path.display()
-        ));
-    }
+    // `serve` refused a socket another mount answers on; what is left
+    // there is stale.
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

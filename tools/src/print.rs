@@ -165,7 +165,10 @@ pub fn run(a: &Args) -> i32 {
     let (mut store, sb) = match open_store(&*dev, 256 << 20) {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("scoutfs print: {}: {e}", a.meta.display());
+            eprintln!(
+                "scoutfs print: {}",
+                device::explain(&e, &[(&a.meta, &*dev)])
+            );
             return 1;
         }
     };

@@ -101,6 +101,21 @@ fn file_dio_align(file: &File) -> u32 {
     stx.stx_dio_offset_align.max(stx.stx_dio_mem_align).max(512)
 }
 
+/// The soft RLIMIT_MEMLOCK, for messages.
+fn memlock_limit() -> String {
+    // SAFETY: an all-zero rlimit is a valid value to be overwritten.
+    let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: getrlimit writes into the rlimit we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) } != 0 {
+        return "unknown".into();
+    }
+    if rl.rlim_cur == libc::RLIM_INFINITY {
+        "unlimited".into()
+    } else {
+        format!("{} KiB", rl.rlim_cur >> 10)
+    }
+}
+
 fn block_device_geometry(file: &File) -> std::io::Result<(u32, u64)> {
     let mut size: u64 = 0;
     let mut lbs: libc::c_int = 0;
@@ -251,8 +266,21 @@ impl BlockDev for UringDev {
         if !iovecs.is_empty() {
             // SAFETY: every iovec covers a slot of a pool this queue keeps
             // alive (`pools` below) for as long as the ring exists.
-            unsafe { ring.submitter().register_buffers(&iovecs) }
-                .map_err(|e| setup("register buffers", e))?;
+            unsafe { ring.submitter().register_buffers(&iovecs) }.map_err(|e| {
+                if e.raw_os_error() == Some(libc::ENOMEM) {
+                    let bytes: usize = iovecs.iter().map(|v| v.iov_len).sum();
+                    return DevError::Setup(format!(
+                        "{}: registering {} KiB of I/O buffers: {e}: io_uring counts them against \
+                         the locked-memory limit (RLIMIT_MEMLOCK, {}) unless the process has \
+                         CAP_IPC_LOCK; run as root or raise the limit (ulimit -l, systemd \
+                         LimitMEMLOCK=)",
+                        self.name(),
+                        bytes >> 10,
+                        memlock_limit()
+                    ));
+                }
+                setup("register buffers", e)
+            })?;
         }
         let depth = cfg.depth as usize;
         Ok(Box::new(UringQueue {
