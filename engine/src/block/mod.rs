@@ -12,6 +12,7 @@
 //! [`cache::BlockCache`] implements it over a device with a memory budget.
 
 pub mod cache;
+pub mod corrupt;
 pub mod io;
 pub mod store;
 
@@ -44,6 +45,21 @@ pub enum BlockError {
 }
 
 impl BlockError {
+    /// The block that failed its checks and what differed, if this is
+    /// corruption (see [`corrupt::CorruptionLog`]).
+    pub fn corrupt_block(&self) -> Option<(u64, String)> {
+        match self {
+            BlockError::Check { source, .. } => {
+                let blkno = match source {
+                    BlockCheckError::Stale { blkno, .. }
+                    | BlockCheckError::Corrupt { blkno, .. } => *blkno,
+                };
+                Some((blkno, source.to_string()))
+            }
+            _ => None,
+        }
+    }
+
     pub fn errno(&self) -> i32 {
         match self {
             BlockError::Miss(_) => libc::EAGAIN,

@@ -10,13 +10,18 @@
 //! its next step rather than restarting (see docs/ARCHITECTURE.md).
 
 use super::cache::BlockCache;
+use super::corrupt::CorruptionLog;
 use super::io::MetaIo;
 use super::{BlockAccess, BlockError};
 use crate::format::{BlockMagic, BlockRef};
 
-/// Errors that may be a cache miss to resolve.
+/// Errors that may be a cache miss to resolve, or a corrupt block to
+/// report.
 pub trait MissError: From<BlockError> {
     fn miss(&self) -> Option<BlockRef>;
+
+    /// The metadata block that failed its checks, and what differed.
+    fn corrupt_block(&self) -> Option<(u64, String)>;
 }
 
 impl MissError for BlockError {
@@ -25,6 +30,10 @@ impl MissError for BlockError {
             BlockError::Miss(r) => Some(*r),
             _ => None,
         }
+    }
+
+    fn corrupt_block(&self) -> Option<(u64, String)> {
+        BlockError::corrupt_block(self)
     }
 }
 
@@ -35,11 +44,22 @@ impl MissError for crate::btree::BtreeError {
             _ => None,
         }
     }
+
+    fn corrupt_block(&self) -> Option<(u64, String)> {
+        crate::btree::BtreeError::corrupt_block(self)
+    }
 }
 
 impl MissError for crate::alloc::AllocError {
     fn miss(&self) -> Option<BlockRef> {
         crate::alloc::AllocError::miss(self)
+    }
+
+    fn corrupt_block(&self) -> Option<(u64, String)> {
+        match self {
+            crate::alloc::AllocError::Btree(e) => e.corrupt_block(),
+            _ => None,
+        }
     }
 }
 
@@ -52,6 +72,8 @@ pub struct Store {
     pub cache: BlockCache,
     pub io: MetaIo,
     pub reads: u64,
+    /// Corrupt blocks met by operations run through [`Store::retry`].
+    pub corruption: CorruptionLog,
 }
 
 impl Store {
@@ -60,6 +82,7 @@ impl Store {
             cache,
             io,
             reads: 0,
+            corruption: CorruptionLog::default(),
         }
     }
 
@@ -72,19 +95,27 @@ impl Store {
 
     /// Run `op` over the store. Misses are read inline by `get`, so a miss
     /// only surfaces from code that inspects the cache directly; it is read
-    /// and `op` rerun.
+    /// and `op` rerun. A corrupt block that ends the operation is reported
+    /// (counted, and logged once per block: [`CorruptionLog`]).
     pub fn retry<T, E: MissError>(
         &mut self,
         mut op: impl FnMut(&mut Store) -> Result<T, E>,
     ) -> Result<T, E> {
         for _ in 0..MAX_MISSES_PER_OP {
-            match op(self) {
+            let e = match op(self) {
                 Err(e) => match e.miss() {
-                    Some(r) => self.load(&r)?,
-                    None => return Err(e),
+                    Some(r) => match self.load(&r) {
+                        Ok(()) => continue,
+                        Err(e) => E::from(e),
+                    },
+                    None => e,
                 },
                 ok => return ok,
+            };
+            if let Some((blkno, what)) = e.corrupt_block() {
+                self.corruption.report(self.io.device_name(), blkno, &what);
             }
+            return Err(e);
         }
         panic!("operation missed {MAX_MISSES_PER_OP} blocks: cache budget too small to hold one operation");
     }

@@ -161,6 +161,23 @@ pub enum BtreeError {
 }
 
 impl BtreeError {
+    /// The block that failed its checks and what differed, if this is
+    /// corruption (a header check or the block's contents).
+    pub fn corrupt_block(&self) -> Option<(u64, String)> {
+        match self {
+            BtreeError::Block(e) => e.corrupt_block(),
+            BtreeError::Corrupt {
+                blkno,
+                level,
+                corruption,
+            } => Some((
+                *blkno,
+                format!("btree block at level {level}: {corruption:?}"),
+            )),
+            _ => None,
+        }
+    }
+
     /// The block to read before rerunning the operation, if that's all.
     pub fn miss(&self) -> Option<BlockRef> {
         match self {
