@@ -1,6 +1,6 @@
 //! File data on the mem devices against a byte-vector model: writes at any
-//! offset and size, holes, truncates, punched holes, preallocation, commits
-//! and remounts; large sparse offsets; freed blocks come back after commit.
+//! offset and size, holes, truncates, punched holes, zeroed ranges,
+//! preallocation, commits and remounts; large sparse offsets; freed blocks come back after commit.
 
 use scoutfs_engine::data::{self, extents, online_blocks};
 use scoutfs_engine::dev::mem::MemDev;
@@ -42,7 +42,7 @@ fn run(seed: u64) {
     let mut model: Vec<u8> = Vec::new();
     let span = 1u64 << (14 + r.below(6)); // 16 KiB .. 512 KiB
     for step in 0..120 {
-        match r.below(12) {
+        match r.below(14) {
             0..=5 => {
                 let off = r.below(span);
                 let len = 1 + r.below(3 * 4096 + 100) as usize;
@@ -71,10 +71,23 @@ fn run(seed: u64) {
             8 => {
                 let off = r.below(span);
                 let len = r.below(8 * 4096);
-                ready(data::fallocate(&mut vol, INO, off, len)).unwrap();
+                let mut allocated = 0;
+                ready(data::fallocate(&mut vol, INO, off, len, &mut allocated)).unwrap();
             }
             9 => {
                 vol.commit().unwrap();
+            }
+            11 => {
+                // Zeroing (FALLOC_FL_ZERO_RANGE's data part; the size is
+                // the caller's).
+                let off = r.below(span);
+                let len = r.below(5 * 4096);
+                let mut allocated = 0;
+                ready(data::zero_range(&mut vol, INO, off, len, &mut allocated)).unwrap();
+                let end = ((off + len) as usize).min(model.len());
+                if (off as usize) < end {
+                    model[off as usize..end].fill(0);
+                }
             }
             10 => {
                 vol.commit().unwrap();

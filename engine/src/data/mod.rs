@@ -17,7 +17,12 @@
 //!
 //! Offsets are bytes; blocks are 4 KiB; sizes are the caller's (the inode's).
 
+mod falloc;
 pub mod io;
+mod prealloc;
+
+pub use falloc::{fallocate, punch_hole, zero_range};
+pub use prealloc::{streaming_len, Prealloc};
 
 use crate::btree::Item;
 use crate::format::alloc::{
@@ -233,41 +238,10 @@ pub struct Written {
     /// Bytes written from the start of the data (all of it, or less when
     /// the device filled up or failed part-way).
     pub bytes: u64,
-    /// Device blocks newly allocated to the file.
+    /// Device blocks newly allocated to the file (written or unwritten).
     pub allocated: u64,
-}
-
-/// Preallocation (scoutfs's data_prealloc_blocks and
-/// data_prealloc_contig_only mount options): a write into a hole may
-/// allocate more blocks than it writes, kept as an unwritten extent after
-/// the written ones, so files written concurrently stay contiguous.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Prealloc {
-    /// Most blocks one allocation may add beyond the write (0: none).
-    pub blocks: u64,
-    /// Only a write that continues the file's previous extent
-    /// preallocates (a streaming append), and then as many blocks as the
-    /// file already has there, up to `blocks`: a file's preallocation
-    /// grows with it. Otherwise any write into a hole fills up to `blocks`
-    /// of it.
-    pub contig_only: bool,
-}
-
-impl Prealloc {
-    pub const NONE: Prealloc = Prealloc {
-        blocks: 0,
-        contig_only: true,
-    };
-}
-
-impl Default for Prealloc {
-    /// scoutfs's defaults: 2048 blocks (8 MiB), contiguous appends only.
-    fn default() -> Self {
-        Prealloc {
-            blocks: 2048,
-            contig_only: true,
-        }
-    }
+    /// The write stopped short because the data device is full.
+    pub full: bool,
 }
 
 /// Write `data` at `offset` into file `ino`. The caller updates the size.
@@ -280,16 +254,18 @@ pub async fn write<S: ItemStore>(
     offset: u64,
     data: &[u8],
 ) -> Result<Written, DataError> {
-    write_with(vol, ino, offset, data, Prealloc::NONE).await
+    write_with(vol, ino, offset, data, Prealloc::NONE, 0).await
 }
 
-/// [`write`] with preallocation.
+/// [`write`] with preallocation into a file with `online` online blocks
+/// (the inode's count before the write).
 pub async fn write_with<S: ItemStore>(
     vol: &mut S,
     ino: u64,
     offset: u64,
     data: &[u8],
     prealloc: Prealloc,
+    online: u64,
 ) -> Result<Written, DataError> {
     let mut done = Written::default();
     if data.is_empty() {
@@ -298,7 +274,12 @@ pub async fn write_with<S: ItemStore>(
     let (b0, b1) = block_range(offset, data.len() as u64)?;
     let mut b = b0;
     while b <= b1 {
-        match write_step(vol, ino, b, b1, offset, data, prealloc).await {
+        let at = Step {
+            b,
+            b1,
+            online: online + done.allocated,
+        };
+        match write_step(vol, ino, at, offset, data, prealloc).await {
             Ok((end, allocated)) => {
                 done.allocated += allocated;
                 b = end + 1;
@@ -306,6 +287,7 @@ pub async fn write_with<S: ItemStore>(
             }
             Err(e) if done.bytes > 0 => {
                 tracing::debug!("inode {ino}: short write at block {b}: {e}");
+                done.full = e.errno() == libc::ENOSPC;
                 break;
             }
             Err(e) => return Err(e),
@@ -314,107 +296,106 @@ pub async fn write_with<S: ItemStore>(
     Ok(done)
 }
 
-/// One run of a write starting at block `b`: the last block written and
-/// the blocks allocated.
+/// Where a write step starts: block `b`, the write's last block `b1`, and
+/// the file's online blocks so far.
+#[derive(Clone, Copy, Debug)]
+struct Step {
+    b: u64,
+    b1: u64,
+    online: u64,
+}
+
+/// One run of a write starting at block `at.b`: the last block written
+/// and the blocks allocated.
 async fn write_step<S: ItemStore>(
     vol: &mut S,
     ino: u64,
-    b: u64,
-    b1: u64,
+    at: Step,
     offset: u64,
     data: &[u8],
     prealloc: Prealloc,
 ) -> Result<(u64, u64), DataError> {
-    match extent_from(vol, ino, b).await? {
-        Some(e) if e.iblock <= b => {
-            if e.flags & DATA_EXTENT_OFFLINE != 0 {
-                return Err(DataError::Offline { ino, iblock: b });
-            }
-            let last = b1.min(b + STEP_BLOCKS - 1).min(e.end());
-            let run = FileExtent {
-                iblock: b,
-                len: last - b + 1,
-                blkno: e.blkno + (b - e.iblock),
-                flags: e.flags & !DATA_EXTENT_UNWRITTEN,
-            };
-            let unwritten = e.flags & DATA_EXTENT_UNWRITTEN != 0;
-            write_run(vol.data_io()?, &run, unwritten, offset, data)?;
-            if unwritten {
-                // Written now: only then does the run stop reading as zeros.
-                // Merged with the written extent before it (a preallocated
-                // file filling up stays one extent).
-                cut(vol, ino, &e, run.iblock, run.end()).await?;
-                insert_merging(vol, ino, run).await?;
-            }
-            Ok((run.end(), 0))
+    let Step { b, b1, online } = at;
+    let next = extent_from(vol, ino, b).await?;
+    if let Some(e) = next.filter(|e| e.iblock <= b) {
+        if e.flags & DATA_EXTENT_OFFLINE != 0 {
+            return Err(DataError::Offline { ino, iblock: b });
         }
-        other => {
-            // A hole up to the next extent (or to the end of files).
-            let hole_last = other.map_or(MAX_IBLOCK, |e| e.iblock - 1);
-            let need = (hole_last.min(b1) - b + 1).min(STEP_BLOCKS);
-            let extra = prealloc_blocks(vol, ino, b, prealloc).await?;
-            let want = need.max(extra.min(hole_last - b + 1));
-            let got = vol.alloc_data(want).await?;
-            let ext = FileExtent {
-                iblock: b,
-                len: got.len.min(need),
-                blkno: got.start,
-                flags: 0,
-            };
-            // Write before recording: an extent item never points at blocks
-            // this write failed to fill.
-            if let Err(e) = write_run(vol.data_io()?, &ext, true, offset, data) {
-                vol.free_data(got);
-                return Err(e);
-            }
-            insert_merging(vol, ino, ext).await?;
-            if got.len > ext.len {
-                let pre = FileExtent {
-                    iblock: ext.end() + 1,
-                    len: got.len - ext.len,
-                    blkno: got.start + ext.len,
-                    flags: DATA_EXTENT_UNWRITTEN,
-                };
-                insert_merging(vol, ino, pre).await?;
-            }
-            Ok((ext.end(), got.len))
+        let last = b1.min(b + STEP_BLOCKS - 1).min(e.end());
+        let run = FileExtent {
+            iblock: b,
+            len: last - b + 1,
+            blkno: e.blkno + (b - e.iblock),
+            flags: e.flags & !DATA_EXTENT_UNWRITTEN,
+        };
+        let unwritten = e.flags & DATA_EXTENT_UNWRITTEN != 0;
+        write_run(vol.data_io()?, &run, unwritten, offset, data)?;
+        if unwritten {
+            // Written now: only then does the run stop reading as zeros.
+            // Merged with the written extent before it (a preallocated
+            // file filling up stays one extent).
+            cut(vol, ino, &e, run.iblock, run.end()).await?;
+            insert_merging(vol, ino, run).await?;
         }
+        return Ok((run.end(), 0));
     }
+    // A hole up to the next extent (or to the end of files).
+    let hole_end = next.map_or(MAX_IBLOCK + 1, |e| e.iblock);
+    let need = (hole_end.min(b1 + 1) - b).min(STEP_BLOCKS);
+    let (start, want) = if prealloc.blocks > 0 && !prealloc.contig_only {
+        prealloc::region(vol, ino, b, next, prealloc).await?
+    } else {
+        (
+            b,
+            prealloc::streaming_len(prealloc, b, need, hole_end, online),
+        )
+    };
+    let got = vol.alloc_data(want).await?;
+    // A short grant serves the write first.
+    let start = if got.len < want { b } else { start };
+    let before = b - start;
+    let ext = FileExtent {
+        iblock: b,
+        len: (got.len - before).min(need),
+        blkno: got.start + before,
+        flags: 0,
+    };
+    // Write before recording: an extent item never points at blocks
+    // this write failed to fill.
+    if let Err(e) = write_run(vol.data_io()?, &ext, true, offset, data) {
+        vol.free_data(got);
+        return Err(e);
+    }
+    if before > 0 {
+        let pre = FileExtent {
+            iblock: start,
+            len: before,
+            blkno: got.start,
+            flags: DATA_EXTENT_UNWRITTEN,
+        };
+        insert_merging(vol, ino, pre).await?;
+    }
+    insert_merging(vol, ino, ext).await?;
+    let after = got.len - before - ext.len;
+    if after > 0 {
+        let pre = FileExtent {
+            iblock: ext.end() + 1,
+            len: after,
+            blkno: ext.blkno + ext.len,
+            flags: DATA_EXTENT_UNWRITTEN,
+        };
+        insert_merging(vol, ino, pre).await?;
+    }
+    Ok((ext.end(), got.len))
 }
 
-/// Blocks to allocate for a write into the hole at `b` (0: just the write).
-async fn prealloc_blocks<S: ItemStore>(
-    vol: &mut S,
-    ino: u64,
-    b: u64,
-    p: Prealloc,
-) -> Result<u64, DataError> {
-    if p.blocks == 0 {
-        return Ok(0);
-    }
-    if !p.contig_only {
-        return Ok(p.blocks);
-    }
-    if b == 0 {
-        return Ok(0);
-    }
-    // A streaming append continues the extent that ends just before it:
-    // preallocate as much as the file has (its preallocation doubles as it
-    // grows), up to the limit.
-    match extent_from(vol, ino, b - 1).await? {
-        Some(prev) if prev.end() == b - 1 && prev.flags & DATA_EXTENT_OFFLINE == 0 => {
-            Ok(b.min(p.blocks))
-        }
-        _ => Ok(0),
-    }
-}
-
-/// Insert an extent, merging it with the extent just before it when both
-/// are contiguous on the device with the same flags.
+/// Insert an extent, merged with the extents just before and after it
+/// when they are contiguous on the device with the same flags (a file
+/// filled in either direction stays one extent). The range must be free.
 async fn insert_merging<S: ItemStore>(
     vol: &mut S,
     ino: u64,
-    ext: FileExtent,
+    mut ext: FileExtent,
 ) -> Result<(), DataError> {
     if ext.iblock > 0 {
         if let Some(prev) = extent_from(vol, ino, ext.iblock - 1).await? {
@@ -423,15 +404,21 @@ async fn insert_merging<S: ItemStore>(
                 && prev.flags == ext.flags
             {
                 del(vol, ino, &prev).await?;
-                return put(
-                    vol,
-                    ino,
-                    &FileExtent {
-                        len: prev.len + ext.len,
-                        ..prev
-                    },
-                )
-                .await;
+                ext = FileExtent {
+                    len: prev.len + ext.len,
+                    ..prev
+                };
+            }
+        }
+    }
+    let after = ext.end() + 1;
+    if after <= MAX_IBLOCK {
+        if let Some(next) = extent_from(vol, ino, after).await? {
+            debug_assert!(next.iblock >= after, "inserting over {next:?}");
+            if next.iblock == after && ext.blkno + ext.len == next.blkno && next.flags == ext.flags
+            {
+                del(vol, ino, &next).await?;
+                ext.len += next.len;
             }
         }
     }
@@ -705,91 +692,6 @@ pub async fn free_extents_from<S: ItemStore>(
         }
     }
     Ok((freed, more))
-}
-
-/// Punch a hole: `[offset, offset + len)` reads as zeros afterwards; whole
-/// blocks inside it are freed.
-pub async fn punch_hole<S: ItemStore>(
-    vol: &mut S,
-    ino: u64,
-    offset: u64,
-    len: u64,
-) -> Result<u64, DataError> {
-    if len == 0 {
-        return Ok(0);
-    }
-    let end = offset
-        .checked_add(len)
-        .filter(|&e| e <= MAX_FILE_BYTES)
-        .ok_or(DataError::TooBig(offset))?;
-    let first_whole = offset.div_ceil(BS);
-    let after_whole = end / BS;
-    let mut freed = 0;
-    if first_whole < after_whole {
-        freed = free_blocks(vol, ino, first_whole, after_whole - 1).await?;
-    }
-    // Partial blocks at either edge (or one block holding the whole range).
-    let (b0, b1) = (offset / BS, (end - 1) / BS);
-    if b0 == b1 && (!offset.is_multiple_of(BS) || !end.is_multiple_of(BS)) {
-        zero_in_block(
-            vol,
-            ino,
-            b0,
-            (offset % BS) as usize,
-            ((end - 1) % BS + 1) as usize,
-        )
-        .await?;
-    } else {
-        if !offset.is_multiple_of(BS) {
-            zero_in_block(vol, ino, b0, (offset % BS) as usize, BLOCK_SM_SIZE).await?;
-        }
-        if !end.is_multiple_of(BS) {
-            zero_in_block(vol, ino, b1, 0, (end % BS) as usize).await?;
-        }
-    }
-    Ok(freed)
-}
-
-/// Allocate unwritten extents for the holes in `[offset, offset + len)`;
-/// the blocks allocated.
-pub async fn fallocate<S: ItemStore>(
-    vol: &mut S,
-    ino: u64,
-    offset: u64,
-    len: u64,
-) -> Result<u64, DataError> {
-    if len == 0 {
-        return Ok(0);
-    }
-    let mut allocated = 0;
-    let (b0, b1) = block_range(offset, len)?;
-    let mut b = b0;
-    while b <= b1 {
-        match extent_from(vol, ino, b).await? {
-            Some(e) if e.iblock <= b => b = e.end() + 1,
-            other => {
-                let hole_end = other.map_or(b1, |e| b1.min(e.iblock - 1));
-                let got = vol.alloc_data(hole_end - b + 1).await?;
-                insert_merging(
-                    vol,
-                    ino,
-                    FileExtent {
-                        iblock: b,
-                        len: got.len,
-                        blkno: got.start,
-                        flags: DATA_EXTENT_UNWRITTEN,
-                    },
-                )
-                .await?;
-                b += got.len;
-                allocated += got.len;
-            }
-        }
-        if b == 0 {
-            break;
-        }
-    }
-    Ok(allocated)
 }
 
 /// Blocks of file data online (written or unwritten) in `ino`.

@@ -47,6 +47,10 @@ pub enum FsError {
     FileTooBig,
     #[error("no such device or address (seek past the data)")]
     NoSuchAddress,
+    #[error("illegal seek (fallocate on a fifo)")]
+    IllegalSeek,
+    #[error("no such device (fallocate on a special file)")]
+    NoDevice,
 }
 
 impl FsError {
@@ -73,6 +77,8 @@ impl FsError {
             FsError::Io(_) => libc::EIO,
             FsError::FileTooBig => libc::EFBIG,
             FsError::NoSuchAddress => libc::ENXIO,
+            FsError::IllegalSeek => libc::ESPIPE,
+            FsError::NoDevice => libc::ENODEV,
         }
     }
 
@@ -123,6 +129,8 @@ mod tests {
             (FsError::Io(String::new()), libc::EIO),
             (FsError::FileTooBig, libc::EFBIG),
             (FsError::NoSuchAddress, libc::ENXIO),
+            (FsError::IllegalSeek, libc::ESPIPE),
+            (FsError::NoDevice, libc::ENODEV),
         ];
         for (e, errno) in cases {
             assert_eq!(e.errno(), errno, "{e:?}");

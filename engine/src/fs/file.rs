@@ -30,9 +30,59 @@ const WRITE_ITEMS_PER_MIB: usize = 8;
 /// Items an inode change brings (the inode and its index items).
 const INODE_ITEMS: usize = 8;
 
-/// fallocate(2) modes we support.
+/// fallocate(2) mode bits (linux/falloc.h).
 pub const FALLOC_FL_KEEP_SIZE: u32 = 0x01;
 pub const FALLOC_FL_PUNCH_HOLE: u32 = 0x02;
+pub const FALLOC_FL_NO_HIDE_STALE: u32 = 0x04;
+pub const FALLOC_FL_COLLAPSE_RANGE: u32 = 0x08;
+pub const FALLOC_FL_ZERO_RANGE: u32 = 0x10;
+pub const FALLOC_FL_INSERT_RANGE: u32 = 0x20;
+pub const FALLOC_FL_UNSHARE_RANGE: u32 = 0x40;
+pub const FALLOC_FL_WRITE_ZEROES: u32 = 0x80;
+/// The bits that choose an operation (0 is allocate); at most one is set.
+const FALLOC_FL_MODE_MASK: u32 = FALLOC_FL_PUNCH_HOLE
+    | FALLOC_FL_COLLAPSE_RANGE
+    | FALLOC_FL_ZERO_RANGE
+    | FALLOC_FL_INSERT_RANGE
+    | FALLOC_FL_UNSHARE_RANGE
+    | FALLOC_FL_WRITE_ZEROES;
+
+/// What a fallocate(2) call does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FallocOp {
+    Allocate { keep_size: bool },
+    Punch,
+    Zero { keep_size: bool },
+}
+
+/// vfs_fallocate's checks of the mode and range, in Linux's order: EINVAL
+/// for a negative offset or a length that isn't positive, EOPNOTSUPP for
+/// unknown bits or a combination no filesystem takes (two operations,
+/// PUNCH_HOLE without KEEP_SIZE, KEEP_SIZE with COLLAPSE, INSERT or
+/// WRITE_ZEROES). `Ok(None)`: a mode Linux passes on that we don't
+/// implement (EOPNOTSUPP once the file type and size checks pass, as
+/// ext4's own refusal comes after them).
+fn falloc_op(mode: u32, offset: u64, len: u64) -> Result<Option<FallocOp>> {
+    if offset > i64::MAX as u64 || len == 0 || len > i64::MAX as u64 {
+        return Err(FsError::Invalid);
+    }
+    if mode & !(FALLOC_FL_MODE_MASK | FALLOC_FL_KEEP_SIZE) != 0 {
+        return Err(FsError::NotSupported);
+    }
+    let keep_size = mode & FALLOC_FL_KEEP_SIZE != 0;
+    match mode & FALLOC_FL_MODE_MASK {
+        0 => Ok(Some(FallocOp::Allocate { keep_size })),
+        FALLOC_FL_ZERO_RANGE => Ok(Some(FallocOp::Zero { keep_size })),
+        FALLOC_FL_UNSHARE_RANGE => Ok(None),
+        FALLOC_FL_PUNCH_HOLE if keep_size => Ok(Some(FallocOp::Punch)),
+        FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE | FALLOC_FL_WRITE_ZEROES
+            if !keep_size =>
+        {
+            Ok(None)
+        }
+        _ => Err(FsError::NotSupported),
+    }
+}
 
 impl From<DataError> for FsError {
     fn from(e: DataError) -> Self {
@@ -96,7 +146,7 @@ impl<S: ItemStore> Fs<S> {
     /// device fills or fails part-way). The handle's write permission was
     /// checked when it was opened.
     pub async fn write(&mut self, creds: &Creds, ino: u64, offset: u64, buf: &[u8]) -> Result<u64> {
-        let stored = self.read_inode(ino).await?;
+        let mut stored = self.read_inode(ino).await?;
         Self::regular(ino, &stored)?;
         if buf.is_empty() {
             return Ok(0);
@@ -105,25 +155,54 @@ impl<S: ItemStore> Fs<S> {
             .checked_add(buf.len() as u64)
             .filter(|&e| e <= MAX_FILE_BYTES)
             .ok_or(FsError::FileTooBig)?;
-        let nr_items = INODE_ITEMS + WRITE_ITEMS_PER_MIB * (buf.len() >> 20).max(1);
-        let mut retried = false;
+        let mut done = 0u64;
+        let mut committed = false;
         loop {
-            self.store.hold_trans(nr_items, false).await?;
-            let r = self.write_held(creds, ino, stored, offset, buf).await;
-            self.store.release_trans();
-            match r {
-                // Blocks freed by this transaction (a file just deleted)
-                // come back with its commit: make it, and try once more.
-                Err(FsError::NoSpace(_)) if !retried && self.store.pending_data_frees() => {
-                    self.store.commit().await?;
-                    retried = true;
+            let rest = &buf[done as usize..];
+            let nr_items = INODE_ITEMS + WRITE_ITEMS_PER_MIB * (rest.len() >> 20).max(1);
+            let r = match self.store.hold_trans(nr_items, false).await {
+                Ok(()) => {
+                    let r = self
+                        .write_held(creds, ino, stored, offset + done, rest)
+                        .await;
+                    self.store.release_trans();
+                    r
                 }
-                r => {
-                    let written = r?;
-                    debug_assert!(offset + written <= end);
-                    return Ok(written);
+                Err(e) => Err(e),
+            };
+            let nospace = match r {
+                Ok(w) => {
+                    done += w.bytes;
+                    if !w.full {
+                        return Ok(done);
+                    }
+                    None
                 }
+                Err(e) if done > 0 => {
+                    tracing::debug!("inode {ino}: short write: {e}");
+                    return Ok(done);
+                }
+                Err(e @ FsError::NoSpace(_)) => Some(e),
+                Err(e) => return Err(e),
+            };
+            debug_assert!(offset + done <= end);
+            // The device is full. Blocks freed by the open transaction (a
+            // file just deleted) are free once it commits, and statfs
+            // counts them free: make that commit once and go on.
+            if committed || !self.store.pending_data_frees() {
+                return match nospace {
+                    Some(e) => Err(e),
+                    None => Ok(done),
+                };
             }
+            if let Err(e) = self.store.commit().await {
+                return if done > 0 { Ok(done) } else { Err(e) };
+            }
+            committed = true;
+            stored = match self.read_inode(ino).await {
+                Ok(i) => i,
+                Err(e) => return if done > 0 { Ok(done) } else { Err(e) },
+            };
         }
     }
 
@@ -134,10 +213,11 @@ impl<S: ItemStore> Fs<S> {
         stored: Inode,
         offset: u64,
         buf: &[u8],
-    ) -> Result<u64> {
+    ) -> Result<data::Written> {
         let cap = self.capability_to_kill(ino).await?;
-        let done =
-            data::write_with(&mut self.store, ino, offset, buf, self.opts.data_prealloc).await?;
+        let online = stored.online_blocks.get();
+        let prealloc = self.opts.data_prealloc;
+        let done = data::write_with(&mut self.store, ino, offset, buf, prealloc, online).await?;
         let now = self.now();
         let mut b = self.batch();
         b.track(ino, stored);
@@ -153,7 +233,7 @@ impl<S: ItemStore> Fs<S> {
         i.mode.set(perm::mode_after_write(creds, i));
         b.data_changed(ino);
         self.apply(b).await?;
-        Ok(done.bytes)
+        Ok(done)
     }
 
     /// Free the data past a new, smaller size and store `new` (the inode
@@ -216,9 +296,22 @@ impl<S: ItemStore> Fs<S> {
         Ok(())
     }
 
-    /// fallocate(2): mode 0 allocates (and extends the size),
-    /// `FALLOC_FL_KEEP_SIZE` allocates only, `FALLOC_FL_PUNCH_HOLE |
-    /// FALLOC_FL_KEEP_SIZE` frees. Other modes are EOPNOTSUPP.
+    /// fallocate(2), refused as Linux refuses it (vfs_fallocate's checks
+    /// in its order, then ext4's): allocate (mode 0, or `KEEP_SIZE`),
+    /// `PUNCH_HOLE | KEEP_SIZE`, `ZERO_RANGE` (with or without
+    /// `KEEP_SIZE`). `COLLAPSE_RANGE`, `INSERT_RANGE`, `UNSHARE_RANGE` and
+    /// `WRITE_ZEROES` are EOPNOTSUPP (the FUSE kernel refuses the first two
+    /// itself; ext4 refuses the last two on devices without them).
+    ///
+    /// Effects, as ext4's on Linux 6.18: mtime and ctime change on every
+    /// supported mode, even when nothing else does (ext4 calls
+    /// file_modified first), setuid/setgid and security.capability go as
+    /// on a write; data_version grows when the contents or the size could
+    /// change (scoutfs: an allocation bumps it only when it extends the
+    /// file). A punch stops at the block holding the end of the file and
+    /// does nothing from the end on, as ext4's. A device that fills part
+    /// way leaves what was allocated allocated (and accounted) and gives
+    /// ENOSPC, after one commit if the open transaction freed blocks.
     pub async fn fallocate(
         &mut self,
         creds: &Creds,
@@ -227,50 +320,111 @@ impl<S: ItemStore> Fs<S> {
         offset: u64,
         len: u64,
     ) -> Result<()> {
-        let punch = match mode {
-            0 | FALLOC_FL_KEEP_SIZE => false,
-            m if m == FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE => true,
-            FALLOC_FL_PUNCH_HOLE => return Err(FsError::Invalid),
-            _ => return Err(FsError::NotSupported),
-        };
-        if len == 0 || offset > i64::MAX as u64 || len > i64::MAX as u64 {
-            return Err(FsError::Invalid);
+        let op = falloc_op(mode, offset, len)?;
+        let stored = self.read_inode(ino).await?;
+        match Attr::from_inode(ino, &stored)?.kind {
+            FileType::Regular => {}
+            FileType::Fifo => return Err(FsError::IllegalSeek),
+            FileType::Directory => return Err(FsError::IsDir),
+            _ => return Err(FsError::NoDevice),
         }
         let end = offset
             .checked_add(len)
             .filter(|&e| e <= MAX_FILE_BYTES)
             .ok_or(FsError::FileTooBig)?;
-        let stored = self.read_inode(ino).await?;
-        Self::regular(ino, &stored)?;
+        let op = op.ok_or(FsError::NotSupported)?;
+        let mut stored = stored;
+        let mut committed = false;
+        loop {
+            let r = self
+                .fallocate_once(creds, ino, stored, op, offset, end)
+                .await;
+            match r {
+                Err(FsError::NoSpace(_))
+                    if !committed && op != FallocOp::Punch && self.store.pending_data_frees() =>
+                {
+                    self.store.commit().await?;
+                    committed = true;
+                    stored = self.read_inode(ino).await?;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn fallocate_once(
+        &mut self,
+        creds: &Creds,
+        ino: u64,
+        stored: Inode,
+        op: FallocOp,
+        offset: u64,
+        end: u64,
+    ) -> Result<()> {
         let nr_items = INODE_ITEMS + 3 * PURGE_CHUNK;
-        self.store.hold_trans(nr_items, punch).await?;
+        self.store
+            .hold_trans(nr_items, op == FallocOp::Punch)
+            .await?;
         let r = async {
+            let cap = self.capability_to_kill(ino).await?;
+            let size = stored.size.get();
+            let len = end - offset;
+            let mut allocated = 0;
+            let mut freed = 0;
+            let mut new_size = size;
+            let mut content = false;
+            let done = match op {
+                FallocOp::Allocate { keep_size } => {
+                    if !keep_size {
+                        new_size = size.max(end);
+                    }
+                    data::fallocate(&mut self.store, ino, offset, len, &mut allocated).await
+                }
+                FallocOp::Zero { keep_size } => {
+                    if !keep_size {
+                        new_size = size.max(end);
+                    }
+                    content = offset < new_size;
+                    data::zero_range(&mut self.store, ino, offset, len, &mut allocated).await
+                }
+                FallocOp::Punch if offset < size => {
+                    // ext4 punches up to the end of the block holding the
+                    // last byte and leaves blocks past it allocated.
+                    let stop = end.min(size.next_multiple_of(BS));
+                    content = true;
+                    data::punch_hole(&mut self.store, ino, offset, stop - offset)
+                        .await
+                        .map(|n| freed = n)
+                }
+                FallocOp::Punch => Ok(()),
+            };
+            if done.is_err() {
+                // Partial progress is kept (and accounted); the size stays.
+                new_size = size;
+            }
             let now = self.now();
             let mut b = self.batch();
             b.track(ino, stored);
-            if punch {
-                let freed = data::punch_hole(&mut self.store, ino, offset, len).await?;
-                let i = b.inode_mut(ino);
-                i.online_blocks
-                    .set(i.online_blocks.get().saturating_sub(freed));
-                i.data_version.set(i.data_version.get() + 1);
-                i.mtime = now;
-                b.data_changed(ino);
-            } else {
-                let got = data::fallocate(&mut self.store, ino, offset, len).await?;
-                let i = b.inode_mut(ino);
-                i.online_blocks.set(i.online_blocks.get() + got);
-                if mode & FALLOC_FL_KEEP_SIZE == 0 && end > i.size.get() {
-                    i.size.set(end);
-                    i.mtime = now;
-                    i.data_version.set(i.data_version.get() + 1);
-                    b.data_changed(ino);
-                }
+            if let Some(found) = cap {
+                delete_xattr(&mut b, ino, &found);
             }
             let i = b.inode_mut(ino);
+            i.online_blocks
+                .set((i.online_blocks.get() + allocated).saturating_sub(freed));
+            let grew = new_size > size;
+            if grew {
+                i.size.set(new_size);
+            }
+            if grew || (content && done.is_ok()) {
+                i.data_version.set(i.data_version.get() + 1);
+                b.data_changed(ino);
+            }
+            let i = b.inode_mut(ino);
+            i.mtime = now;
             i.ctime = now;
             i.mode.set(perm::mode_after_write(creds, i));
-            self.apply(b).await
+            self.apply(b).await?;
+            Ok(done?)
         }
         .await;
         self.store.release_trans();

@@ -68,7 +68,10 @@ pub use batch::{data_seq_index_key, meta_seq_index_key};
 pub use dir::DirEntry;
 pub use dirent::name_hash;
 pub use error::{FsError, Result};
-pub use file::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE};
+pub use file::{
+    FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE, FALLOC_FL_KEEP_SIZE, FALLOC_FL_NO_HIDE_STALE,
+    FALLOC_FL_PUNCH_HOLE, FALLOC_FL_UNSHARE_RANGE, FALLOC_FL_WRITE_ZEROES, FALLOC_FL_ZERO_RANGE,
+};
 pub use inode::{Attr, FileType, SetAttr};
 pub use orphan::orphan_key;
 pub use perm::{Creds, MAY_EXEC, MAY_READ, MAY_WRITE};
