@@ -323,6 +323,23 @@ fn check_and_mount_refuse_devices_shorter_than_the_volume() {
     assert_eq!(code, 0, "{out}");
 }
 
+#[test]
+fn a_missing_device_is_named_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, _, _) = volume(dir.path(), "v");
+    let missing = dir.path().join("missing");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let gone = format!(
+        "opening {}: No such file or directory (os error 2)\n",
+        missing.display()
+    );
+    let (code, _, err) = run(&mount_args(&meta, &missing, &mnt));
+    assert_eq!((code, err), (1, format!("scoutfs mount: {gone}")));
+    let (code, _, err) = run(&[OsStr::new("check"), meta.as_os_str(), missing.as_os_str()]);
+    assert_eq!((code, err), (1, format!("scoutfs check: {gone}")));
+}
+
 // ---- mkfs compares its devices by identity ----
 
 #[test]

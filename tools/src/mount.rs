@@ -417,10 +417,9 @@ fn serve(a: &Args) -> Result<(), String> {
         ));
     }
 
-    let meta: Arc<dyn BlockDev> =
-        device::open(&a.meta).map_err(|e| format!("{}: {e}", a.meta.display()))?;
-    let data: Arc<dyn BlockDev> =
-        device::open(&a.data).map_err(|e| format!("{}: {e}", a.data.display()))?;
+    // Open errors name the device.
+    let meta: Arc<dyn BlockDev> = device::open(&a.meta)?;
+    let data: Arc<dyn BlockDev> = device::open(&a.data)?;
     check_devices(&a.meta, &*meta, &a.data, &*data)?;
     check_fuse_access()?;
 
