@@ -175,20 +175,32 @@ fn sparse_files_past_4_gib_and_near_the_limit() {
 }
 
 #[test]
-fn truncated_blocks_are_reusable_only_after_commit() {
+fn truncated_blocks_count_as_free_at_once_and_are_reused_only_after_commit() {
     let (meta, dev) = setup();
     let mut vol = open(&meta, &dev);
     let free0 = vol.statfs().unwrap().free_data_blocks;
     ready(data::write(&mut vol, INO, 0, &vec![1u8; 1 << 20])).unwrap();
     assert_eq!(vol.statfs().unwrap().free_data_blocks, free0 - 256);
+    let old = ready(extents(&mut vol, INO, 0, data::MAX_IBLOCK)).unwrap();
     ready(data::truncate(&mut vol, INO, 0)).unwrap();
     assert_eq!(
         vol.statfs().unwrap().free_data_blocks,
-        free0 - 256,
-        "not before the commit"
+        free0,
+        "free to the next commit, so statfs counts them when the truncate returns"
     );
+    assert_eq!(vol.pending_data_free_blocks(), 256);
+    // But nothing hands them out before that commit: the last committed
+    // extents may still point at them.
+    ready(data::write(&mut vol, INO + 1, 0, &vec![2u8; 1 << 20])).unwrap();
+    let new = ready(extents(&mut vol, INO + 1, 0, data::MAX_IBLOCK)).unwrap();
+    for (o, n) in old.iter().flat_map(|o| new.iter().map(move |n| (o, n))) {
+        let overlap = o.blkno < n.blkno + n.len && n.blkno < o.blkno + o.len;
+        assert!(!overlap, "freed {o:?} reused by {n:?} before the commit");
+    }
+    assert_eq!(vol.statfs().unwrap().free_data_blocks, free0 - 256);
     vol.commit().unwrap();
-    assert_eq!(vol.statfs().unwrap().free_data_blocks, free0);
+    assert_eq!(vol.pending_data_free_blocks(), 0);
+    assert_eq!(vol.statfs().unwrap().free_data_blocks, free0 - 256);
     assert_eq!(ready(online_blocks(&mut vol, INO)).unwrap(), 0);
 }
 

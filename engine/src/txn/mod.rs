@@ -429,6 +429,11 @@ impl Volume {
         !self.data_freed.is_empty()
     }
 
+    /// The data blocks freed in the open transaction.
+    pub fn pending_data_free_blocks(&self) -> u64 {
+        self.data_freed.iter().map(|e| e.len).sum()
+    }
+
     pub fn alloc_data(&mut self, want: u64) -> Result<Extent, TxnError> {
         self.check_writable()?;
         self.call(Request::GetMetaAvail { for_commit: false })?;
@@ -453,9 +458,18 @@ impl Volume {
         }
     }
 
+    /// Free space as this mount can use it: the server's count plus the
+    /// data blocks the open transaction freed. Those are free to this
+    /// mount's next commit, and a write or fallocate that finds the device
+    /// full makes that commit, so the space promised is there to allocate
+    /// (a file deleted shows up as free when the unlink returns, as on
+    /// ext4, not at the next commit).
     pub fn statfs(&mut self) -> Result<Statfs, TxnError> {
         match self.call(Request::Statfs)? {
-            Response::Statfs(s) => Ok(s),
+            Response::Statfs(mut s) => {
+                s.free_data_blocks += self.pending_data_free_blocks();
+                Ok(s)
+            }
             other => Err(TxnError::Invalid(format!(
                 "unexpected server response {other:?}"
             ))),
