@@ -48,7 +48,9 @@ pub struct Args {
     /// Overwrite an existing scoutfs volume or other filesystem.
     #[arg(short = 'f', long)]
     pub force: bool,
-    /// Allow devices smaller than the minimum (1 GiB each).
+    /// Allow devices smaller than the default minimum (1 GiB each), down
+    /// to the smallest volume that mounts: 18 MiB of metadata, 320 KiB of
+    /// data.
     #[arg(short = 'A', long = "allow-small-size")]
     pub allow_small_size: bool,
     /// Format version (1 or 2; default 2).
