@@ -1,5 +1,6 @@
-//! Write seed inputs for every fuzz target, taken from a freshly made and
-//! used volume, into `DIR/<target>/seed-<n>` (default `fuzz/corpus`).
+//! Write seed inputs for every fuzz target (or the targets named after
+//! DIR), taken from a freshly made and used volume, into
+//! `DIR/<target>/seed-<n>` (default `fuzz/corpus`).
 
 use std::path::PathBuf;
 
@@ -9,8 +10,12 @@ fn main() -> std::io::Result<()> {
             .nth(1)
             .unwrap_or_else(|| "fuzz/corpus".into()),
     );
+    let only: Vec<String> = std::env::args().skip(2).collect();
     let mut total = 0;
     for (target, inputs) in scoutfs_fuzz_targets::seeds::make_seeds() {
+        if !only.is_empty() && !only.iter().any(|t| t == target) {
+            continue;
+        }
         let d = dir.join(target);
         std::fs::create_dir_all(&d)?;
         for (n, input) in inputs.iter().enumerate() {

@@ -1,5 +1,6 @@
 //! Fuzz target bodies: one ordinary function per kind of bytes the
-//! project takes from outside, each `fn(&[u8])` that must return (never
+//! project takes from outside (metadata blocks and item values read from
+//! the device, FUSE requests), each `fn(&[u8])` that must return (never
 //! panic, hang or allocate without bound) whatever the bytes are.
 //!
 //! They are built by stable Rust as part of the workspace: `cargo test`
@@ -9,6 +10,7 @@
 //! them under libFuzzer. `fuzz/README.md` says how to run them and what
 //! the coverage-guided runs found.
 
+pub mod fuse_req;
 pub mod input;
 pub mod items;
 pub mod ondisk;
@@ -59,6 +61,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "symlink",
         run: items::symlink,
+    },
+    Target {
+        name: "fuse_request",
+        run: fuse_req::fuse_request,
     },
 ];
 

@@ -219,6 +219,7 @@ pub fn make_seeds() -> Seeds {
         put_chunk(&mut input, &it.val);
         seeds.entry(target).or_default().push(input);
     }
+    seeds.insert("fuse_request", crate::fuse_req::seed_requests());
     seeds
 }
 

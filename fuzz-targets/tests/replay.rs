@@ -163,7 +163,8 @@ replay_tests!(
     inode,
     dirent,
     xattr,
-    symlink
+    symlink,
+    fuse_request
 );
 
 #[test]
@@ -178,6 +179,7 @@ fn every_target_is_replayed() {
         "dirent",
         "xattr",
         "symlink",
+        "fuse_request",
     ];
     for t in scoutfs_fuzz_targets::TARGETS {
         assert!(named.contains(&t.name), "{} has no replay test", t.name);
