@@ -50,8 +50,11 @@
 //!
 //! Every block read is checked in constant time (level, counts, gap in
 //! bounds: `node::check_header`) and every value read is bounds-checked,
-//! so reads never panic and always end (a search that meets keys out of
-//! order stops). Before a change, every block it will touch gets the full
+//! so reads never panic and always end: a search answers only where the
+//! keys around the gap it lands in bracket the key sought (`check_gap`),
+//! and a range only while its keys strictly ascend, so keys out of order
+//! are corruption, never a wrong "absent" or a caller sent back over keys
+//! it has read. Before a change, every block it will touch gets the full
 //! `check_btree_layout` (once a transaction: a dirty block was checked
 //! when it was dirtied) and its first and last keys are checked against
 //! the bounds its parent gives it. A block that fails is
