@@ -89,10 +89,10 @@ impl Model {
         }
     }
 
-    /// A smaller size frees the blocks past it, preallocated ones too; a
+    /// A size no larger frees the blocks past it, preallocated ones too; a
     /// larger one keeps them (as ext4).
     fn truncate(&mut self, size: u64) {
-        if size < self.size() {
+        if size <= self.size() {
             let first_gone = size.div_ceil(BS);
             self.blocks.retain(|&b, _| b < first_gone);
         }
@@ -563,6 +563,23 @@ fn versions_times_and_setuid_follow_ext4_and_scoutfs() {
         set_mode(&mut t, ino);
         t.fallocate(ino, mode, 0, BS).unwrap();
         assert_eq!(t.attr(ino).mode & 0o7777, 0o6777);
+    }
+    t.check();
+}
+
+/// Blocks allocated past the end with KEEP_SIZE stay through a truncate
+/// up and go with a truncate down or to the same size (ext4: 8 KiB
+/// written, 8 KiB kept at 40 KiB, truncated to 10000 keeps 32 sectors,
+/// to 8192 or 8000 leaves 16, to 4000 leaves 8).
+#[test]
+fn truncate_frees_blocks_past_the_end_unless_it_grows_the_file() {
+    let mut t = T::new(Prealloc::NONE, 16 << 20);
+    for (size, st_blocks) in [(10000, 32), (20000, 32), (8192, 16), (8000, 16), (4000, 8)] {
+        let ino = t.create(&format!("t{size}"));
+        t.write(ino, 0, &pattern(1, 2 * BS));
+        t.fallocate(ino, KEEP, 10 * BS, 2 * BS).unwrap();
+        t.truncate(ino, size);
+        assert_eq!(t.attr(ino).online_blocks * 8, st_blocks, "to {size}");
     }
     t.check();
 }

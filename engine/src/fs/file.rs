@@ -267,7 +267,11 @@ impl<S: ItemStore> Fs<S> {
             let mut b = self.batch();
             b.track(ino, stored);
             *b.inode_mut(ino) = new;
-            b.data_changed(ino);
+            if new.size != stored.size {
+                // To the same size only blocks past the end go: the
+                // contents didn't change.
+                b.data_changed(ino);
+            }
             more(&mut b);
             self.apply(b).await
         }

@@ -332,7 +332,9 @@ impl<S: ItemStore> Fs<S> {
             }
         };
 
-        if set.size.is_some_and(|s| s < stored.size.get()) {
+        // Truncating to the same size also frees the blocks past the end
+        // (preallocated or fallocated with KEEP_SIZE), as ext4's does.
+        if set.size.is_some_and(|s| s <= stored.size.get()) {
             self.truncate_data(ino, stored, new, put_acl).await?;
             return self.getattr(ino).await;
         }
