@@ -15,6 +15,7 @@ pub mod input;
 pub mod items;
 pub mod ondisk;
 pub mod seeds;
+pub mod volume;
 
 /// A fuzz target: its name (the cargo-fuzz target and corpus directory)
 /// and its body.
@@ -61,6 +62,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "symlink",
         run: items::symlink,
+    },
+    Target {
+        name: "volume",
+        run: volume::volume,
     },
     Target {
         name: "fuse_request",

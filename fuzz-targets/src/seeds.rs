@@ -219,6 +219,7 @@ pub fn make_seeds() -> Seeds {
         put_chunk(&mut input, &it.val);
         seeds.entry(target).or_default().push(input);
     }
+    seeds.insert("volume", crate::volume::seed_inputs());
     seeds.insert("fuse_request", crate::fuse_req::seed_requests());
     seeds
 }

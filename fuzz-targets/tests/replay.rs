@@ -5,7 +5,7 @@
 //! input is written to `target/fuzz-replay-failures/` and named.
 //!
 //! `SCOUTFS_FUZZ_REPLAY_INPUTS` sets how many generated inputs each target
-//! gets (default 300); `SCOUTFS_FUZZ_REPLAY_SEED` the generator's seed;
+//! gets (default 300, the volume target 40); `SCOUTFS_FUZZ_REPLAY_SEED` the generator's seed;
 //! with `SCOUTFS_FUZZ_REPLAY_KEEP_LAST` set, each input is written to
 //! `target/fuzz-replay-failures/<target>-last` before it runs (to catch a
 //! hang's input).
@@ -126,7 +126,9 @@ fn replay(name: &str) {
     for (file, data) in &inputs {
         run(t, file, data);
     }
-    let n = env_u64("SCOUTFS_FUZZ_REPLAY_INPUTS", 300);
+    // The volume target makes a device and mounts it per input: fewer.
+    let default = if name == "volume" { 40 } else { 300 };
+    let n = env_u64("SCOUTFS_FUZZ_REPLAY_INPUTS", default);
     let seed = env_u64("SCOUTFS_FUZZ_REPLAY_SEED", 0x5c0f5);
     let mut rng = SimRng::new(seed ^ name.len() as u64);
     for i in 0..n {
@@ -164,6 +166,7 @@ replay_tests!(
     dirent,
     xattr,
     symlink,
+    volume,
     fuse_request
 );
 
@@ -179,6 +182,7 @@ fn every_target_is_replayed() {
         "dirent",
         "xattr",
         "symlink",
+        "volume",
         "fuse_request",
     ];
     for t in scoutfs_fuzz_targets::TARGETS {
