@@ -1,69 +1,22 @@
-//! File data through a real FUSE mount, against ext4: fallocate(2) from a
-//! real process (every mode the kernel passes on, with ext4's sizes,
-//! st_blocks, times and contents: `tests/fixtures/fallocate-ext4.txt` is
-//! `tests/fixtures/fallocate_probe.py` run on ext4), the blocks small
-//! unaligned writes allocate, and free space in statvfs right after `rm`
-//! with a writer then filling the device to exactly what it promised.
+//! File data through a real FUSE mount, against ext4 on a loop device on
+//! the same kernel: fallocate(2) from a real process
+//! (`tests/fixtures/fallocate_probe.py`: every layout, mode and range,
+//! with sizes, st_blocks, times and contents; `fallocate-ext4.txt` beside
+//! it is its recorded run on ext4, the source of engine/tests/fallocate.rs's
+//! table), the blocks small unaligned writes allocate, and free space in
+//! statvfs right after `rm` with a writer then filling the device to
+//! exactly what it promised.
 //!
-//! Needs root, /dev/fuse, fusermount3 and python3; without them each test
+//! Needs root, /dev/fuse and mkfs.ext4; without the first two each test
 //! prints why and passes vacuously.
 
+#[macro_use]
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-fn scoutfs() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_scoutfs"))
-}
-
-/// Why these tests can't run here, if they can't.
-fn unsupported() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root (mounting FUSE needs it)".into());
-    }
-    if !Path::new("/dev/fuse").exists() {
-        return Some("no /dev/fuse".into());
-    }
-    for tool in ["fusermount3", "python3", "dd"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            return Some(format!("{tool} is not installed"));
-        }
-    }
-    None
-}
-
-macro_rules! require_fuse {
-    () => {
-        if let Some(why) = unsupported() {
-            eprintln!("skipping: {why}");
-            return;
-        }
-    };
-}
-
-/// Run a bash script; panic with its output unless it succeeds.
-fn sh(script: &str) -> String {
-    let out = Command::new("bash")
-        .args(["-c", &format!("set -euo pipefail\n{script}")])
-        .output()
-        .unwrap();
-    let (o, e) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    assert!(
-        out.status.success(),
-        "script failed ({}):\n{script}\n--- stdout\n{o}\n--- stderr\n{e}",
-        out.status
-    );
-    o
-}
+use common::{sh, Ext4, Vol};
 
 /// A python program's stdout (it must succeed).
 fn python(program: &str, args: &[&str]) -> String {
@@ -79,132 +32,6 @@ fn python(program: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A volume on two files in a temp dir, and its mount (the pattern of
-/// tests/fuse_mount.rs).
-struct Vol {
-    dir: tempfile::TempDir,
-    engine: Option<Child>,
-}
-
-impl Vol {
-    fn new(meta_bytes: u64, data_bytes: u64) -> Vol {
-        let dir = tempfile::tempdir().unwrap();
-        for (name, bytes) in [("meta", meta_bytes), ("data", data_bytes)] {
-            std::fs::File::create(dir.path().join(name))
-                .unwrap()
-                .set_len(bytes)
-                .unwrap();
-        }
-        std::fs::create_dir(dir.path().join("mnt")).unwrap();
-        let out = scoutfs()
-            .arg("mkfs")
-            .arg("--allow-small-size")
-            .arg(dir.path().join("meta"))
-            .arg(dir.path().join("data"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        Vol { dir, engine: None }
-    }
-
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-
-    fn mnt(&self) -> String {
-        self.path("mnt").to_string_lossy().into_owned()
-    }
-
-    fn mounted(&self) -> bool {
-        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let m = self.path("mnt");
-        mi.lines()
-            .any(|l| l.split(' ').nth(4) == Some(m.to_str().unwrap()))
-    }
-
-    fn mount_with(&mut self, extra: &[&str]) {
-        assert!(self.engine.is_none());
-        let log = std::fs::File::create(self.path("engine.log")).unwrap();
-        let child = scoutfs()
-            .arg("mount")
-            .arg(self.path("meta"))
-            .arg(self.path("data"))
-            .arg("--fuse")
-            .arg(self.path("mnt"))
-            .arg("--admin-socket")
-            .arg(self.path("admin.sock"))
-            .args(["--core", "none"])
-            .args(extra)
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.engine = Some(child);
-        let start = Instant::now();
-        while !self.mounted() {
-            if let Some(st) = self.engine.as_mut().unwrap().try_wait().unwrap() {
-                panic!("scoutfs mount exited with {st}: {}", self.log());
-            }
-            // A watchdog: a mount that never comes up fails the test.
-            if start.elapsed() >= Duration::from_secs(30) {
-                panic!("not mounted after 30 s: {}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.path("engine.log")).unwrap_or_default()
-    }
-
-    /// SIGTERM: unmount, commit, exit 0.
-    fn unmount(&mut self) {
-        let mut child = self.engine.take().expect("mounted");
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let start = Instant::now();
-        let st = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            // A watchdog, not a timing assertion.
-            if start.elapsed() > Duration::from_secs(60) {
-                let _ = child.kill();
-                panic!("engine did not exit: {}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(st.success(), "engine exit {st}: {}", self.log());
-    }
-
-    /// `scoutfs check`: 0 problems (blocks accounted, online counts right).
-    fn check(&self) {
-        let out = scoutfs()
-            .arg("check")
-            .arg(self.path("meta"))
-            .arg(self.path("data"))
-            .output()
-            .unwrap();
-        let s = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "check found problems:\n{s}");
-        assert!(s.contains(" 0 problems"), "{s}");
-    }
-}
-
-impl Drop for Vol {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.engine.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if self.mounted() {
-            let _ = Command::new("fusermount3")
-                .args(["-u", "-z"])
-                .arg(self.path("mnt"))
-                .status();
-        }
-    }
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -232,20 +59,24 @@ fn fallocate_through_the_mount_does_what_ext4_does() {
     require_fuse!();
     let mut v = Vol::new(128 << 20, 64 << 20);
     v.mount_with(&[]);
-    let probe = fixture("fallocate_probe.py");
-    let out = Command::new("python3")
-        .arg(&probe)
-        .arg(v.mnt())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let ours = String::from_utf8_lossy(&out.stdout).into_owned();
-    let ext4 = std::fs::read_to_string(fixture("fallocate-ext4.txt")).unwrap();
-    let ext4: Vec<(String, String)> = ext4
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(fields)
-        .collect();
+    // 1 GiB, so that mkfs.ext4 makes 4 KiB blocks.
+    let e = Ext4::new(1 << 30);
+    let probe = |dir: &str| {
+        let out = Command::new("python3")
+            .arg(fixture("fallocate_probe.py"))
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ext4 = probe(&e.mnt());
+    let ours = probe(&v.mnt());
+    let ext4: Vec<(String, String)> = ext4.lines().map(fields).collect();
     let ours: Vec<(String, String)> = ours.lines().map(fields).collect();
     assert_eq!(ours.len(), ext4.len());
     for ((k4, l4), (k, l)) in ext4.iter().zip(&ours) {
