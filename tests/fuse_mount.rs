@@ -431,3 +431,46 @@ fn umount_from_outside_is_logged_as_a_clean_unmount() {
     assert_eq!(sh(&format!("cat {m}/f")), "kept\n");
     v.unmount();
 }
+
+/// `ls -l` costs one xattr request per file (the ACL, which FUSE gives
+/// the kernel no way to know is absent): the SELinux label query is
+/// refused with EOPNOTSUPP, which coreutils remembers for the device.
+/// That refusal is a deliberate difference from ext4 (which answers
+/// ENODATA per file); other security.* names are stored as before.
+#[test]
+fn ls_l_asks_once_per_file_and_the_selinux_label_is_refused() {
+    require_fuse!();
+    let mut v = Vol::new(128 << 20, 256 << 20);
+    v.mount();
+    let m = v.mnt();
+    sh(&format!(
+        "mkdir {m}/d && cd {m}/d && seq 1000 | xargs touch && \
+         echo 3 > /proc/sys/vm/drop_caches"
+    ));
+    let before = counter(&v, "fuse_xattr");
+    sh(&format!("ls -l {m}/d > /dev/null"));
+    let asked = counter(&v, "fuse_xattr") - before;
+    assert!(
+        (1000..=1010).contains(&asked),
+        "{asked} xattr requests for 1000 files"
+    );
+    sh(&format!(
+        r#"python3 - <<'EOF'
+import errno, os
+f = "{m}/d/1"
+for op in (lambda: os.getxattr(f, "security.selinux"),
+           lambda: os.setxattr(f, "security.selinux", b"x"),
+           lambda: os.removexattr(f, "security.selinux")):
+    try:
+        op()
+        raise AssertionError("security.selinux was not refused")
+    except OSError as e:
+        assert e.errno == errno.EOPNOTSUPP, e
+os.setxattr(f, "security.other", b"y")
+assert os.getxattr(f, "security.other") == b"y"
+assert os.listxattr(f) == ["security.other"], os.listxattr(f)
+EOF"#
+    ));
+    v.unmount();
+    v.check();
+}

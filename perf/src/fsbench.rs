@@ -2,8 +2,9 @@
 //! on a loop device backed by a file on the same disk, in the same run.
 //!
 //! - metadata (mdtest-like): create + write 4 KiB + close, stat, readdir,
-//!   unlink of N files in one directory, then of N files spread over many
-//!   directories; operations per second.
+//!   `ls -l` (caches dropped, then again), unlink of N files in one
+//!   directory, then of N files spread over many directories; operations
+//!   (or entries) per second.
 //! - streaming: a multi-GiB file written with 1 MiB writes (fsync
 //!   included), caches dropped, read back with 1 MiB reads; MB/s.
 //!
@@ -214,6 +215,20 @@ fn metadata(root: &Path, files: usize, dirs: usize, f: &mut Figures) -> std::io:
             rate(files, t.elapsed()),
             "ent/s",
         ));
+        // `ls -l`: readdir, stat, and the ACL and security label queries
+        // coreutils makes per file; cold (caches dropped), then again.
+        for cache in ["cold", "warm"] {
+            if cache == "cold" {
+                drop_caches();
+            }
+            let t = Instant::now();
+            ls_l(&dirs)?;
+            f.rows.push((
+                format!("ls -l {cache} ({phase})"),
+                rate(files, t.elapsed()),
+                "ent/s",
+            ));
+        }
         let t = Instant::now();
         for i in 0..files {
             std::fs::remove_file(path(i))?;
@@ -225,6 +240,20 @@ fn metadata(root: &Path, files: usize, dirs: usize, f: &mut Figures) -> std::io:
         ));
     }
     Ok(())
+}
+
+/// `ls -l` of `dirs` in one process, output discarded.
+fn ls_l(dirs: &[PathBuf]) -> std::io::Result<()> {
+    let st = Command::new("ls")
+        .arg("-l")
+        .args(dirs)
+        .stdout(Stdio::null())
+        .status()?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("ls -l: {st}")))
+    }
 }
 
 fn streaming(root: &Path, bytes: u64, f: &mut Figures) -> std::io::Result<()> {
@@ -342,7 +371,7 @@ fn run_inner(a: &Args) -> Result<(), String> {
         a.dirs,
         stream >> 20
     );
-    print!("{:<28}", "");
+    print!("{:<34}", "");
     for (name, _) in &results {
         print!("{name:>14}");
     }
@@ -353,7 +382,7 @@ fn run_inner(a: &Args) -> Result<(), String> {
     let rows = results[0].1.rows.len();
     for i in 0..rows {
         let (label, _, unit) = &results[0].1.rows[i];
-        print!("{:<28}", format!("{label} {unit}"));
+        print!("{:<34}", format!("{label} {unit}"));
         for (_, f) in &results {
             print!("{:>14.1}", f.rows[i].1);
         }
