@@ -10,7 +10,7 @@ mod file_harness;
 use std::collections::BTreeMap;
 
 use file_harness::{BS, T};
-use scoutfs_engine::data::Prealloc;
+use scoutfs_engine::data::{self, Prealloc};
 use scoutfs_engine::format::alloc::DATA_EXTENT_UNWRITTEN;
 
 const GIB: u64 = 1 << 30;
@@ -59,6 +59,21 @@ fn one_write_allocates_what_it_touches_plus_the_rules_preallocation() {
         }
         t.check();
     }
+}
+
+/// Regions stop at the largest file's last block, whatever their size.
+#[test]
+fn regions_end_at_the_last_block_of_the_largest_file() {
+    let mut t = T::new(region(13), 16 << 20);
+    let ino = t.create("f");
+    let last = data::MAX_FILE_BYTES - 1;
+    t.write(ino, last, b"z");
+    assert_eq!(t.read(ino, last, 1), b"z");
+    let e = t.extents(ino);
+    assert!(e.iter().all(|e| e.end() <= data::MAX_IBLOCK), "{e:?}");
+    // 2^51 - 1 is 7 past a multiple of 13: the block and the 7 before it.
+    assert_eq!(t.attr(ino).online_blocks, (data::MAX_IBLOCK % 13) + 1);
+    t.check();
 }
 
 /// The reproducer: `dd bs=1` writes a byte at a time. With the

@@ -343,7 +343,9 @@ async fn write_step<S: ItemStore>(
     let hole_end = next.map_or(MAX_IBLOCK + 1, |e| e.iblock);
     let need = (hole_end.min(b1 + 1) - b).min(STEP_BLOCKS);
     let (start, want) = if prealloc.blocks > 0 && !prealloc.contig_only {
-        prealloc::region(vol, ino, b, next, prealloc).await?
+        let (start, len) = prealloc::region(vol, ino, b, next, prealloc).await?;
+        // A region that isn't a power of two may pass the last block.
+        (start, len.min(hole_end - start))
     } else {
         (
             b,
