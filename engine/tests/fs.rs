@@ -42,7 +42,7 @@ fn test_clock() -> Timespec {
         let us = c.get() + 1;
         c.set(us);
         Timespec::new(
-            1_700_000_000 + us / 1_000_000,
+            1_700_000_000 + (us / 1_000_000) as i64,
             (us % 1_000_000) as u32 * 1000,
         )
     })
@@ -63,8 +63,8 @@ fn root() -> Creds {
 }
 
 /// Nanoseconds since the epoch, to compare times.
-fn ns(t: Timespec) -> u128 {
-    u128::from(t.sec.get()) * 1_000_000_000 + u128::from(t.nsec.get())
+fn ns(t: Timespec) -> i128 {
+    i128::from(t.sec.get()) * 1_000_000_000 + i128::from(t.nsec.get())
 }
 
 fn user(uid: u32) -> Creds {

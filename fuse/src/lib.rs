@@ -111,8 +111,10 @@ fn name_bytes(name: &CStr) -> Vec<u8> {
     name.to_bytes().to_vec()
 }
 
+/// A time from setattr: the seconds are signed (before 1970 negative) and
+/// kept whole; the kernel has refused nanoseconds outside 0..10^9.
 fn ts(sec: i64, nsec: i64) -> Timespec {
-    Timespec::new(sec.max(0) as u64, nsec.clamp(0, 999_999_999) as u32)
+    Timespec::new(sec, nsec.clamp(0, 999_999_999) as u32)
 }
 
 /// An engine attribute as the kernel's stat.
@@ -128,11 +130,11 @@ pub fn stat_of(a: &Attr) -> stat64 {
     st.st_size = a.size as i64;
     st.st_blksize = 4096;
     st.st_blocks = (a.online_blocks * 8) as i64;
-    st.st_atime = a.atime.sec.get() as i64;
+    st.st_atime = a.atime.sec.get();
     st.st_atime_nsec = a.atime.nsec.get().into();
-    st.st_mtime = a.mtime.sec.get() as i64;
+    st.st_mtime = a.mtime.sec.get();
     st.st_mtime_nsec = a.mtime.nsec.get().into();
-    st.st_ctime = a.ctime.sec.get() as i64;
+    st.st_ctime = a.ctime.sec.get();
     st.st_ctime_nsec = a.ctime.nsec.get().into();
     st
 }

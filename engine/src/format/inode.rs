@@ -4,27 +4,49 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::btree::MAX_VAL_SIZE;
-use super::le::{Le16, Le32, Le64};
+use super::le::{Le16, Le32, Le64, LeI64};
 use super::super_block::FORMAT_VERSION_FEAT_PROJECT_ID;
 
-/// A timestamp: seconds and nanoseconds since the epoch.
+/// A timestamp: seconds and nanoseconds since the epoch. The seconds are
+/// signed, as the kernel's `time64_t` that scoutfs stores with
+/// `cpu_to_le64`: a time before 1970 is negative (two's complement in the
+/// 64 bits), and every `time64_t` the VFS hands a filesystem fits (the
+/// kernel module sets no `s_time_min`/`s_time_max`, so the VFS's
+/// defaults, the whole `time64_t` range, apply). `nsec` is below 10^9.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 #[repr(C)]
 pub struct Timespec {
-    pub sec: Le64,
+    pub sec: LeI64,
     pub nsec: Le32,
     pub _pad: [u8; 4],
 }
 const _: () = assert!(std::mem::size_of::<Timespec>() == 16);
 
 impl Timespec {
-    pub fn new(sec: u64, nsec: u32) -> Self {
+    pub fn new(sec: i64, nsec: u32) -> Self {
         debug_assert!(nsec < 1_000_000_000);
         Self {
             sec: sec.into(),
             nsec: nsec.into(),
             _pad: [0; 4],
         }
+    }
+}
+
+/// Times order by seconds, then nanoseconds, signed (1960 before 1970).
+impl Ord for Timespec {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.sec.get(), self.nsec.get(), self._pad).cmp(&(
+            other.sec.get(),
+            other.nsec.get(),
+            other._pad,
+        ))
+    }
+}
+
+impl PartialOrd for Timespec {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -248,6 +270,46 @@ mod tests {
         );
         // mtime.sec sits at 128 as in scoutfs.
         assert_eq!(&v2[128..136], &5u64.to_le_bytes());
+    }
+
+    #[test]
+    fn timestamps_are_signed_seconds_as_scoutfs_stores_them() {
+        // 1960-01-01 00:00:00 UTC, half a second in.
+        let t = Timespec::new(-315_619_200, 500_000_000);
+        let b = bytemuck::bytes_of(&t);
+        assert_eq!(&b[..8], &(-315_619_200i64).to_le_bytes());
+        assert_eq!(&b[8..12], &500_000_000u32.to_le_bytes());
+        assert_eq!(bytemuck::pod_read_unaligned::<Timespec>(b), t);
+        assert_eq!(t.sec.get(), -315_619_200);
+        // One second before the epoch is all ones, as cpu_to_le64(-1).
+        assert_eq!(bytemuck::bytes_of(&Timespec::new(-1, 0))[..8], [0xff; 8]);
+        for sec in [i64::MIN, -1, 0, 1, i64::MAX] {
+            let t = Timespec::new(sec, 999_999_999);
+            assert_eq!(
+                bytemuck::pod_read_unaligned::<Timespec>(bytemuck::bytes_of(&t)),
+                t
+            );
+            assert_eq!(t.sec.get(), sec);
+        }
+        // Order is signed: 1960 comes before 1970, nanoseconds break ties.
+        let mut v = [
+            Timespec::new(0, 0),
+            Timespec::new(i64::MAX, 0),
+            Timespec::new(-1, 999_999_999),
+            Timespec::new(i64::MIN, 0),
+            Timespec::new(-1, 0),
+        ];
+        v.sort();
+        assert_eq!(
+            v.map(|t| (t.sec.get(), t.nsec.get())),
+            [
+                (i64::MIN, 0),
+                (-1, 0),
+                (-1, 999_999_999),
+                (0, 0),
+                (i64::MAX, 0)
+            ]
+        );
     }
 
     #[test]

@@ -49,6 +49,7 @@ macro_rules! le_int {
 le_int!(Le16, u16, 2);
 le_int!(Le32, u32, 4);
 le_int!(Le64, u64, 8);
+le_int!(LeI64, i64, 8);
 
 #[cfg(test)]
 mod tests {

@@ -34,7 +34,7 @@ pub use btree::{
 };
 pub use inode::{Dirent, Inode, Timespec, Xattr};
 pub use key::{DiskKey, Key};
-pub use le::{Le16, Le32, Le64};
+pub use le::{Le16, Le32, Le64, LeI64};
 pub use log_trees::LogTrees;
 pub use quorum::{InetAddr, QuorumBlock, QuorumConfig, QUORUM_MAX_SLOTS};
 pub use super_block::{

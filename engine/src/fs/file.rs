@@ -99,8 +99,7 @@ impl From<DataError> for FsError {
 /// Whether a read should update atime (Linux's relatime rule).
 fn relatime_due(i: &Inode, now: Timespec) -> bool {
     let (a, m, c) = (i.atime, i.mtime, i.ctime);
-    let key = |t: Timespec| (t.sec.get(), t.nsec.get());
-    key(a) <= key(m) || key(a) <= key(c) || now.sec.get() >= a.sec.get() + 24 * 3600
+    a <= m || a <= c || now.sec.get() >= a.sec.get().saturating_add(24 * 3600)
 }
 
 impl<S: ItemStore> Fs<S> {

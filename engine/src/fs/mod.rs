@@ -83,10 +83,24 @@ use batch::Batch;
 
 /// The current time, from the system clock.
 pub fn system_time() -> Timespec {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timespec::new(d.as_secs(), d.subsec_nanos())
+    timespec_of(std::time::SystemTime::now())
+}
+
+/// A system time as an inode time: whole seconds (negative before 1970)
+/// and the nanoseconds counted forward from them, as the kernel's
+/// timespec64; times past `i64::MAX` seconds either way are clamped.
+pub fn timespec_of(t: std::time::SystemTime) -> Timespec {
+    let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => Timespec::new(secs(d), d.subsec_nanos()),
+        Err(e) => {
+            let d = e.duration();
+            match d.subsec_nanos() {
+                0 => Timespec::new(-secs(d), 0),
+                n => Timespec::new((-secs(d)).saturating_sub(1), 1_000_000_000 - n),
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]

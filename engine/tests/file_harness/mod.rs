@@ -30,7 +30,7 @@ fn clock() -> Timespec {
         let us = c.get() + 1;
         c.set(us);
         Timespec::new(
-            1_700_000_000 + us / 1_000_000,
+            1_700_000_000 + (us / 1_000_000) as i64,
             (us % 1_000_000) as u32 * 1000,
         )
     })
