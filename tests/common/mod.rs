@@ -236,11 +236,16 @@ pub struct Ext4 {
 
 impl Ext4 {
     pub fn new(bytes: u64) -> Ext4 {
+        Ext4::with_mkfs_options(bytes, "")
+    }
+
+    /// With extra mkfs.ext4 arguments (e.g. "-O ea_inode").
+    pub fn with_mkfs_options(bytes: u64, mkfs_options: &str) -> Ext4 {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
         sh(&format!(
             "command -v mkfs.ext4 >/dev/null || {{ echo 'mkfs.ext4 is missing (e2fsprogs)' >&2; exit 1; }}
-             truncate -s {bytes} {d}/ext4.img && mkfs.ext4 -q -F {d}/ext4.img
+             truncate -s {bytes} {d}/ext4.img && mkfs.ext4 -q -F {mkfs_options} {d}/ext4.img
              mkdir {d}/mnt && mount -o loop {d}/ext4.img {d}/mnt"
         ));
         Ext4 { dir }
