@@ -173,3 +173,80 @@ fn o_tmpfile_works_and_linkat_names_it_as_on_ext4() {
     v.unmount();
     v.check();
 }
+
+/// Inodes in use as `df -i` shows them (f_files - f_ffree).
+fn df_iused(v: &Vol) -> u64 {
+    let out = sh(&format!("df --output=iused {} | tail -1", v.mnt()));
+    out.trim().parse().unwrap()
+}
+
+#[test]
+fn df_i_counts_inodes_and_a_tmpfile_vanishes_at_close_and_after_a_crash() {
+    require_fuse!();
+    let mut v = Vol::new(128 << 20, 256 << 20);
+    v.mount();
+    let m = v.mnt();
+    assert_eq!(df_iused(&v), 1, "the root");
+    // 300 files, 20 dirs, 10 symlinks, a fifo; hard links add none.
+    sh(&format!(
+        "mkdir {m}/d && cd {m}/d && seq 300 | xargs touch && mkdir $(seq -f dir%g 20) && \
+         for i in $(seq 10); do ln -s $i sym$i; ln $i hard$i; done && mkfifo fifo"
+    ));
+    assert_eq!(df_iused(&v), 1 + 1 + 300 + 20 + 10 + 1);
+    sh(&format!("cd {m}/d && rm $(seq 101 300) && rmdir dir1"));
+    let used = df_iused(&v);
+    assert_eq!(used, 1 + 1 + 100 + 19 + 10 + 1);
+    // An unnamed tmpfile counts while open and is gone at its last close.
+    sh(&format!(
+        r#"python3 - <<'EOF'
+import os, subprocess
+fd = os.open("{m}/d", os.O_TMPFILE | os.O_RDWR, 0o600)
+os.write(fd, b"x" * 100000)
+def iused():
+    return int(subprocess.run(["df", "--output=iused", "{m}"], capture_output=True, text=True, check=True).stdout.split()[-1])
+assert iused() == {used} + 1, iused()
+os.close(fd)
+assert iused() == {used}, iused()
+EOF"#
+    ));
+    // One left open (and made durable) when the engine dies: mount
+    // deletes it, and check counts the same inodes the volume does.
+    let mut holder = std::process::Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import os, sys, time\n\
+                 fd = os.open('{m}/d', os.O_TMPFILE | os.O_RDWR, 0o600)\n\
+                 os.write(fd, b'y' * 100000); os.fsync(fd)\n\
+                 print('open', flush=True); time.sleep(600)"
+            ),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "open\n");
+    assert_eq!(df_iused(&v), used + 1);
+    v.kill9();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    v.mount();
+    assert_eq!(df_iused(&v), used, "the crashed tmpfile is gone");
+    v.unmount();
+    let out = common::scoutfs()
+        .arg("check")
+        .arg(v.path("meta"))
+        .arg(v.path("data"))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains(&format!(" {used} inodes,")) && report.contains(" 0 problems"),
+        "{report}"
+    );
+}

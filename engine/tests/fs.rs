@@ -1453,6 +1453,50 @@ fn statfs_passes_the_servers_counts_through() {
     assert!(block_on(t.fs().statfs()).unwrap().next_ino > s.next_ino || s.next_ino > ROOT);
 }
 
+/// statfs's inode count (scoutfs's: the super block's plus the log trees'
+/// deltas plus the open transaction's) is the number of inodes at every
+/// step: creates, hard links, unlinks, an O_TMPFILE, an unlinked open
+/// file, commits, a merge into the fs root, a remount, and a crash with a
+/// tmpfile open (mount deletes the orphan). `check` agrees (it counts the
+/// inode items).
+#[test]
+fn statfs_counts_inodes_through_commits_merges_crashes() {
+    let mut t = T::new();
+    let count = |t: &mut T| block_on(t.fs().statfs()).unwrap().inode_count;
+    assert_eq!(count(&mut t), 1, "the root");
+    let d = t.mkdir(ROOT, "d").ino;
+    let files: Vec<u64> = (0..10).map(|i| t.create(d, &format!("f{i}")).ino).collect();
+    t.link(files[0], ROOT, "hard").unwrap();
+    assert_eq!(count(&mut t), 12);
+    t.commit();
+    assert_eq!(count(&mut t), 12);
+    for i in 1..4 {
+        t.unlink(d, &format!("f{i}")).unwrap();
+    }
+    assert_eq!(count(&mut t), 9);
+    let tmp = block_on(t.fs().tmpfile(&root(), d, 0o600)).unwrap().ino;
+    assert_eq!(count(&mut t), 10);
+    block_on(t.fs().release(tmp)).unwrap();
+    assert_eq!(count(&mut t), 9);
+    block_on(t.fs().open_ino(&root(), files[4], MAY_READ)).unwrap();
+    t.unlink(d, "f4").unwrap();
+    assert_eq!(count(&mut t), 9, "unlinked but open");
+    block_on(t.fs().release(files[4])).unwrap();
+    assert_eq!(count(&mut t), 8);
+    t.vol().merge().unwrap();
+    assert_eq!(t.vol().super_block().inode_count.get(), 8, "merged");
+    assert_eq!(count(&mut t), 8);
+    t.check();
+    t.remount();
+    assert_eq!(count(&mut t), 8);
+    block_on(t.fs().tmpfile(&root(), d, 0o600)).unwrap();
+    assert_eq!(count(&mut t), 9);
+    t.crash_after_commit();
+    t.mount();
+    assert_eq!(count(&mut t), 8, "the orphaned tmpfile is gone");
+    t.check();
+}
+
 // ---------------------------------------------------------------------------
 // POSIX ACLs
 

@@ -573,14 +573,16 @@ impl FileSystem for ScoutFuse {
         st.f_blocks = s.total_data_blocks;
         st.f_bfree = s.free_data_blocks;
         st.f_bavail = s.free_data_blocks;
-        // There is no inode table: an inode is a handful of items (inode,
-        // three dirent copies, index items, ~400 bytes with the names) in
-        // 64 KiB metadata blocks that are rarely full. Sixteen per block is
-        // a deliberately low estimate of what free space can still hold,
-        // so `df -i` never promises more than there is.
+        // Used inodes are the volume's count (scoutfs's inode_count), so
+        // `df -i` shows f_files - f_ffree = inodes that exist. There is no
+        // inode table to size the rest: an inode is a handful of items
+        // (inode, three dirent copies, index items, ~400 bytes with the
+        // names) in 64 KiB metadata blocks that are rarely full. Sixteen
+        // per free block is a deliberately low estimate of what free space
+        // can still hold, so `df -i` never promises more than there is.
         let per_block = 16;
-        st.f_files = s.total_meta_blocks * per_block;
-        st.f_ffree = s.free_meta_blocks * per_block;
+        st.f_ffree = s.free_meta_blocks.saturating_mul(per_block);
+        st.f_files = st.f_ffree.saturating_add(s.inode_count);
         st.f_favail = st.f_ffree;
         st.f_fsid = s.fsid;
         st.f_namemax = 255;

@@ -46,12 +46,13 @@ pub fn run(a: &Args) -> i32 {
         println!("problem: {p}");
     }
     println!(
-        "checked fsid {:#018x} seq {}: {} trees, {} blocks, {} items, {} free meta blocks, {} free data blocks, {} problems",
+        "checked fsid {:#018x} seq {}: {} trees, {} blocks, {} items, {} inodes, {} free meta blocks, {} free data blocks, {} problems",
         sb.fsid(),
         sb.seq.get(),
         report.trees,
         report.blocks,
         report.items,
+        report.inodes,
         report.free_meta_blocks,
         report.free_data_blocks,
         report.problems.len()

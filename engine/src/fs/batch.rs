@@ -139,6 +139,18 @@ impl Batch {
         }
     }
 
+    /// Inodes the batch creates less those it deletes.
+    pub fn inode_count_delta(&self) -> i64 {
+        self.inodes
+            .values()
+            .map(|c| match c {
+                InodeChange::Create(_) => 1,
+                InodeChange::Delete(_) => -1,
+                InodeChange::Update { .. } => 0,
+            })
+            .sum()
+    }
+
     /// Free `ext` (data blocks) when the batch is written.
     pub fn free_data(&mut self, ext: Extent) {
         self.freed.push(ext);

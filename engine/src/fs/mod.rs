@@ -264,6 +264,7 @@ impl<S: ItemStore> Fs<S> {
 
     /// Write a batch: the only place operations write items.
     async fn apply(&mut self, batch: Batch) -> Result<()> {
+        let inodes = batch.inode_count_delta();
         let (writes, freed) = batch.into_writes();
         if writes.is_empty() {
             debug_assert!(freed.is_empty());
@@ -277,6 +278,10 @@ impl<S: ItemStore> Fs<S> {
         if r.is_ok() {
             for ext in freed {
                 self.store.free_data(ext);
+            }
+            // Counted in the transaction that holds the inode items.
+            if inodes != 0 {
+                self.store.add_inode_count(inodes);
             }
         }
         self.store.release_trans();

@@ -48,6 +48,10 @@ pub trait ItemStore {
     /// are reused only once it has committed.
     fn free_data(&mut self, ext: Extent);
 
+    /// The open transaction's writes created (positive) or deleted
+    /// (negative) this many inodes; statfs's inode count follows.
+    fn add_inode_count(&mut self, delta: i64);
+
     /// Whether data blocks freed in the open transaction wait for its
     /// commit (so a commit would give ENOSPC writers room).
     fn pending_data_frees(&self) -> bool {
@@ -130,6 +134,10 @@ impl ItemStore for Volume {
 
     fn free_data(&mut self, ext: Extent) {
         Volume::free_data(self, ext)
+    }
+
+    fn add_inode_count(&mut self, delta: i64) {
+        Volume::add_inode_count(self, delta)
     }
 
     fn pending_data_frees(&self) -> bool {

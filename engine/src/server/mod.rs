@@ -93,6 +93,10 @@ pub struct Statfs {
     pub total_data_blocks: u64,
     pub free_data_blocks: u64,
     pub next_ino: u64,
+    /// Inodes in the volume (scoutfs's count): the super block's, which
+    /// holds the merged log trees' changes, plus every log tree's
+    /// `inode_count_delta`; the asking mount adds its open transaction's.
+    pub inode_count: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -361,6 +365,12 @@ impl Server {
             }
             Request::GetRoots => Ok(Response::Roots(self.roots(store)?)),
             Request::Statfs => Ok(Response::Statfs(Statfs {
+                inode_count: self
+                    .log_trees(store)?
+                    .iter()
+                    .fold(self.sb.inode_count.get(), |n, lt| {
+                        n.wrapping_add_signed(lt.inode_count_delta())
+                    }),
                 fsid: self.sb.fsid(),
                 committed_seq: self.committed.seq.get(),
                 total_meta_blocks: self.sb.total_meta_blocks.get(),
@@ -491,8 +501,13 @@ impl Server {
                 self.commit(store, Vec::new())?;
             }
         }
-        // Free the merged trees and their records.
+        // Free the merged trees and their records; their inode counts
+        // move into the super block's in the same commit.
         for lt in &finalized {
+            let count = self.sb.inode_count.get();
+            self.sb
+                .inode_count
+                .set(count.wrapping_add_signed(lt.inode_count_delta()));
             self.free_tree(store, lt.item_root)?;
             let key = log_trees_key(lt.rid.get(), lt.nr.get());
             let root = &mut self.sb.logs_root;

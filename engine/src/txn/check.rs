@@ -29,6 +29,9 @@ pub struct CheckReport {
     pub free_data_blocks: u64,
     /// Data blocks in files' extents.
     pub used_data_blocks: u64,
+    /// Inode items found; the volume's count (the super block's plus the
+    /// log trees' deltas) must equal it.
+    pub inodes: u64,
 }
 
 /// What referenced a metadata block, for messages.
@@ -86,6 +89,7 @@ impl Checker<'_> {
                 match it.key.ty {
                     item_type::INODE => {
                         inode_seen = ino;
+                        self.report.inodes += 1;
                         self.online_blocks_match(counting.take());
                         match crate::format::inode::Inode::from_value(&it.val, fmt) {
                             Ok(inode) => counting = Some((ino, inode.online_blocks.get(), 0)),
@@ -296,6 +300,7 @@ pub fn check_volume_with_progress<'a>(
     );
     let logs_root = sb.logs_root;
     let mut log_roots = Vec::new();
+    let mut inode_count = sb.inode_count.get();
     match ck
         .store
         .retry(|c| btree::range(c, &logs_root, &first, &last, usize::MAX))
@@ -309,6 +314,7 @@ pub fn check_volume_with_progress<'a>(
                             &lt.item_root,
                         );
                         log_roots.push(lt.item_root);
+                        inode_count = inode_count.wrapping_add_signed(lt.inode_count_delta());
                     }
                     Err(_) => ck.problem(format!(
                         "logs root item {} has a {}-byte value",
@@ -447,5 +453,13 @@ pub fn check_volume_with_progress<'a>(
         log_roots,
     };
     ck.data_extents(&roots, data_free);
+    if ck.report.inodes != inode_count {
+        ck.problem(format!(
+            "the volume counts {} inodes (super block {} plus the log trees' changes), {} exist",
+            inode_count as i64,
+            sb.inode_count.get(),
+            ck.report.inodes
+        ));
+    }
     ck.report
 }

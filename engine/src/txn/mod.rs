@@ -468,12 +468,25 @@ impl Volume {
         match self.call(Request::Statfs)? {
             Response::Statfs(mut s) => {
                 s.free_data_blocks += self.pending_data_free_blocks();
+                // The server counted this mount's tree as last committed.
+                let open = self.log.inode_count_delta() - self.committed_log.inode_count_delta();
+                s.inode_count = s.inode_count.wrapping_add_signed(open);
                 Ok(s)
             }
             other => Err(TxnError::Invalid(format!(
                 "unexpected server response {other:?}"
             ))),
         }
+    }
+
+    /// Inodes created (positive) or deleted (negative) by writes just made
+    /// in the open transaction: the mount's log tree carries the sum of
+    /// its items' changes, committed with them (scoutfs's
+    /// `inode_count_delta`), and merging the tree moves it into the super
+    /// block's `inode_count`.
+    pub fn add_inode_count(&mut self, delta: i64) {
+        let d = self.log.inode_count_delta() + delta;
+        self.log.set_inode_count_delta(d);
     }
 
     /// Commit if the open transaction has reached a trigger (its age, for
