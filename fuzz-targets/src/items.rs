@@ -28,6 +28,7 @@ pub struct MemStore {
     pub items: BTreeMap<Key, Vec<u8>>,
     next_ino: u64,
     seq: u64,
+    inode_count: u64,
 }
 
 impl MemStore {
@@ -93,6 +94,10 @@ impl ItemStore for MemStore {
 
     fn free_data(&mut self, _ext: Extent) {}
 
+    fn add_inode_count(&mut self, delta: i64) {
+        self.inode_count = self.inode_count.wrapping_add_signed(delta);
+    }
+
     fn data_io(&mut self) -> Result<&mut scoutfs_engine::data::io::DataIo> {
         Err(FsError::Io("the fuzz store has no data device".into()))
     }
@@ -119,6 +124,7 @@ impl ItemStore for MemStore {
             total_data_blocks: 1024,
             free_data_blocks: 0,
             next_ino: self.next_ino,
+            inode_count: self.inode_count,
         })
     }
 
