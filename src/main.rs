@@ -4,6 +4,11 @@
 use clap::{CommandFactory, FromArgMatches};
 
 fn main() {
+    // Run as /sbin/mount.scoutfs (a link to this binary), mount(8) takes
+    // its own command line, not ours.
+    if let Some(code) = scoutfs_tools::run_as_helper() {
+        std::process::exit(code);
+    }
     scoutfs_tools::default_sigpipe();
     let version: &'static str =
         Box::leak(scoutfs_tools::version(env!("SCOUTFS_BUILD_COMMIT")).into_boxed_str());

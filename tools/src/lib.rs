@@ -9,6 +9,8 @@
 mod check;
 mod device;
 mod devinfo;
+pub mod helper;
+mod install;
 mod mkfs;
 mod mount;
 mod nvme;
@@ -47,6 +49,9 @@ pub enum Command {
     Counters(mount::CountersArgs),
     /// NVMe controllers: list them, move them between the kernel and vfio-pci.
     Nvme(nvme::Args),
+    /// Install this binary and the mount(8) helper links to it
+    /// (/sbin/mount.scoutfs, /sbin/mount.fuse.scoutfs).
+    Install(install::Args),
 }
 
 /// What `scoutfs version` and `scoutfs --version` print after "scoutfs ".
@@ -88,7 +93,18 @@ pub fn run(cli: Cli, build_commit: &str) -> i32 {
         }
         Command::Counters(a) => mount::counters(&a),
         Command::Nvme(a) => nvme::run(&a),
+        Command::Install(a) => install::run(&a),
     }
+}
+
+/// The mount(8) helper, when the binary runs under one of its names
+/// (`mount.scoutfs`, `mount.fuse.scoutfs`): its exit code. `None` for
+/// any other name: the `scoutfs` command.
+pub fn run_as_helper() -> Option<i32> {
+    let mut args = std::env::args_os();
+    let argv0 = args.next()?;
+    let rest: Vec<_> = args.collect();
+    helper::dispatch(&argv0, &rest)
 }
 
 /// Log through `tracing` to stderr; RUST_LOG picks the level (info by

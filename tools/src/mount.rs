@@ -79,6 +79,11 @@ pub struct Args {
     /// from the mount point, under /run/scoutfs).
     #[arg(long)]
     pub admin_socket: Option<PathBuf>,
+    /// The mount's source as /proc/mounts, `mount` and `df` show it
+    /// (default: the metadata device's absolute path, as an fstab line
+    /// names it, so `mount -a` sees the volume mounted).
+    #[arg(long, value_name = "NAME")]
+    pub source: Option<String>,
 }
 
 /// The mount options we understand.
@@ -134,8 +139,10 @@ pub fn parse_options(s: &str) -> Result<MountOptions, String> {
     Ok(o)
 }
 
-/// Where a mount's admin socket lives when not given.
-pub fn default_socket(mountpoint: &Path) -> PathBuf {
+/// A mount point as a file name: `mount` and its absolute path with
+/// everything but letters and digits as `_` (the admin socket's and the
+/// mount helper's log file's names).
+pub fn mount_name(mountpoint: &Path) -> String {
     let canon = mountpoint
         .canonicalize()
         .unwrap_or_else(|_| mountpoint.to_path_buf());
@@ -144,7 +151,12 @@ pub fn default_socket(mountpoint: &Path) -> PathBuf {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
-    let dir = if nix_is_root() {
+    format!("mount{name}")
+}
+
+/// Where a mount's admin socket lives when not given.
+pub fn default_socket(mountpoint: &Path) -> PathBuf {
+    let dir = if is_root() {
         PathBuf::from("/run/scoutfs")
     } else {
         std::env::var_os("XDG_RUNTIME_DIR")
@@ -152,10 +164,10 @@ pub fn default_socket(mountpoint: &Path) -> PathBuf {
             .unwrap_or_else(std::env::temp_dir)
             .join("scoutfs")
     };
-    dir.join(format!("mount{name}.sock"))
+    dir.join(format!("{}.sock", mount_name(mountpoint)))
 }
 
-fn nix_is_root() -> bool {
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
@@ -475,7 +487,7 @@ fn serve(a: &Args) -> Result<(), String> {
     let admin = start_admin(&socket, engine.clone(), counters.clone())?;
 
     let handler = ScoutFuse::new(engine.clone(), fuse_opts, counters);
-    let fsname = format!("scoutfs:{:016x}", statfs.fsid);
+    let fsname = a.source.clone().unwrap_or_else(|| source_name(&a.meta));
     let mount = match scoutfs_fuse::mount(handler, &a.fuse, &fsname, tx) {
         Ok(m) => m,
         Err(e) => {
@@ -491,8 +503,16 @@ fn serve(a: &Args) -> Result<(), String> {
         socket.display()
     ));
 
+    notify(&format!(
+        "READY=1\nSTATUS=serving {} at {}\nMAINPID={}",
+        fsname,
+        a.fuse.display(),
+        std::process::id()
+    ));
+
     let why = rx.recv().unwrap_or_else(|_| "all senders gone".into());
     tracing::info!("stopping: {why}");
+    notify(&format!("STOPPING=1\nSTATUS=stopping: {why}"));
     let unmounted = mount.unmount();
     drop(admin);
     let _ = std::fs::remove_file(&socket);
@@ -502,6 +522,44 @@ fn serve(a: &Args) -> Result<(), String> {
         a.fuse.display()
     ));
     unmounted
+}
+
+/// The mount source a device path gives: a file or block device as its
+/// absolute path without symlinks (as mount(8) writes an fstab source),
+/// anything else (`nvme://...`) as given.
+pub fn source_name(dev: &Path) -> String {
+    dev.canonicalize()
+        .unwrap_or_else(|_| dev.to_path_buf())
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The environment variable naming the socket a supervisor waits on for
+/// the mount's state (systemd's `Type=notify`, or mount.scoutfs).
+pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+
+/// Tell a supervisor that waits for it how the mount is doing, in
+/// sd_notify(3)'s protocol: one datagram of `KEY=value` lines to the
+/// socket `$NOTIFY_SOCKET` names (a path, or an abstract name after
+/// `@`). Without the variable, or if the send fails, nothing happens: the
+/// mount serves either way.
+fn notify(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(name) = std::env::var_os(NOTIFY_SOCKET) else {
+        return;
+    };
+    let addr = match name.as_bytes().strip_prefix(b"@") {
+        Some(abstract_name) => SocketAddr::from_abstract_name(abstract_name),
+        None => SocketAddr::from_pathname(Path::new(&name)),
+    };
+    let sent = addr.and_then(|addr| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr));
+    if let Err(e) = sent {
+        // A supervisor that stopped listening (mount.scoutfs exits once
+        // the mount is live) is no reason to stop serving.
+        tracing::debug!("{NOTIFY_SOCKET}={}: {e}", name.to_string_lossy());
+    }
 }
 
 fn shutdown_engine(engine: Arc<Engine>) -> Result<u64, String> {
