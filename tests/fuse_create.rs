@@ -38,6 +38,7 @@ for um in (0o000, 0o002, 0o022, 0o027, 0o077, 0o777):
         os.close(os.open("file%o" % mode, os.O_CREAT | os.O_WRONLY, mode))
     os.mkfifo("fifo666", 0o666)
     os.mknod("fifo640", 0o640 | stat.S_IFIFO)
+    os.mknod("sock666", 0o666 | stat.S_IFSOCK)
     s = socket.socket(socket.AF_UNIX)
     s.bind("sock")
     s.close()
