@@ -233,8 +233,19 @@ impl ScoutFuse {
     }
 }
 
+/// `__FMODE_EXEC` in an open's flags: the kernel opening a file to
+/// execute it (execve, binfmt interpreters). Set only by the kernel:
+/// open(2) drops bits outside VALID_OPEN_FLAGS.
+const FMODE_EXEC: i32 = 0o40;
+
+/// The access an open with these flags needs. An open for execution
+/// needs execute permission only, as the VFS's `do_open_execat`: the
+/// kernel reads the image itself, so a file that is x but not r runs.
 fn open_mask(flags: u32) -> u32 {
     let f = flags as i32;
+    if f & FMODE_EXEC != 0 {
+        return MAY_EXEC;
+    }
     let mut mask = match f & libc::O_ACCMODE {
         libc::O_RDONLY => MAY_READ,
         libc::O_WRONLY => MAY_WRITE,
@@ -778,5 +789,25 @@ impl FileSystem for ScoutFuse {
         self.call(Counter::Read, move |fs| {
             ready(fs.seek_data(inode, offset, want_data))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_open_to_execute_needs_only_execute_permission() {
+        // What Linux 6.18 sends for execve: O_RDONLY | O_LARGEFILE |
+        // __FMODE_EXEC.
+        let exec = (libc::O_RDONLY | libc::O_LARGEFILE | FMODE_EXEC) as u32;
+        assert_eq!(open_mask(exec), MAY_EXEC);
+        assert_eq!(open_mask(libc::O_RDONLY as u32), MAY_READ);
+        assert_eq!(open_mask(libc::O_WRONLY as u32), MAY_WRITE);
+        assert_eq!(
+            open_mask((libc::O_RDONLY | libc::O_TRUNC) as u32),
+            MAY_READ | MAY_WRITE
+        );
+        assert_eq!(open_mask(libc::O_RDWR as u32), MAY_READ | MAY_WRITE);
     }
 }
