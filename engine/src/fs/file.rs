@@ -2,7 +2,9 @@
 //! SEEK_DATA/SEEK_HOLE, on top of engine::data (extent items on the data
 //! device) with the inode kept in step: size, mtime/ctime, data_version
 //! (+1 on every content change), online_blocks, data_seq, and the
-//! setuid/setgid bits a write by a non-owner clears.
+//! privileges a change drops (setuid, setgid and security.capability, as
+//! Linux's file_remove_privs: on write, truncate and fallocate, not on
+//! stores through a mapping).
 //!
 //! A write's extent items and its inode change land in one transaction
 //! (one `hold_trans` around both). Truncation of a file with more extents
@@ -143,8 +145,51 @@ impl<S: ItemStore> Fs<S> {
 
     /// Write `buf` at `offset`; the bytes written (short only when the
     /// device fills or fails part-way). The handle's write permission was
-    /// checked when it was opened.
+    /// checked when it was opened. A write(2): setuid/setgid go by
+    /// [`perm::mode_after_write`] and security.capability goes.
     pub async fn write(&mut self, creds: &Creds, ino: u64, offset: u64, buf: &[u8]) -> Result<u64> {
+        self.write_kill(Some(creds), ino, offset, buf).await
+    }
+
+    /// Write back bytes a frontend's page cache held: stores through a
+    /// shared mapping, or a write-back cache's flush. Nothing privileged
+    /// is dropped, as the kernel drops nothing for a store through a
+    /// mapping (page_mkwrite only updates times; ext4 keeps setuid,
+    /// setgid and capabilities), and a write(2) into the cache dropped
+    /// them when it entered it. Otherwise as [`Fs::write`].
+    pub async fn write_back(&mut self, ino: u64, offset: u64, buf: &[u8]) -> Result<u64> {
+        self.write_kill(None, ino, offset, buf).await
+    }
+
+    /// Remove security.capability because the file is being changed: the
+    /// kernel's killpriv (`cap_inode_killpriv`, from `file_remove_privs`
+    /// or a truncate), which needs no privilege of the writer. Only for a
+    /// frontend whose kernel has already refused a caller's own removal
+    /// of this name without CAP_SETFCAP (`cap_inode_removexattr`, before
+    /// a FUSE or virtiofs server is asked): what reaches it is that
+    /// kernel's killpriv, or a removal the kernel allowed. ENODATA when
+    /// absent; sets ctime, as a removexattr does.
+    pub async fn kill_capability(&mut self, ino: u64) -> Result<()> {
+        let now = self.now();
+        let stored = self.read_inode(ino).await?;
+        let Some(found) = self.capability_to_kill(ino).await? else {
+            return Err(FsError::NoData);
+        };
+        let mut b = self.batch();
+        b.track(ino, stored);
+        b.inode_mut(ino).ctime = now;
+        delete_xattr(&mut b, ino, &found);
+        self.apply(b).await
+    }
+
+    /// A write that drops privileges as `kill`'s writer's would, or none.
+    async fn write_kill(
+        &mut self,
+        kill: Option<&Creds>,
+        ino: u64,
+        offset: u64,
+        buf: &[u8],
+    ) -> Result<u64> {
         let mut stored = self.read_inode(ino).await?;
         Self::regular(ino, &stored)?;
         if buf.is_empty() {
@@ -162,7 +207,7 @@ impl<S: ItemStore> Fs<S> {
             let r = match self.store.hold_trans(nr_items, false).await {
                 Ok(()) => {
                     let r = self
-                        .write_held(creds, ino, stored, offset + done, rest)
+                        .write_held(kill, ino, stored, offset + done, rest)
                         .await;
                     self.store.release_trans();
                     r
@@ -207,13 +252,16 @@ impl<S: ItemStore> Fs<S> {
 
     async fn write_held(
         &mut self,
-        creds: &Creds,
+        kill: Option<&Creds>,
         ino: u64,
         stored: Inode,
         offset: u64,
         buf: &[u8],
     ) -> Result<data::Written> {
-        let cap = self.capability_to_kill(ino).await?;
+        let cap = match kill {
+            Some(_) => self.capability_to_kill(ino).await?,
+            None => None,
+        };
         let online = stored.online_blocks.get();
         let prealloc = self.opts.data_prealloc;
         let done = data::write_with(&mut self.store, ino, offset, buf, prealloc, online).await?;
@@ -229,7 +277,9 @@ impl<S: ItemStore> Fs<S> {
         i.data_version.set(i.data_version.get() + 1);
         i.mtime = now;
         i.ctime = now;
-        i.mode.set(perm::mode_after_write(creds, i));
+        if let Some(creds) = kill {
+            i.mode.set(perm::mode_after_write(creds, i));
+        }
         b.data_changed(ino);
         self.apply(b).await?;
         Ok(done)

@@ -192,16 +192,19 @@ pub fn mode_after_chown(creds: &Creds, inode: &Inode) -> u32 {
     m
 }
 
-/// The mode after a write or truncate by `creds` (Linux's
-/// `should_remove_suid`): a regular file loses setuid, and setgid when
-/// group x is set, unless the writer is root.
+/// The mode after a write, truncate or fallocate by `creds` (Linux's
+/// `setattr_should_drop_suidgid`): a regular file loses setuid, and
+/// setgid when it means setgid execution (group x set) or the writer is
+/// outside the file's group (`setattr_should_drop_sgid`); root
+/// (CAP_FSETID) keeps both.
 pub fn mode_after_write(creds: &Creds, inode: &Inode) -> u32 {
     let mode = inode.mode.get();
     if creds.is_root() || mode & libc::S_IFMT != libc::S_IFREG {
         return mode;
     }
     let mut m = mode & !libc::S_ISUID;
-    if mode & libc::S_ISGID != 0 && mode & libc::S_IXGRP != 0 {
+    if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || !creds.in_group(inode.gid.get()))
+    {
         m &= !libc::S_ISGID;
     }
     m
@@ -340,10 +343,35 @@ mod tests {
             libc::S_IFREG | 0o0775
         );
         assert_eq!(mode_after_write(&Creds::root(), &f), libc::S_IFREG | 0o6775);
+        // Setgid without group x (mandatory locking, once) stays for a
+        // writer in the file's group, by gid or supplementary group ...
         let g = inode(libc::S_IFREG | 0o2765, 10, 20);
         assert_eq!(
             mode_after_write(&Creds::user(10, 20), &g),
             libc::S_IFREG | 0o2765
+        );
+        let member = Creds {
+            uid: 11,
+            gid: 5,
+            groups: vec![20],
+            umask: 0,
+        };
+        assert_eq!(mode_after_write(&member, &g), libc::S_IFREG | 0o2765);
+        // ... and goes for one outside it, owner or not.
+        assert_eq!(
+            mode_after_write(&Creds::user(11, 21), &g),
+            libc::S_IFREG | 0o0765
+        );
+        assert_eq!(
+            mode_after_write(&Creds::user(10, 21), &g),
+            libc::S_IFREG | 0o0765
+        );
+        assert_eq!(mode_after_write(&Creds::root(), &g), libc::S_IFREG | 0o2765);
+        // Only regular files lose anything.
+        let d = inode(libc::S_IFDIR | 0o6777, 10, 20);
+        assert_eq!(
+            mode_after_write(&Creds::user(11, 21), &d),
+            libc::S_IFDIR | 0o6777
         );
     }
 
