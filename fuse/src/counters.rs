@@ -37,6 +37,7 @@ counters! {
     Fsync => "fuse_fsync",
     Statfs => "fuse_statfs",
     Xattr => "fuse_xattr",
+    XattrNoted => "fuse_xattr_noted",
     Readdir => "fuse_readdir",
     BytesRead => "bytes_read",
     BytesWritten => "bytes_written",

@@ -12,6 +12,7 @@
 //! uid, gid and the supplementary groups read from /proc (cached briefly
 //! per pid), which other frontends rely on.
 
+mod acl_notes;
 mod counters;
 mod creds;
 mod server;
@@ -21,7 +22,7 @@ use std::ffi::CStr;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fuse_backend_rs::abi::fuse_abi::{
     stat64, statvfs64, CreateIn, FsOptions, OpenOptions, SetattrValid,
@@ -91,6 +92,7 @@ pub struct ScoutFuse {
     counters: Arc<Counters>,
     groups: creds::GroupCache,
     next_handle: AtomicU64,
+    acl_notes: acl_notes::AclNotes,
 }
 
 /// A handle's number carries the open's access mode in its low bits, so
@@ -102,6 +104,9 @@ fn handle_writable(h: u64) -> bool {
 /// The xattr holding a file's SELinux label (see
 /// `ScoutFuse::refuse_selinux_label`).
 const SELINUX_LABEL: &[u8] = b"security.selinux";
+
+/// The access ACL's xattr (see `acl_notes`).
+const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
 
 /// The xattr holding a file's capabilities (see `ScoutFuse::removexattr`).
 const CAPABILITY_XATTR: &[u8] = b"security.capability";
@@ -144,12 +149,19 @@ pub fn stat_of(a: &Attr) -> stat64 {
 
 impl ScoutFuse {
     pub fn new(engine: Arc<Engine>, opts: FuseOptions, counters: Arc<Counters>) -> ScoutFuse {
+        // Notes live as long as the attributes the kernel caches with them.
+        let acl_notes = acl_notes::AclNotes::new(if opts.posix_acl {
+            opts.attr_timeout
+        } else {
+            Duration::ZERO
+        });
         ScoutFuse {
             engine,
             opts,
             counters,
             groups: creds::GroupCache::default(),
             next_handle: AtomicU64::new(1),
+            acl_notes,
         }
     }
 
@@ -379,6 +391,8 @@ impl FileSystem for ScoutFuse {
         let a = self.call(Counter::Setattr, move |fs| {
             ready(fs.setattr(&c, inode, &set))
         })?;
+        // chmod rewrites an access ACL; chown may too.
+        self.acl_notes.forget(inode);
         Ok((stat_of(&a), self.opts.attr_timeout))
     }
 
@@ -623,9 +637,11 @@ impl FileSystem for ScoutFuse {
     ) -> io::Result<()> {
         self.refuse_selinux_label(name)?;
         let (c, n, v) = (self.creds(ctx), name_bytes(name), value.to_vec());
-        self.call(Counter::Xattr, move |fs| {
+        let r = self.call(Counter::Xattr, move |fs| {
             ready(fs.set_xattr(&c, inode, &n, &v, flags))
-        })
+        });
+        self.acl_notes.forget(inode);
+        r
     }
 
     fn getxattr(
@@ -636,6 +652,10 @@ impl FileSystem for ScoutFuse {
         size: u32,
     ) -> io::Result<GetxattrReply> {
         self.refuse_selinux_label(name)?;
+        if name.to_bytes() == ACL_ACCESS && self.acl_notes.absent(inode, Instant::now()) {
+            self.counters.bump(Counter::XattrNoted);
+            return Err(io::Error::from_raw_os_error(libc::ENODATA));
+        }
         let (c, n) = (self.creds(ctx), name_bytes(name));
         let v = self.call(Counter::Xattr, move |fs| ready(fs.get_xattr(&c, inode, &n)))?;
         if size == 0 {
@@ -674,9 +694,11 @@ impl FileSystem for ScoutFuse {
             return self.call(Counter::Xattr, move |fs| ready(fs.kill_capability(inode)));
         }
         let (c, n) = (self.creds(ctx), name_bytes(name));
-        self.call(Counter::Xattr, move |fs| {
+        let r = self.call(Counter::Xattr, move |fs| {
             ready(fs.remove_xattr(&c, inode, &n))
-        })
+        });
+        self.acl_notes.forget(inode);
+        r
     }
 
     fn opendir(
@@ -743,10 +765,13 @@ impl FileSystem for ScoutFuse {
     ) -> io::Result<()> {
         let mut pos = offset;
         let per_call = (size as usize / 160).clamp(4, 256);
+        let note_acls = self.opts.posix_acl;
         loop {
-            let entries = self.call(Counter::Readdir, move |fs| {
+            let (generation, asked) = (self.acl_notes.generation(), Instant::now());
+            let (entries, no_acl) = self.call(Counter::Readdir, move |fs| {
                 let list = ready(fs.readdir(inode, pos, per_call))?;
                 let mut out = Vec::with_capacity(list.len());
+                let mut no_acl = Vec::new();
                 for e in list {
                     // An entry removed since the listing is skipped.
                     match ready(fs.getattr(e.ino)) {
@@ -755,8 +780,17 @@ impl FileSystem for ScoutFuse {
                         Err(err) => return Err(err),
                     }
                 }
-                Ok(out)
+                // `ls -l` asks each of them for its access ACL next.
+                for (e, _) in out.iter().filter(|(_, a)| note_acls && a.is_some()) {
+                    if let Err(FsError::NoData) =
+                        ready(fs.get_xattr(&Creds::root(), e.ino, ACL_ACCESS))
+                    {
+                        no_acl.push(e.ino);
+                    }
+                }
+                Ok((out, no_acl))
             })?;
+            self.acl_notes.note_absent(generation, no_acl, asked);
             if entries.is_empty() {
                 return Ok(());
             }
