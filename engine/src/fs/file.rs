@@ -16,7 +16,7 @@
 use crate::data::{self, DataError, MAX_FILE_BYTES};
 use crate::format::alloc::DATA_EXTENT_UNWRITTEN;
 use crate::format::block::BLOCK_SM_SIZE;
-use crate::format::inode::{Inode, Timespec};
+use crate::format::inode::Inode;
 
 use super::batch::Batch;
 use super::error::{FsError, Result};
@@ -98,12 +98,6 @@ impl From<DataError> for FsError {
     }
 }
 
-/// Whether a read should update atime (Linux's relatime rule).
-fn relatime_due(i: &Inode, now: Timespec) -> bool {
-    let (a, m, c) = (i.atime, i.mtime, i.ctime);
-    a <= m || a <= c || now.sec.get() >= a.sec.get().saturating_add(24 * 3600)
-}
-
 impl<S: ItemStore> Fs<S> {
     fn regular(ino: u64, inode: &Inode) -> Result<()> {
         match Attr::from_inode(ino, inode)?.kind {
@@ -114,12 +108,18 @@ impl<S: ItemStore> Fs<S> {
     }
 
     /// Read up to `len` bytes at `offset`; fewer at the end of the file.
-    /// Holes and preallocated blocks read as zeros.
+    /// Holes and preallocated blocks read as zeros. atime follows the
+    /// mount's policy (atime.rs), at the end of the file too, as a
+    /// kernel read(2) of at least one byte.
     pub async fn read(&mut self, ino: u64, offset: u64, len: usize) -> Result<Vec<u8>> {
         let inode = self.read_inode(ino).await?;
         Self::regular(ino, &inode)?;
         let size = inode.size.get();
-        if offset >= size || len == 0 {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        if offset >= size {
+            self.accessed(ino, inode).await;
             return Ok(Vec::new());
         }
         let n = (len as u64).min(size - offset) as usize;
@@ -129,17 +129,7 @@ impl<S: ItemStore> Fs<S> {
         } else {
             data::read(&mut self.store, ino, offset, n).await?
         };
-        let now = self.now();
-        if relatime_due(&inode, now) && !self.store.read_only() {
-            let mut b = self.batch();
-            b.track(ino, inode);
-            b.inode_mut(ino).atime = now;
-            // The data was read; an atime that cannot be stored (a full or
-            // read-only volume) is not the reader's error.
-            if let Err(e) = self.apply(b).await {
-                tracing::debug!("inode {ino}: atime not updated: {e}");
-            }
-        }
+        self.accessed(ino, inode).await;
         Ok(out)
     }
 

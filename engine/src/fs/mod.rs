@@ -41,6 +41,7 @@
 //! `hold_trans` that reserves room and holds commits off closes both.
 
 mod acl;
+mod atime;
 mod batch;
 mod dir;
 mod dirent;
@@ -49,6 +50,7 @@ mod file;
 mod inode;
 mod orphan;
 mod perm;
+mod remount;
 mod rename;
 mod store;
 mod symlink;
@@ -64,6 +66,7 @@ pub use acl::{
     Acl, AclEntry, AclKind, ACL_ACCESS_XATTR, ACL_DEFAULT_XATTR, ACL_GROUP, ACL_GROUP_OBJ,
     ACL_MASK, ACL_OTHER, ACL_UNDEFINED_ID, ACL_USER, ACL_USER_OBJ, ACL_XATTR_VERSION,
 };
+pub use atime::{atime_due, relatime_due, AtimeMode, AtimePolicy, LAZY_ATIMES_MAX};
 pub use batch::{data_seq_index_key, meta_seq_index_key};
 pub use dir::DirEntry;
 pub use dirent::name_hash;
@@ -125,6 +128,9 @@ pub struct FsOptions {
     /// Data preallocation on writes (scoutfs's data_prealloc_blocks,
     /// data_prealloc_contig_only).
     pub data_prealloc: crate::data::Prealloc,
+    /// When reads update atime (the mount's `relatime`, `noatime`,
+    /// `strictatime`, `nodiratime`, `lazytime`; atime.rs).
+    pub atime: AtimePolicy,
 }
 
 impl Default for FsOptions {
@@ -136,6 +142,7 @@ impl Default for FsOptions {
             name_hash,
             acl: true,
             data_prealloc: crate::data::Prealloc::default(),
+            atime: AtimePolicy::default(),
         }
     }
 }
@@ -159,6 +166,9 @@ pub struct Fs<S: ItemStore> {
     linkable: std::collections::HashSet<u64>,
     /// Inodes known to have no security.capability xattr (xattr.rs).
     no_capability: std::collections::HashSet<u64>,
+    /// Atimes a lazytime mount keeps in memory (atime.rs); inode reads
+    /// see them.
+    lazy_atimes: atime::LazyAtimes,
 }
 
 impl<S: ItemStore> Fs<S> {
@@ -177,6 +187,7 @@ impl<S: ItemStore> Fs<S> {
             pending_purge: Vec::new(),
             linkable: std::collections::HashSet::new(),
             no_capability: std::collections::HashSet::new(),
+            lazy_atimes: atime::LazyAtimes::default(),
         };
         if fs.store.lookup(&Key::inode(ROOT_INO)).await?.is_none() {
             fs.make_root().await?;
@@ -218,9 +229,17 @@ impl<S: ItemStore> Fs<S> {
         self.store
     }
 
-    /// Make every change so far durable (fsync, syncfs); the seq now durable.
+    /// Make every change so far durable (fsync, syncfs), atimes lazytime
+    /// kept included; the seq now durable.
     pub async fn sync(&mut self) -> Result<u64> {
+        self.write_lazy_atimes(None).await?;
         self.store.commit().await
+    }
+
+    /// Write what is kept in memory (lazytime's atimes) before an
+    /// unmount commits.
+    pub async fn flush(&mut self) -> Result<()> {
+        self.write_lazy_atimes(None).await
     }
 
     pub async fn statfs(&mut self) -> Result<Statfs> {
@@ -271,10 +290,25 @@ impl<S: ItemStore> Fs<S> {
             return Ok(());
         }
         let deletes = writes.iter().filter(|(_, v)| v.is_none()).count();
+        let written_inodes: Vec<u64> = if self.lazy_atimes.is_empty() {
+            Vec::new()
+        } else {
+            writes
+                .iter()
+                .filter(|(k, _)| *k == Key::inode(k.first))
+                .map(|(k, _)| k.first)
+                .collect()
+        };
         self.store
             .hold_trans(writes.len(), deletes * 2 > writes.len())
             .await?;
         let r = self.write_all(writes).await;
+        if r.is_ok() && !self.lazy_atimes.is_empty() {
+            // An inode item written (or deleted) carried its kept atime.
+            for &ino in &written_inodes {
+                self.lazy_atimes.written(ino);
+            }
+        }
         if r.is_ok() {
             for ext in freed {
                 self.store.free_data(ext);
@@ -303,12 +337,22 @@ impl<S: ItemStore> Fs<S> {
         Ok(())
     }
 
-    /// The stored inode, or ENOENT.
+    /// The inode, or ENOENT: as stored, with the atime lazytime keeps in
+    /// memory (so an operation that writes the inode writes that too).
     async fn read_inode(&mut self, ino: u64) -> Result<Inode> {
         let Some(item) = self.store.lookup(&Key::inode(ino)).await? else {
             return Err(FsError::NotFound);
         };
-        Inode::from_value(&item.val, self.format_version)
+        let mut inode = self.inode_of_item(ino, &item.val)?;
+        if let Some(atime) = self.lazy_atimes.get(ino) {
+            inode.atime = atime;
+        }
+        Ok(inode)
+    }
+
+    /// An inode item's value as stored.
+    fn inode_of_item(&self, ino: u64, val: &[u8]) -> Result<Inode> {
+        Inode::from_value(val, self.format_version)
             .map_err(|e| FsError::corrupt(format!("inode {ino}: {e}")))
     }
 }

@@ -144,9 +144,10 @@ impl<S: ItemStore> Fs<S> {
         }
     }
 
-    /// At mount: the orphans this mount left (it crashed with unlinked
-    /// files open, or part-way through deleting a large one) are deleted
-    /// with their inodes. Returns how many.
+    /// At mount (or when a read-only mount becomes read-write): the
+    /// orphans this mount left (it crashed with unlinked files open, or
+    /// part-way through deleting a large one) are deleted with their
+    /// inodes, but for those it holds open. Returns how many.
     pub(super) async fn delete_orphans(&mut self) -> Result<usize> {
         let rid = self.opts.rid;
         let orphans = self
@@ -162,6 +163,11 @@ impl<S: ItemStore> Fs<S> {
         }
         for item in &orphans {
             let ino = item.key.second;
+            if self.open_counts.contains_key(&ino) {
+                // Held by this mount (a read-only mount made read-write):
+                // the last release deletes it.
+                continue;
+            }
             match self.read_inode(ino).await {
                 Ok(inode) if inode.nlink.get() == 0 => self.purge_inode(ino).await?,
                 // Linked again (O_TMPFILE then linkat) or already gone.

@@ -16,6 +16,9 @@ use crate::txn::Volume;
 
 use super::error::{FsError, Result};
 
+/// Why a volume refuses changes after its mount was made read-only.
+const REMOUNTED_READ_ONLY: &str = "mounted read-only";
+
 pub trait ItemStore {
     /// The item at `key`, if any.
     fn lookup(&mut self, key: &Key) -> impl Future<Output = Result<Option<Item>>>;
@@ -65,6 +68,15 @@ pub trait ItemStore {
     /// a volume that stopped after a failed commit).
     fn read_only(&self) -> bool {
         false
+    }
+
+    /// Refuse every change from now on (`true`: the mount was made
+    /// read-only) or accept them again (`false`); a store read-only after
+    /// an error stays so. Whether the store accepts changes now. The
+    /// default store can't be made read-only.
+    fn set_read_only(&mut self, read_only: bool) -> bool {
+        let _ = read_only;
+        !self.read_only()
     }
 
     /// The seq items written now carry (the open transaction's).
@@ -150,6 +162,15 @@ impl ItemStore for Volume {
 
     fn read_only(&self) -> bool {
         Volume::read_only(self).is_some()
+    }
+
+    fn set_read_only(&mut self, read_only: bool) -> bool {
+        if read_only {
+            Volume::set_read_only(self, REMOUNTED_READ_ONLY);
+            false
+        } else {
+            Volume::clear_read_only_request(self)
+        }
     }
 
     fn txn_seq(&self) -> u64 {

@@ -79,6 +79,9 @@ async fn commit_when_quiet(local: Local, age: std::time::Duration) {
         }
         MOUNTED.with(|cell| {
             if let Some(fs) = cell.borrow_mut().as_mut() {
+                if let Err(e) = ready(fs.write_aged_atimes()) {
+                    tracing::error!("writing day-old lazytime atimes failed: {e}");
+                }
                 if let Err(e) = fs.store_mut().commit_if_due() {
                     tracing::error!("periodic commit failed: {e}");
                 }
@@ -157,7 +160,14 @@ impl Engine {
     pub fn shutdown(self) -> Result<u64, EngineError> {
         let r = self.reactor.remote().call(|_: &Local| {
             let m = MOUNTED.with(|cell| cell.borrow_mut().take());
-            let r = m.map(|fs| fs.into_store().unmount());
+            let r = m.map(|mut fs| {
+                // What the fs keeps in memory (lazytime's atimes) goes
+                // into the last commit.
+                if let Err(e) = ready(fs.flush()) {
+                    tracing::error!("unmount: kept atimes not written: {e}");
+                }
+                fs.into_store().unmount()
+            });
             async move { r }
         })?;
         self.reactor.shutdown();

@@ -162,6 +162,9 @@ pub struct Server {
     sb: SuperBlock,
     committed: SuperBlock,
     read_only: Option<String>,
+    /// `read_only` was asked for (a read-only mount), not forced by an
+    /// error: [`Server::clear_read_only_request`] may lift it.
+    read_only_requested: bool,
     last_commit_blocks: u64,
     merge_commit_dirty_blocks: usize,
 }
@@ -222,6 +225,7 @@ impl Server {
             sb,
             committed: sb,
             read_only: None,
+            read_only_requested: false,
             last_commit_blocks: 0,
             merge_commit_dirty_blocks: MERGE_COMMIT_DIRTY_BLOCKS,
         })
@@ -238,6 +242,7 @@ impl Server {
             sb,
             committed: sb,
             read_only: None,
+            read_only_requested: false,
             last_commit_blocks: 0,
             merge_commit_dirty_blocks: MERGE_COMMIT_DIRTY_BLOCKS,
         }
@@ -273,12 +278,30 @@ impl Server {
     /// (a failed data device), so nothing more may commit.
     pub fn force_read_only(&mut self, why: String) {
         tracing::error!("going read-only: {why}");
+        if self.read_only_requested {
+            self.read_only = None;
+            self.read_only_requested = false;
+        }
         self.read_only.get_or_insert(why);
     }
 
     /// Refuse every change from now on, by request (a read-only mount).
     pub fn set_read_only(&mut self, why: String) {
-        self.read_only.get_or_insert(why);
+        if self.read_only.is_none() {
+            self.read_only = Some(why);
+            self.read_only_requested = true;
+        }
+    }
+
+    /// Accept changes again after [`Server::set_read_only`] (a read-only
+    /// mount made read-write); a server read-only after an error stays
+    /// so. Whether changes are accepted now.
+    pub fn clear_read_only_request(&mut self) -> bool {
+        if self.read_only_requested {
+            self.read_only = None;
+            self.read_only_requested = false;
+        }
+        self.read_only.is_none()
     }
 
     pub fn handle(&mut self, store: &mut Store, req: Request) -> Result<Response, ServerError> {
@@ -611,6 +634,7 @@ impl Server {
     fn go_read_only(&mut self, store: &mut Store, e: &ServerError) {
         tracing::error!("commit failed, volume is now read-only: {e}");
         self.read_only = Some(e.to_string());
+        self.read_only_requested = false;
         store.cache.discard_dirty();
         self.sb = self.committed;
     }

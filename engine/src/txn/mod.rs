@@ -270,6 +270,22 @@ impl Volume {
         self.server.set_read_only(why.to_string());
     }
 
+    /// Whether the open transaction holds changes (a commit would write).
+    pub fn has_changes(&self) -> bool {
+        self.txn_writes > 0
+    }
+
+    /// Accept changes again after [`Volume::set_read_only`] (a read-only
+    /// mount remounted read-write). A volume that went read-only after an
+    /// error stays so. Whether changes are accepted now.
+    pub fn clear_read_only_request(&mut self) -> bool {
+        let writable = self.server.clear_read_only_request();
+        if writable && self.txn_writes == 0 {
+            self.txn_started = Instant::now();
+        }
+        writable
+    }
+
     fn check_writable(&self) -> Result<(), TxnError> {
         match self.server.read_only() {
             Some(why) => Err(TxnError::ReadOnly(why.to_string())),
