@@ -468,7 +468,9 @@ fn a_failed_mount_is_exit_32_with_the_engines_reason_and_leaves_nothing_running(
             "scoutfs mount: unknown mount option \"bogus_option\" (known: {known})\n\
              mount.scoutfs: mounting {meta} at {dir} failed: the engine exited (exit status: 1); its log: {log}\n\
              rc=32\n",
-            known = "ino_alloc_per_lock=N, data_prealloc_blocks=N, data_prealloc_contig_only=0|1, discard, nodiscard, acl, noacl, ro, rw"
+            known = "ino_alloc_per_lock=N, data_prealloc_blocks=N, data_prealloc_contig_only=0|1, discard, nodiscard, acl, noacl, \
+                     ro, rw, suid, nosuid, dev, nodev, exec, noexec, atime, noatime, relatime, norelatime, \
+                     strictatime, nostrictatime, diratime, nodiratime, lazytime, nolazytime"
         ),
         "{out}"
     );

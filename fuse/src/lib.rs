@@ -15,6 +15,8 @@
 mod acl_notes;
 mod counters;
 mod creds;
+mod mount_flags;
+mod mount_watch;
 mod server;
 mod session;
 
@@ -37,6 +39,7 @@ use scoutfs_engine::serve::{Engine, Mounted};
 use scoutfs_engine::util::ready;
 
 pub use counters::{Counter, Counters};
+pub use mount_flags::{MountFlags, MountState, STANDARD_OPTIONS};
 pub use server::{ScoutServer, FUSE_TMPFILE};
 pub use session::{mount, FuseMount};
 
@@ -93,6 +96,9 @@ pub struct ScoutFuse {
     groups: creds::GroupCache,
     next_handle: AtomicU64,
     acl_notes: acl_notes::AclNotes,
+    /// The mount's options as the engine follows them (mount_watch.rs);
+    /// set once mounted through /dev/fuse.
+    mount_sync: Option<Arc<mount_watch::MountSync>>,
 }
 
 /// A handle's number carries the open's access mode in its low bits, so
@@ -162,6 +168,7 @@ impl ScoutFuse {
             groups: creds::GroupCache::default(),
             next_handle: AtomicU64::new(1),
             acl_notes,
+            mount_sync: None,
         }
     }
 
@@ -176,6 +183,10 @@ impl ScoutFuse {
         f: impl FnOnce(&mut Mounted) -> Result<T, FsError> + Send + 'static,
     ) -> io::Result<T> {
         self.counters.bump(what);
+        if let Some(m) = &self.mount_sync {
+            // A remount to read-write the engine has not heard of yet.
+            m.catch_up();
+        }
         match self.engine.call(f) {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
@@ -732,10 +743,17 @@ impl FileSystem for ScoutFuse {
         // many as fit, and more if the names were short.
         let mut pos = offset;
         let per_call = (size as usize / 32).clamp(8, 1024);
+        // atime by the mount's policy, once per request (the kernel's
+        // getdents), as the VFS's iterate_dir.
+        let mut touch = true;
         loop {
             let entries = self.call(Counter::Readdir, move |fs| {
+                if touch {
+                    ready(fs.touch_atime(inode))?;
+                }
                 ready(fs.readdir(inode, pos, per_call))
             })?;
+            touch = false;
             if entries.is_empty() {
                 return Ok(());
             }
@@ -766,9 +784,13 @@ impl FileSystem for ScoutFuse {
         let mut pos = offset;
         let per_call = (size as usize / 160).clamp(4, 256);
         let note_acls = self.opts.posix_acl;
+        let mut touch = true;
         loop {
             let (generation, asked) = (self.acl_notes.generation(), Instant::now());
             let (entries, no_acl) = self.call(Counter::Readdir, move |fs| {
+                if touch {
+                    ready(fs.touch_atime(inode))?;
+                }
                 let list = ready(fs.readdir(inode, pos, per_call))?;
                 let mut out = Vec::with_capacity(list.len());
                 let mut no_acl = Vec::new();
@@ -790,6 +812,7 @@ impl FileSystem for ScoutFuse {
                 }
                 Ok((out, no_acl))
             })?;
+            touch = false;
             self.acl_notes.note_absent(generation, no_acl, asked);
             if entries.is_empty() {
                 return Ok(());

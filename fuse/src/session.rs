@@ -1,5 +1,19 @@
-//! The /dev/fuse transport: mount, handler threads, unmount.
+//! The /dev/fuse transport: mount, handler threads, the mount's options
+//! as they change, unmount.
+//!
+//! The mount is made here rather than by fuse-backend-rs's session, which
+//! always mounts nosuid, nodev and noatime: mount(2) gets the standard
+//! options' flags (`MountFlags`) as a kernel filesystem would, or
+//! fusermount3 gets them when this process may not mount. A watcher
+//! thread then follows the mount in /proc/self/mountinfo (the kernel asks
+//! a FUSE server nothing at `mount -o remount`) and hands the engine the
+//! atime policy and read-only state the kernel shows.
 
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -7,13 +21,19 @@ use std::thread::JoinHandle;
 
 use fuse_backend_rs::transport::FuseSession;
 
+use crate::mount_flags::MountFlags;
+use crate::mount_watch::{MountSync, Watcher};
 use crate::{ScoutFuse, ScoutServer};
+
+/// The mount's file system type, as /proc/mounts shows it.
+const FSTYPE: &str = "fuse.scoutfs";
 
 /// A live FUSE mount served by handler threads.
 pub struct FuseMount {
     session: FuseSession,
     threads: Vec<JoinHandle<()>>,
     mountpoint: PathBuf,
+    watcher: Option<Watcher>,
 }
 
 impl std::fmt::Debug for FuseMount {
@@ -25,26 +45,32 @@ impl std::fmt::Debug for FuseMount {
     }
 }
 
-/// Mount `fs` at `mountpoint` and serve it with `fs.opts.threads` threads.
-/// `exited` hears from each thread when it stops (the filesystem was
-/// unmounted from outside, or /dev/fuse failed), so the caller can shut
-/// down.
+/// Mount `fs` at `mountpoint` with `flags` and serve it with
+/// `fs.opts.threads` threads. `exited` hears from each thread when it
+/// stops (the filesystem was unmounted from outside, or /dev/fuse
+/// failed), so the caller can shut down.
 pub fn mount(
     fs: ScoutFuse,
     mountpoint: &Path,
     fsname: &str,
+    flags: MountFlags,
     exited: mpsc::Sender<String>,
 ) -> Result<FuseMount, String> {
     let threads_n = fs.opts.threads.max(1);
-    let read_only = fs.opts.read_only;
-    let mut session = FuseSession::new(mountpoint, fsname, "scoutfs", read_only)
+    let mut session = FuseSession::new(mountpoint, fsname, "scoutfs", flags.read_only)
         .map_err(|e| format!("{}: {e}", mountpoint.display()))?;
-    // Other users may use the mount; the kernel checks permissions
-    // (default_permissions) as for any filesystem.
-    session.set_allow_other(true);
-    session
-        .mount()
+    let file = kernel_mount(session.mountpoint(), fsname, &flags, session.bufsize())
         .map_err(|e| format!("mounting FUSE at {}: {e}", mountpoint.display()))?;
+    session.set_fuse_file(file);
+    let mut fs = fs;
+    let sync = match MountSync::new(fs.engine.clone(), session.mountpoint(), fsname) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            let _ = session.umount();
+            return Err(e);
+        }
+    };
+    fs.mount_sync = Some(sync.clone());
     let server = Arc::new(ScoutServer::new(fs));
     let mut threads = Vec::new();
     for i in 0..threads_n {
@@ -88,15 +114,176 @@ pub fn mount(
             .map_err(|e| format!("starting a FUSE thread: {e}"))?;
         threads.push(t);
     }
+    let mut mount = FuseMount {
+        session,
+        threads,
+        mountpoint: mountpoint.to_path_buf(),
+        watcher: None,
+    };
+    match Watcher::start(sync) {
+        Ok(w) => mount.watcher = Some(w),
+        Err(e) => {
+            let _ = mount.unmount();
+            return Err(e);
+        }
+    }
     tracing::info!(
         "mounted at {} with {threads_n} FUSE threads",
         mountpoint.display()
     );
-    Ok(FuseMount {
-        session,
-        threads,
-        mountpoint: mountpoint.to_path_buf(),
-    })
+    Ok(mount)
+}
+
+/// Mount FUSE at `mountpoint` (canonical) with `flags`, as mount(2) with
+/// the options libfuse gives: the kernel checks permissions
+/// (`default_permissions`) and lets other users in (`allow_other`), as
+/// for any filesystem. Without the privilege to mount, fusermount3 does
+/// it. The /dev/fuse descriptor to serve, non-blocking.
+fn kernel_mount(
+    mountpoint: &Path,
+    fsname: &str,
+    flags: &MountFlags,
+    max_read: usize,
+) -> Result<File, String> {
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/fuse")
+        .map_err(|e| format!("/dev/fuse: {e}"))?;
+    let root = std::fs::metadata(mountpoint).map_err(|e| e.to_string())?;
+    // SAFETY: getuid and getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let data = format!(
+        "fd={},rootmode={:o},user_id={uid},group_id={gid},default_permissions,allow_other,max_read={max_read}",
+        dev.as_raw_fd(),
+        root.mode() & libc::S_IFMT,
+    );
+    let c = |s: &[u8]| std::ffi::CString::new(s).map_err(|_| "a NUL in a name".to_string());
+    let (source, target, fstype, data) = (
+        c(fsname.as_bytes())?,
+        c(mountpoint.as_os_str().as_bytes())?,
+        c(FSTYPE.as_bytes())?,
+        c(data.as_bytes())?,
+    );
+    // SAFETY: NUL-terminated strings that outlive the call; mount(2) only
+    // reads them.
+    let r = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags.ms_flags(),
+            data.as_ptr().cast(),
+        )
+    };
+    let file = if r == 0 {
+        dev
+    } else {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EPERM) {
+            return Err(e.to_string());
+        }
+        drop(dev);
+        fusermount(mountpoint, fsname, flags, max_read)?
+    };
+    // SAFETY: fcntl on a descriptor we own.
+    let r = unsafe {
+        let fl = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK)
+    };
+    if r < 0 {
+        return Err(format!("/dev/fuse: {}", std::io::Error::last_os_error()));
+    }
+    Ok(file)
+}
+
+/// A mount option value with commas and backslashes escaped, as
+/// fusermount3 reads them.
+fn escape_option(v: &str) -> String {
+    v.replace('\\', "\\\\").replace(',', "\\,")
+}
+
+/// Mount through fusermount3 (setuid root), which opens /dev/fuse, mounts
+/// and passes the descriptor back over a socket (`_FUSE_COMMFD`).
+fn fusermount(
+    mountpoint: &Path,
+    fsname: &str,
+    flags: &MountFlags,
+    max_read: usize,
+) -> Result<File, String> {
+    let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
+    // SAFETY: fcntl on a descriptor we own: fusermount3 inherits it.
+    if unsafe { libc::fcntl(theirs.as_raw_fd(), libc::F_SETFD, 0) } < 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    let mut opts = vec![
+        format!("fsname={}", escape_option(fsname)),
+        "subtype=scoutfs".to_string(),
+        "default_permissions".to_string(),
+        "allow_other".to_string(),
+        format!("max_read={max_read}"),
+    ];
+    opts.extend(flags.fusermount_options().iter().map(|s| s.to_string()));
+    let status = std::process::Command::new("fusermount3")
+        .env("_FUSE_COMMFD", theirs.as_raw_fd().to_string())
+        .arg("-o")
+        .arg(opts.join(","))
+        .arg("--")
+        .arg(mountpoint)
+        .status()
+        .map_err(|e| format!("running fusermount3: {e}"))?;
+    drop(theirs);
+    if !status.success() {
+        // Its own message (an option it doesn't know, say) went to stderr.
+        return Err(format!(
+            "fusermount3 -o {} failed ({status})",
+            opts.join(",")
+        ));
+    }
+    receive_fd(&ours)
+}
+
+/// The descriptor fusermount3 sends (one byte with SCM_RIGHTS).
+fn receive_fd(sock: &UnixStream) -> Result<File, String> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: byte.len(),
+    };
+    // Room for one descriptor's control message, aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: CMSG_SPACE is arithmetic.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    assert!(space <= std::mem::size_of_val(&control));
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: msg points at iov and control, which outlive the call and
+    // are as long as it says.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(format!(
+            "receiving /dev/fuse from fusermount3: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR stays within
+    // msg_controllen, and a header it returns has room for its data.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null()
+            || (*cmsg).cmsg_level != libc::SOL_SOCKET
+            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Err("fusermount3 sent no /dev/fuse descriptor".into());
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+        Ok(File::from_raw_fd(fd))
+    }
 }
 
 impl FuseMount {
@@ -104,6 +291,9 @@ impl FuseMount {
     /// first; the kernel refuses an unmount while the mount is in use
     /// (EBUSY), in which case it is detached lazily.
     pub fn unmount(mut self) -> Result<(), String> {
+        if let Some(w) = self.watcher.take() {
+            w.stop();
+        }
         let source = self.session.fsname().to_string();
         let r = match self.session.umount() {
             // An aborted connection leaves a dead mount that the session's
@@ -158,7 +348,7 @@ fn mountinfo_has(table: &str, mountpoint: &Path, source: &str) -> bool {
 
 /// A mountinfo path: the kernel writes space, tab, newline and backslash
 /// as `\` and three octal digits.
-fn unescape_octal(s: &str) -> Vec<u8> {
+pub(crate) fn unescape_octal(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -215,6 +405,61 @@ mod tests {
         assert!(!mountinfo_has(TABLE, Path::new("/tmp/fx"), "scoutfs:c7ae"));
         assert!(mountinfo_has(TABLE, Path::new("/tmp/a b"), "scoutfs:0001"));
         assert!(!mountinfo_has("garbage\n\n- - -", Path::new("/"), "-"));
+    }
+
+    /// The mount without CAP_SYS_ADMIN, through fusermount3, run here as
+    /// root: the options reach the mount (with nosuid, which fusermount3
+    /// always adds unless told `suid`, an option only root may give) and
+    /// the descriptor comes back. Nothing serves it; it is detached
+    /// unused.
+    #[test]
+    fn fusermount_mounts_with_the_flags_and_hands_back_the_descriptor() {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let have = std::process::Command::new("fusermount3")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !root || !have || !Path::new("/dev/fuse").exists() {
+            eprintln!("skipping: needs root, /dev/fuse and fusermount3");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("scoutfs-fusermount-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir = dir.canonicalize().unwrap();
+        // What fusermount3 3.14 (Debian 12) knows; later ones also take
+        // nodiratime, strictatime and lazytime.
+        let flags = MountFlags {
+            nodev: true,
+            noexec: true,
+            noatime: true,
+            relatime: true,
+            ..MountFlags::default()
+        };
+        let file = fusermount(&dir, "/some,source", &flags, 1 << 20).unwrap();
+        assert!(file.as_raw_fd() >= 0);
+        let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let line = table
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(dir.to_str().unwrap()))
+            .map(str::to_string);
+        drop(file);
+        let _ = lazy_unmount(&dir);
+        let _ = std::fs::remove_dir(&dir);
+        let line = line.expect("mounted");
+        let (left, right) = line.split_once(" - ").unwrap();
+        assert_eq!(
+            left.split(' ').nth(5),
+            Some("rw,nosuid,nodev,noexec,noatime")
+        );
+        let right: Vec<&str> = right.split(' ').collect();
+        assert_eq!(right[..2], ["fuse.scoutfs", "/some,source"]);
+        assert!(right[2].starts_with("rw,user_id=0,"), "{}", right[2]);
+    }
+
+    #[test]
+    fn option_values_escape_commas() {
+        assert_eq!(escape_option("/a,b\\c"), "/a\\,b\\\\c");
     }
 
     #[test]

@@ -235,6 +235,22 @@ fn mount_helper(name: &str, args: &[OsString]) -> Result<(), Failure> {
     // stderr neither.
     crate::ignore_sigpipe();
     let a = parse_args(args).map_err(|e| (EX_USAGE, e))?;
+    let options = split_options(&a.options);
+    if crate::remount::is_remount(&options) {
+        // mount(8) runs the helper for `mount -o remount` too.
+        let r = crate::remount::plan(&options, &USERSPACE_ONLY).map_err(fail)?;
+        if a.verbose {
+            let _ = writeln!(
+                std::io::stderr(),
+                "{name}: remounting {} with {r:?}",
+                a.dir.display()
+            );
+        }
+        if a.fake {
+            return Ok(());
+        }
+        return crate::remount::remount(&a.dir, &r).map_err(fail);
+    }
     let p = plan(&a.source, &a.options).map_err(fail)?;
     let exe =
         std::env::current_exe().map_err(|e| fail(format!("finding the scoutfs binary: {e}")))?;

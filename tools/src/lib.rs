@@ -15,6 +15,7 @@ mod mkfs;
 mod mount;
 mod nvme;
 mod print;
+mod remount;
 
 use clap::{Parser, Subcommand};
 

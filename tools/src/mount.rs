@@ -17,7 +17,7 @@ use scoutfs_engine::reactor::{CorePin, IdlePolicy, ReactorConfig};
 use scoutfs_engine::serve::{Engine, EngineError, EngineOptions};
 use scoutfs_engine::txn::devices::{check_data_device, check_meta_size};
 use scoutfs_engine::txn::{read_meta_super, TxnError, TxnOptions};
-use scoutfs_fuse::{Counters, FuseOptions, ScoutFuse};
+use scoutfs_fuse::{Counters, FuseOptions, MountFlags, ScoutFuse, STANDARD_OPTIONS};
 
 use crate::device;
 
@@ -30,11 +30,14 @@ pub struct Args {
     /// Mount through FUSE at this directory.
     #[arg(long, value_name = "DIR")]
     pub fuse: PathBuf,
-    /// Mount options, comma separated, as scoutfs's: ino_alloc_per_lock=N,
+    /// Mount options, comma separated: scoutfs's ino_alloc_per_lock=N,
     /// data_prealloc_blocks=N (2048), data_prealloc_contig_only=0|1 (1),
     /// discard (freed data blocks are discarded once their commit is
-    /// durable) or nodiscard (the default), acl (the default) or noacl,
-    /// ro, rw.
+    /// durable) or nodiscard (the default), acl (the default) or noacl;
+    /// and a kernel filesystem's ro|rw, suid|nosuid, dev|nodev,
+    /// exec|noexec, relatime (the default), noatime, strictatime,
+    /// nodiratime, lazytime (and atime, norelatime, nostrictatime,
+    /// diratime, nolazytime), rw, suid, dev, exec by default.
     #[arg(short = 'o', long = "options", value_name = "OPTS")]
     pub options: Option<String>,
     /// Pin the reactor to this core ("auto": the last core when there are
@@ -90,7 +93,8 @@ pub struct Args {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct MountOptions {
     pub ino_alloc_per_lock: Option<u64>,
-    pub read_only: bool,
+    /// The standard options (`ro`, `nodev`, `noatime`, ...).
+    pub flags: MountFlags,
     pub noacl: bool,
     pub data_prealloc_blocks: Option<u64>,
     pub data_prealloc_contig_only: Option<bool>,
@@ -123,15 +127,14 @@ pub fn parse_options(s: &str) -> Result<MountOptions, String> {
                 1 => o.data_prealloc_contig_only = Some(true),
                 _ => return Err("data_prealloc_contig_only is 0 or 1".into()),
             },
-            "ro" => o.read_only = true,
-            "rw" => o.read_only = false,
+            _ if v.is_none() && o.flags.apply(k) => {}
             "discard" => o.discard = true,
             "nodiscard" => o.discard = false,
             "acl" => o.noacl = false,
             "noacl" => o.noacl = true,
             _ => {
                 return Err(format!(
-                    "unknown mount option {opt:?} (known: ino_alloc_per_lock=N, data_prealloc_blocks=N, data_prealloc_contig_only=0|1, discard, nodiscard, acl, noacl, ro, rw)"
+                    "unknown mount option {opt:?} (known: ino_alloc_per_lock=N, data_prealloc_blocks=N, data_prealloc_contig_only=0|1, discard, nodiscard, acl, noacl, {STANDARD_OPTIONS})"
                 ))
             }
         }
@@ -414,7 +417,7 @@ fn serve(a: &Args) -> Result<(), String> {
         writeback_cache: a.writeback_cache,
         readdirplus: !a.no_readdirplus,
         threads: a.fuse_threads.clamp(1, 64),
-        read_only: mo.read_only,
+        read_only: mo.flags.read_only,
         posix_acl: !mo.noacl,
     };
     check_mountpoint(&a.fuse)?;
@@ -440,6 +443,7 @@ fn serve(a: &Args) -> Result<(), String> {
 
     let mut fs = FsOptions {
         acl: !mo.noacl,
+        atime: mo.flags.atime_policy(),
         ..FsOptions::default()
     };
     if let Some(n) = mo.data_prealloc_blocks {
@@ -464,7 +468,7 @@ fn serve(a: &Args) -> Result<(), String> {
             ..TxnOptions::default()
         },
         fs,
-        read_only: mo.read_only,
+        read_only: mo.flags.read_only,
     };
     let devs = (meta.clone(), data.clone());
     let engine = Engine::start(meta, data, opts).map_err(|e| match e {
@@ -488,7 +492,7 @@ fn serve(a: &Args) -> Result<(), String> {
 
     let handler = ScoutFuse::new(engine.clone(), fuse_opts, counters);
     let fsname = a.source.clone().unwrap_or_else(|| source_name(&a.meta));
-    let mount = match scoutfs_fuse::mount(handler, &a.fuse, &fsname, tx) {
+    let mount = match scoutfs_fuse::mount(handler, &a.fuse, &fsname, mo.flags, tx) {
         Ok(m) => m,
         Err(e) => {
             let _ = std::fs::remove_file(&socket);
@@ -705,7 +709,7 @@ mod tests {
         assert_eq!(parse_options("").unwrap(), MountOptions::default());
         let o = parse_options("ino_alloc_per_lock=64,ro,noacl").unwrap();
         assert_eq!(
-            (o.ino_alloc_per_lock, o.read_only, o.noacl),
+            (o.ino_alloc_per_lock, o.flags.read_only, o.noacl),
             (Some(64), true, true)
         );
         assert!(parse_options("bogus")
@@ -726,5 +730,31 @@ mod tests {
         assert!(parse_options("data_prealloc_contig_only=2").is_err());
         assert!(parse_options("discard").unwrap().discard);
         assert!(!parse_options("discard,nodiscard").unwrap().discard);
+    }
+
+    #[test]
+    fn standard_mount_options_are_taken_as_the_kernel_does() {
+        let o = parse_options("nodev,nosuid,noexec,ro,noatime,nodiratime,lazytime").unwrap();
+        assert_eq!(
+            o.flags.ms_flags(),
+            libc::MS_NODEV
+                | libc::MS_NOSUID
+                | libc::MS_NOEXEC
+                | libc::MS_RDONLY
+                | libc::MS_NOATIME
+                | libc::MS_NODIRATIME
+                | libc::MS_LAZYTIME
+        );
+        // Defaults: rw, dev, suid, exec, relatime.
+        assert_eq!(parse_options("").unwrap().flags.ms_flags(), 0);
+        let o = parse_options("nodev,dev,strictatime,ro,rw").unwrap();
+        assert_eq!(o.flags.ms_flags(), libc::MS_STRICTATIME);
+        // Not with a value, and not the ones we don't implement.
+        assert!(parse_options("nodev=1").is_err());
+        let e = parse_options("sync").unwrap_err();
+        assert!(
+            e.contains("unknown mount option \"sync\"") && e.contains("nolazytime"),
+            "{e}"
+        );
     }
 }
