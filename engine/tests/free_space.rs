@@ -8,6 +8,7 @@ mod file_harness;
 
 use file_harness::{errno, BS, T};
 use scoutfs_engine::data::Prealloc;
+use scoutfs_engine::util::ready;
 
 /// 4 MiB of data blocks (mkfs keeps the first 256 KiB of the device).
 const DATA_BYTES: u64 = (4 << 20) + (256 << 10);
@@ -72,5 +73,32 @@ fn a_write_across_the_full_point_is_not_short() {
     let all = vec![3u8; (total * BS) as usize];
     assert_eq!(t.try_write(g, 0, &all), Ok(total * BS));
     assert_eq!(t.read(g, 0, all.len()), all);
+    t.check();
+}
+
+/// A write-back (a kernel page cache's flush) that the device can hold
+/// only part of is ENOSPC, not a short count: the kernel's write-back
+/// takes a short count as success and would drop the rest silently. What
+/// fitted stays written; a write(2) of the same bytes returns short.
+#[test]
+fn a_write_back_that_fills_the_device_is_enospc_not_short() {
+    let mut t = T::new(Prealloc::NONE, DATA_BYTES);
+    let total = t.free_blocks();
+    assert_eq!(ready(t.fs().free_data_bytes()).unwrap(), total * BS);
+    let keep = total - 4;
+    fill(&mut t, "old", keep, 1 << 20);
+    assert_eq!(ready(t.fs().free_data_bytes()).unwrap(), 4 * BS);
+    let g = t.create("g");
+    let buf = vec![5u8; (8 * BS) as usize];
+    assert_eq!(errno(ready(t.fs().write_back(g, 0, &buf))), libc::ENOSPC);
+    assert_eq!(t.attr(g).size, 4 * BS);
+    assert_eq!(t.read(g, 0, (4 * BS) as usize), buf[..(4 * BS) as usize]);
+    assert_eq!(ready(t.fs().free_data_bytes()).unwrap(), 0);
+    let h = t.create("h");
+    t.unlink("g");
+    // free_data_bytes counts the blocks the unlink freed, as statfs does.
+    assert_eq!(ready(t.fs().free_data_bytes()).unwrap(), 4 * BS);
+    assert_eq!(t.try_write(h, 0, &buf), Ok(4 * BS));
+    assert_eq!(errno(t.try_write(h, 4 * BS, &buf)), libc::ENOSPC);
     t.check();
 }

@@ -942,6 +942,53 @@ fn setattr_clears_setuid_like_linux_and_checks_times() {
     assert_eq!(a.ctime, c);
 }
 
+/// The FUSE writeback cache: the kernel keeps mtime and ctime itself and
+/// sends them, as the caller, on a truncate and when it flushes them at
+/// close; it checked the caller first, so the engine takes them from
+/// anyone (`kernel_times`), where the same explicit times from a
+/// frontend that doesn't check are the owner's to set.
+#[test]
+fn times_the_kernel_stamped_are_set_for_any_caller() {
+    let mut t = T::new();
+    let (alice, bob) = (user(1000), user(1001));
+    let tmp = t.mkdir(ROOT, "tmp");
+    t.setattr(&root(), tmp.ino, set_mode(0o777)).unwrap();
+    let f = t.create_as(&alice, tmp.ino, "f", 0o666).unwrap();
+    let (m, c) = (Timespec::new(-5, 6), Timespec::new(7, 8));
+    let stamped = SetAttr {
+        mtime: Some(m),
+        ctime: Some(c),
+        ..SetAttr::default()
+    };
+    assert_eq!(errno(t.setattr(&bob, f.ino, stamped)), libc::EPERM);
+    let kernel = SetAttr {
+        kernel_times: true,
+        ..stamped
+    };
+    let a = t.setattr(&bob, f.ino, kernel).unwrap();
+    assert_eq!((a.mtime, a.ctime, a.uid), (m, c, 1000));
+    // A truncate through a handle with the kernel's stamps; the size's
+    // own check still applies to a caller without write permission.
+    let tr = SetAttr {
+        size: Some(1),
+        handle_writable: true,
+        ..kernel
+    };
+    assert_eq!(t.setattr(&bob, f.ino, tr).unwrap().size, 1);
+    t.setattr(&alice, f.ino, set_mode(0o644)).unwrap();
+    let tr = SetAttr {
+        handle_writable: false,
+        ..tr
+    };
+    assert_eq!(errno(t.setattr(&bob, f.ino, tr)), libc::EACCES);
+    // Other changes keep their checks.
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        ..kernel
+    };
+    assert_eq!(errno(t.setattr(&bob, f.ino, chmod)), libc::EPERM);
+}
+
 #[test]
 fn enodata_erange_e2big_eopnotsupp_for_xattrs() {
     let mut t = T::new();

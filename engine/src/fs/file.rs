@@ -138,7 +138,10 @@ impl<S: ItemStore> Fs<S> {
     /// checked when it was opened. A write(2): setuid/setgid go by
     /// [`perm::mode_after_write`] and security.capability goes.
     pub async fn write(&mut self, creds: &Creds, ino: u64, offset: u64, buf: &[u8]) -> Result<u64> {
-        self.write_kill(Some(creds), ino, offset, buf).await
+        match self.write_kill(Some(creds), ino, offset, buf).await {
+            (0, Some(e)) => Err(e),
+            (done, _) => Ok(done),
+        }
     }
 
     /// Write back bytes a frontend's page cache held: stores through a
@@ -146,9 +149,27 @@ impl<S: ItemStore> Fs<S> {
     /// is dropped, as the kernel drops nothing for a store through a
     /// mapping (page_mkwrite only updates times; ext4 keeps setuid,
     /// setgid and capabilities), and a write(2) into the cache dropped
-    /// them when it entered it. Otherwise as [`Fs::write`].
+    /// them when it entered it. Unlike [`Fs::write`], a write that stops
+    /// short is the error that stopped it (ENOSPC, EIO): the kernel's
+    /// write-back takes a short count as success and would drop the rest
+    /// of its pages silently; an error it records for the writer's fsync
+    /// and close. What was written stays written.
     pub async fn write_back(&mut self, ino: u64, offset: u64, buf: &[u8]) -> Result<u64> {
-        self.write_kill(None, ino, offset, buf).await
+        match self.write_kill(None, ino, offset, buf).await {
+            (done, None) => Ok(done),
+            (done, Some(e)) => {
+                tracing::debug!(
+                    "inode {ino}: write-back of {} bytes at {offset} stopped after {done}: {e}",
+                    buf.len()
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Free space on the data device, in bytes, as statfs counts it.
+    pub async fn free_data_bytes(&mut self) -> Result<u64> {
+        Ok(self.store.free_data_blocks().await?.saturating_mul(BS))
     }
 
     /// Remove security.capability because the file is being changed: the
@@ -172,23 +193,32 @@ impl<S: ItemStore> Fs<S> {
         self.apply(b).await
     }
 
-    /// A write that drops privileges as `kill`'s writer's would, or none.
+    /// A write that drops privileges as `kill`'s writer's would, or none:
+    /// the bytes written, and the error that stopped it short of `buf`'s
+    /// end (`None` when all were written).
     async fn write_kill(
         &mut self,
         kill: Option<&Creds>,
         ino: u64,
         offset: u64,
         buf: &[u8],
-    ) -> Result<u64> {
-        let mut stored = self.read_inode(ino).await?;
-        Self::regular(ino, &stored)?;
-        if buf.is_empty() {
-            return Ok(0);
+    ) -> (u64, Option<FsError>) {
+        let mut stored = match self.read_inode(ino).await {
+            Ok(i) => i,
+            Err(e) => return (0, Some(e)),
+        };
+        if let Err(e) = Self::regular(ino, &stored) {
+            return (0, Some(e));
         }
-        let end = offset
+        if buf.is_empty() {
+            return (0, None);
+        }
+        let Some(end) = offset
             .checked_add(buf.len() as u64)
             .filter(|&e| e <= MAX_FILE_BYTES)
-            .ok_or(FsError::FileTooBig)?;
+        else {
+            return (0, Some(FsError::FileTooBig));
+        };
         let mut done = 0u64;
         let mut committed = false;
         loop {
@@ -208,34 +238,31 @@ impl<S: ItemStore> Fs<S> {
                 Ok(w) => {
                     done += w.bytes;
                     if !w.full {
-                        return Ok(done);
+                        return (done, None);
                     }
-                    None
+                    FsError::NoSpace(format!("the data device filled after {done} bytes"))
                 }
                 Err(e) if done > 0 => {
                     tracing::debug!("inode {ino}: short write: {e}");
-                    return Ok(done);
+                    return (done, Some(e));
                 }
-                Err(e @ FsError::NoSpace(_)) => Some(e),
-                Err(e) => return Err(e),
+                Err(e @ FsError::NoSpace(_)) => e,
+                Err(e) => return (0, Some(e)),
             };
             debug_assert!(offset + done <= end);
             // The device is full. Blocks freed by the open transaction (a
             // file just deleted) are free once it commits, and statfs
             // counts them free: make that commit once and go on.
             if committed || !self.store.pending_data_frees() {
-                return match nospace {
-                    Some(e) => Err(e),
-                    None => Ok(done),
-                };
+                return (done, Some(nospace));
             }
             if let Err(e) = self.store.commit().await {
-                return if done > 0 { Ok(done) } else { Err(e) };
+                return (done, Some(e));
             }
             committed = true;
             stored = match self.read_inode(ino).await {
                 Ok(i) => i,
-                Err(e) => return if done > 0 { Ok(done) } else { Err(e) },
+                Err(e) => return (done, Some(e)),
             };
         }
     }

@@ -201,6 +201,13 @@ pub struct SetAttr {
     /// The times are "now" (utimensat with UTIME_NOW or NULL): write
     /// permission suffices, where explicit times need the owner.
     pub times_now: bool,
+    /// The times are the frontend kernel's own stamps, which it keeps
+    /// while it caches writes (FUSE's writeback cache: mtime and ctime
+    /// on a truncate, and flushed at close or by write-back), and it has
+    /// already checked that the caller may set them (the VFS's
+    /// `setattr_prepare`, run under `default_permissions`): set them
+    /// whoever the caller is. Only for a frontend whose kernel checks.
+    pub kernel_times: bool,
     /// The size change comes through a handle opened for writing
     /// (ftruncate, O_TRUNC): the write permission was checked at open.
     pub handle_writable: bool,
@@ -234,8 +241,9 @@ impl<S: ItemStore> Fs<S> {
     /// truncation needs write permission (EACCES), a mode change or
     /// explicit times the owner (EPERM), an owner change root and a group
     /// change the owner in that group (EPERM), times "now" the owner or
-    /// write permission (EACCES). Every change sets ctime; a mode change
-    /// rewrites the access ACL, if any, to match.
+    /// write permission (EACCES), times the frontend's kernel stamped
+    /// nothing more ([`SetAttr::kernel_times`]). Every change sets ctime;
+    /// a mode change rewrites the access ACL, if any, to match.
     pub async fn setattr(&mut self, creds: &Creds, ino: u64, set: &SetAttr) -> Result<Attr> {
         let now = self.now();
         let stored = self.read_inode(ino).await?;
@@ -270,7 +278,7 @@ impl<S: ItemStore> Fs<S> {
             return Err(FsError::Perm);
         }
         let times = set.atime.is_some() || set.mtime.is_some() || set.ctime.is_some();
-        if times && !creds.owns_or_root(&stored) {
+        if times && !set.kernel_times && !creds.owns_or_root(&stored) {
             if set.times_now && set.ctime.is_none() {
                 self.check_access(creds, ino, &stored, MAY_WRITE).await?;
             } else {

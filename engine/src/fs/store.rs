@@ -90,6 +90,14 @@ pub trait ItemStore {
 
     fn statfs(&mut self) -> impl Future<Output = Result<Statfs>>;
 
+    /// Free data blocks as statfs counts them (blocks freed by the open
+    /// transaction included), without what else statfs gathers: a
+    /// frontend asks at every open for writing (how much the kernel may
+    /// cache, scoutfs-fuse's writeback headroom).
+    fn free_data_blocks(&mut self) -> impl Future<Output = Result<u64>> {
+        async { Ok(self.statfs().await?.free_data_blocks) }
+    }
+
     /// The volume's format version (inode values are shorter in format 1).
     fn format_version(&self) -> u64;
 
@@ -187,6 +195,13 @@ impl ItemStore for Volume {
 
     async fn statfs(&mut self) -> Result<Statfs> {
         Ok(Volume::statfs(self)?)
+    }
+
+    async fn free_data_blocks(&mut self) -> Result<u64> {
+        // What statfs reports, read from the super block the server keeps
+        // current, without its walk of the log trees.
+        let free = self.super_block().data_alloc.total_len.get();
+        Ok(free + self.pending_data_free_blocks())
     }
 
     fn format_version(&self) -> u64 {
