@@ -194,9 +194,10 @@ fn kill_9_mid_copy_keeps_every_fsynced_file() {
     v.mount();
     let m = v.mnt();
     // A file never fsync'd becomes durable when the engine commits the
-    // aged transaction (5 s) with no other operation to trigger it.
+    // aged transaction (5 s) with no other operation to trigger it; the
+    // engine looks every 2.5 s, so by 7.5 s.
     sh(&format!("echo aged > {m}/aged"));
-    std::thread::sleep(Duration::from_secs(7));
+    std::thread::sleep(Duration::from_secs(9));
     v.kill9();
     v.mount();
     assert_eq!(sh(&format!("cat {m}/aged")), "aged\n");
@@ -260,8 +261,13 @@ fn a_full_data_device_is_enospc_and_deleting_frees_it() {
     require_fuse!();
     let mut v = Vol::new(128 << 20, 96 << 20);
     // With discard, blocks freed by a commit go back to the data file's
-    // holes (the uring backend punches them).
-    v.mount_with(&["-o", "discard"]);
+    // holes (the uring backend punches them). A headroom larger than the
+    // device: dd's write-only file is written through, so the write(2)
+    // that doesn't fit is refused, as on ext4 (with more free space than
+    // the headroom the kernel caches it and dd hears at a later write(2);
+    // the failed write-back is then also what the next `sync -f`
+    // reports, once: tests/writeback.rs).
+    v.mount_with(&["-o", "discard", "--writeback-headroom", "1G"]);
     let m = v.mnt();
     let out = Command::new("dd")
         .args([

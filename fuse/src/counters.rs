@@ -34,6 +34,8 @@ counters! {
     Release => "fuse_release",
     Read => "fuse_read",
     Write => "fuse_write",
+    // Opens written through (FOPEN_DIRECT_IO) for want of free space.
+    WriteThroughOpens => "fuse_write_through_opens",
     Fsync => "fuse_fsync",
     Statfs => "fuse_statfs",
     Xattr => "fuse_xattr",

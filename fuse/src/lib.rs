@@ -19,6 +19,7 @@ mod mount_flags;
 mod mount_watch;
 mod server;
 mod session;
+mod writeback;
 
 use std::ffi::CStr;
 use std::io;
@@ -56,9 +57,16 @@ pub struct FuseOptions {
     /// creates meanwhile stays invisible here that long.
     pub negative_timeout: Duration,
     /// Let the kernel cache writes and send them in large batches (FUSE
-    /// writeback caching). Faster for small writes; other frontends of the
-    /// same volume see the data only once the kernel flushes it.
+    /// writeback caching; on by default): a small write(2) costs no round
+    /// trip. Other frontends of the volume see the data once the kernel
+    /// writes it back (at close, fsync, or within its dirty expiry), and
+    /// the kernel keeps a cached file's size and times itself
+    /// (writeback.rs has how space is kept for what it holds).
     pub writeback_cache: bool,
+    /// With the writeback cache: the free space below which files opened
+    /// write-only are written through, so a full device is ENOSPC at
+    /// write(2). `None`: twice the kernel's dirty limit for the mount.
+    pub writeback_headroom: Option<u64>,
     /// Answer readdir with attributes (readdirplus), saving the lookups
     /// that `ls -l` and `find` would send.
     pub readdirplus: bool,
@@ -78,7 +86,8 @@ impl Default for FuseOptions {
             entry_timeout: Duration::from_secs(1),
             attr_timeout: Duration::from_secs(1),
             negative_timeout: Duration::ZERO,
-            writeback_cache: false,
+            writeback_cache: true,
+            writeback_headroom: None,
             readdirplus: true,
             threads: 2,
             read_only: false,
@@ -92,6 +101,9 @@ impl Default for FuseOptions {
 pub struct ScoutFuse {
     engine: Arc<Engine>,
     opts: FuseOptions,
+    /// The writeback cache's headroom, cached writers and failed
+    /// write-backs (writeback.rs).
+    wb: writeback::State,
     counters: Arc<Counters>,
     groups: creds::GroupCache,
     next_handle: AtomicU64,
@@ -105,6 +117,14 @@ pub struct ScoutFuse {
 /// no table is needed to know whether a handle may write.
 fn handle_writable(h: u64) -> bool {
     matches!(h as i32 & libc::O_ACCMODE, libc::O_WRONLY | libc::O_RDWR)
+}
+
+/// The handle's bit saying its writes go through the kernel's writeback
+/// cache (writeback.rs counts such handles per inode).
+const CACHED_WRITER: u64 = 1 << 2;
+
+fn handle_cached_writer(h: u64) -> bool {
+    h & CACHED_WRITER != 0
 }
 
 /// The xattr holding a file's SELinux label (see
@@ -163,6 +183,7 @@ impl ScoutFuse {
         });
         ScoutFuse {
             engine,
+            wb: writeback::State::new(opts.writeback_headroom),
             opts,
             counters,
             groups: creds::GroupCache::default(),
@@ -226,7 +247,77 @@ impl ScoutFuse {
 
     fn new_handle(&self, flags: u32) -> u64 {
         let n = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        (n << 2) | (flags as u64 & libc::O_ACCMODE as u64)
+        (n << 3) | (flags as u64 & libc::O_ACCMODE as u64)
+    }
+
+    /// Whether an open with `flags` needs the free space to choose between
+    /// the writeback cache and writing through (writeback.rs).
+    fn asks_free_space(&self, flags: u32) -> bool {
+        self.opts.writeback_cache && writeback::write_through(true, flags, 0, 1)
+    }
+
+    /// The open's caching: written through (`FOPEN_DIRECT_IO`) when it is
+    /// write-only and the device has less than the headroom free, so the
+    /// writer gets ENOSPC at write(2); else cached.
+    fn open_options(&self, flags: u32, free: Option<u64>) -> OpenOptions {
+        let Some(free) = free else {
+            return OpenOptions::empty();
+        };
+        if writeback::write_through(
+            self.opts.writeback_cache,
+            flags,
+            free,
+            self.wb.headroom.bytes(),
+        ) {
+            self.counters.bump(Counter::WriteThroughOpens);
+            OpenOptions::DIRECT_IO
+        } else {
+            OpenOptions::empty()
+        }
+    }
+
+    /// A handle for an open of `inode` with `flags` and `options`; one that
+    /// may write into the writeback cache is counted until its release.
+    fn open_handle(&self, inode: u64, flags: u32, options: OpenOptions) -> u64 {
+        let h = self.new_handle(flags);
+        if self.opts.writeback_cache
+            && handle_writable(h)
+            && !options.contains(OpenOptions::DIRECT_IO)
+        {
+            self.wb.opened_writer(inode);
+            h | CACHED_WRITER
+        } else {
+            h
+        }
+    }
+
+    /// Once the mount exists at `mountpoint`: how much the kernel may hold
+    /// dirty for it (the writeback headroom), and `fuse`, a descriptor of
+    /// its /dev/fuse connection to send notifications on (writeback.rs).
+    pub fn mounted_at(&self, mountpoint: &std::path::Path, fuse: Option<std::os::fd::OwnedFd>) {
+        if self.opts.writeback_cache {
+            self.wb.mounted(mountpoint, fuse);
+        }
+    }
+
+    /// The GETATTR a cached write(2) sends with its handle when the
+    /// kernel's attributes are stale: after a failed write-back of the
+    /// inode, a write-only handle's is that failure while space stays
+    /// below the headroom, and the write(2) fails with it (writeback.rs).
+    fn refuse_cached_write(&self, inode: u64, handle: u64) -> io::Result<()> {
+        if !handle_cached_writer(handle) || handle as i32 & libc::O_ACCMODE != libc::O_WRONLY {
+            return Ok(());
+        }
+        let Some(errno) = self.wb.failed(inode) else {
+            return Ok(());
+        };
+        let free = self.call(Counter::Getattr, |fs| ready(fs.free_data_bytes()))?;
+        if free >= self.wb.headroom.bytes() {
+            self.wb.forget_failure(inode);
+            return Ok(());
+        }
+        self.counters.bump(Counter::Refused);
+        Err(io::Error::from_raw_os_error(errno))
     }
 
     /// The SELinux label is not stored through this frontend: EOPNOTSUPP,
@@ -255,8 +346,15 @@ impl ScoutFuse {
         let a = self.call(Counter::Create, move |fs| {
             ready(fs.tmpfile(&c, parent, mode))
         })?;
-        Ok((self.entry(&a), self.new_handle(args.flags)))
+        let handle = self.open_handle(a.ino, args.flags, OpenOptions::empty());
+        Ok((self.entry(&a), handle))
     }
+}
+
+/// The data device's free bytes, for an open choosing its caching; 0 (so
+/// written through, the safe choice) if the engine can't say.
+fn free_bytes(fs: &mut Mounted) -> u64 {
+    ready(fs.free_data_bytes()).unwrap_or(0)
 }
 
 /// `__FMODE_EXEC` in an open's flags: the kernel opening a file to
@@ -351,8 +449,11 @@ impl FileSystem for ScoutFuse {
         &self,
         _ctx: &Context,
         inode: u64,
-        _handle: Option<u64>,
+        handle: Option<u64>,
     ) -> io::Result<(stat64, Duration)> {
+        if let Some(h) = handle {
+            self.refuse_cached_write(inode, h)?;
+        }
         let a = self.call(Counter::Getattr, move |fs| ready(fs.getattr(inode)))?;
         Ok((stat_of(&a), self.opts.attr_timeout))
     }
@@ -394,6 +495,15 @@ impl FileSystem for ScoutFuse {
         if valid.contains(SetattrValid::CTIME) {
             set.ctime = Some(ts(attr.st_ctime, attr.st_ctime_nsec));
         }
+        // FATTR_CTIME: no system call sets ctime, so only the kernel sends
+        // it, and only in writeback-cache mode (`trust_local_cmtime`),
+        // where it keeps mtime and ctime itself and sends its own stamps,
+        // as the caller: with a truncate, a utimes, and when it flushes
+        // them at close or write-back (`fuse_flush_times`, mtime + ctime,
+        // not MTIME_NOW). It checked the caller first (`setattr_prepare`,
+        // under the default_permissions this session always mounts with),
+        // so the engine takes them from a non-owner too.
+        set.kernel_times = valid.contains(SetattrValid::CTIME);
         // utimensat(UTIME_NOW) for both times (or a NULL times pointer)
         // needs only write permission.
         set.times_now = (valid.contains(SetattrValid::ATIME_NOW)
@@ -498,8 +608,13 @@ impl FileSystem for ScoutFuse {
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
         let c = self.creds(ctx);
         let mask = open_mask(flags);
-        self.call(Counter::Open, move |fs| ready(fs.open_ino(&c, inode, mask)))?;
-        Ok((Some(self.new_handle(flags)), OpenOptions::empty(), None))
+        let ask_free = self.asks_free_space(flags);
+        let free = self.call(Counter::Open, move |fs| {
+            ready(fs.open_ino(&c, inode, mask))?;
+            Ok(ask_free.then(|| free_bytes(fs)))
+        })?;
+        let options = self.open_options(flags, free);
+        Ok((Some(self.open_handle(inode, flags, options)), options, None))
     }
 
     fn create(
@@ -511,18 +626,16 @@ impl FileSystem for ScoutFuse {
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         let (c, n) = (self.creds_umask(ctx, args.umask), name_bytes(name));
         let mode = args.mode;
-        let a = self.call(Counter::Create, move |fs| {
+        let ask_free = self.asks_free_space(args.flags);
+        let (a, free) = self.call(Counter::Create, move |fs| {
             let a = ready(fs.create(&c, parent, &n, mode))?;
             // The new file is open: hold it in the same reactor turn.
             fs.hold_ino(a.ino);
-            Ok(a)
+            Ok((a, ask_free.then(|| free_bytes(fs))))
         })?;
-        Ok((
-            self.entry(&a),
-            Some(self.new_handle(args.flags)),
-            OpenOptions::empty(),
-            None,
-        ))
+        let options = self.open_options(args.flags, free);
+        let handle = self.open_handle(a.ino, args.flags, options);
+        Ok((self.entry(&a), Some(handle), options, None))
     }
 
     fn read(
@@ -564,9 +677,17 @@ impl FileSystem for ScoutFuse {
         // What a write(2) drops went when it entered the cache; a store
         // through a mapping drops nothing, as on ext4.
         let n = if delayed_write {
-            self.call(Counter::Write, move |fs| {
+            let r = self.call(Counter::Write, move |fs| {
                 ready(fs.write_back(inode, offset, &buf))
-            })?
+            });
+            // The kernel keeps a failure for fsync and close; the next
+            // cached write(2) hears of it too (writeback.rs).
+            let errno = match &r {
+                Ok(_) => 0,
+                Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            };
+            self.wb.written_back(inode, errno);
+            r?
         } else {
             let c = self.creds(ctx);
             self.call(Counter::Write, move |fs| {
@@ -581,8 +702,12 @@ impl FileSystem for ScoutFuse {
         Ok(())
     }
 
-    fn fsync(&self, _ctx: &Context, _inode: u64, _datasync: bool, _handle: u64) -> io::Result<()> {
-        self.call(Counter::Fsync, move |fs| ready(fs.sync()).map(|_| ()))
+    fn fsync(&self, _ctx: &Context, inode: u64, _datasync: bool, _handle: u64) -> io::Result<()> {
+        self.call(Counter::Fsync, move |fs| ready(fs.sync()).map(|_| ()))?;
+        // The kernel wrote the file's pages back first; with the writeback
+        // cache it keeps the st_blocks it had: have it ask again.
+        self.wb.inval_attrs_now(inode);
+        Ok(())
     }
 
     fn fallocate(
@@ -605,11 +730,15 @@ impl FileSystem for ScoutFuse {
         _ctx: &Context,
         inode: u64,
         _flags: u32,
-        _handle: u64,
+        handle: u64,
         _flush: bool,
         _flock_release: bool,
         _lock_owner: Option<u64>,
     ) -> io::Result<()> {
+        // The kernel wrote the handle's pages back before releasing it.
+        if handle_cached_writer(handle) {
+            self.wb.released_writer(inode);
+        }
         self.call(Counter::Release, move |fs| ready(fs.release(inode)))
     }
 
@@ -863,6 +992,12 @@ impl FileSystem for ScoutFuse {
             libc::SEEK_HOLE => false,
             _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
         };
+        // The kernel may hold data of a file with a cached writer that the
+        // engine's extents don't show yet: "not supported" (programs then
+        // read) rather than a hole where there is data.
+        if self.wb.has_writers(inode) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
         self.call(Counter::Read, move |fs| {
             ready(fs.seek_data(inode, offset, want_data))
         })

@@ -61,7 +61,10 @@ pub fn mount(
         .map_err(|e| format!("{}: {e}", mountpoint.display()))?;
     let file = kernel_mount(session.mountpoint(), fsname, &flags, session.bufsize())
         .map_err(|e| format!("mounting FUSE at {}: {e}", mountpoint.display()))?;
+    // A descriptor of the connection for notifications (writeback.rs).
+    let notify = file.try_clone().ok().map(std::os::fd::OwnedFd::from);
     session.set_fuse_file(file);
+    fs.mounted_at(session.mountpoint(), notify);
     let mut fs = fs;
     let sync = match MountSync::new(fs.engine.clone(), session.mountpoint(), fsname) {
         Ok(s) => Arc::new(s),

@@ -69,9 +69,20 @@ pub struct Args {
     /// at all; names other frontends create stay invisible that long).
     #[arg(long, default_value_t = 0.0)]
     pub negative_timeout: f64,
-    /// FUSE writeback caching: the kernel gathers writes in its page cache.
-    #[arg(long)]
+    /// FUSE writeback caching (the default): the kernel gathers writes in
+    /// its page cache and sends them in large batches.
+    #[arg(long, overrides_with = "no_writeback_cache")]
     pub writeback_cache: bool,
+    /// Every write(2) is a round trip to the engine (other frontends see
+    /// it at once; a full device is ENOSPC at that write).
+    #[arg(long)]
+    pub no_writeback_cache: bool,
+    /// With the writeback cache: below this much free data space, files
+    /// opened write-only are written through, so a full device is ENOSPC
+    /// at write(2) (K, M, G suffixes; default twice the kernel's dirty
+    /// limit for the mount).
+    #[arg(long, value_name = "SIZE")]
+    pub writeback_headroom: Option<String>,
     /// Don't answer directory reads with attributes (readdirplus).
     #[arg(long)]
     pub no_readdirplus: bool,
@@ -414,7 +425,11 @@ fn serve(a: &Args) -> Result<(), String> {
         entry_timeout: secs(a.entry_timeout, "--entry-timeout")?,
         attr_timeout: secs(a.attr_timeout, "--attr-timeout")?,
         negative_timeout: secs(a.negative_timeout, "--negative-timeout")?,
-        writeback_cache: a.writeback_cache,
+        writeback_cache: !a.no_writeback_cache,
+        writeback_headroom: match &a.writeback_headroom {
+            Some(s) => Some(device::parse_size(s)?),
+            None => None,
+        },
         readdirplus: !a.no_readdirplus,
         threads: a.fuse_threads.clamp(1, 64),
         read_only: mo.flags.read_only,
