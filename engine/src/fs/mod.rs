@@ -47,6 +47,7 @@ mod dir;
 mod dirent;
 mod error;
 mod file;
+mod handle;
 mod inode;
 mod orphan;
 mod perm;
@@ -75,6 +76,7 @@ pub use file::{
     FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE, FALLOC_FL_KEEP_SIZE, FALLOC_FL_NO_HIDE_STALE,
     FALLOC_FL_PUNCH_HOLE, FALLOC_FL_UNSHARE_RANGE, FALLOC_FL_WRITE_ZEROES, FALLOC_FL_ZERO_RANGE,
 };
+pub use handle::handle_generation;
 pub use inode::{Attr, FileType, SetAttr};
 pub use orphan::orphan_key;
 pub use perm::{Creds, MAY_EXEC, MAY_READ, MAY_WRITE};
@@ -189,8 +191,22 @@ impl<S: ItemStore> Fs<S> {
             no_capability: std::collections::HashSet::new(),
             lazy_atimes: atime::LazyAtimes::default(),
         };
+        // The mount's first grant of inode numbers, committed before a
+        // number from it is used (grant_inos): with the root directory on
+        // a new volume, else alone. Here rather than at the first create,
+        // whose commit would restart the aged-commit clock under the
+        // writes that follow it.
+        let grant = match fs.store.read_only() {
+            true => None,
+            false => Some(fs.grant_inos().await?),
+        };
         if fs.store.lookup(&Key::inode(ROOT_INO)).await?.is_none() {
             fs.make_root().await?;
+        } else if grant.is_some() {
+            fs.store.commit().await?;
+        }
+        if let Some((first, end)) = grant {
+            (fs.ino_next, fs.ino_end) = (first, end);
         }
         fs.delete_orphans().await?;
         Ok(fs)
@@ -262,23 +278,35 @@ impl<S: ItemStore> Fs<S> {
     /// runs out.
     async fn alloc_ino(&mut self) -> Result<u64> {
         if self.ino_next == self.ino_end {
-            let (first, count) = self
-                .store
-                .alloc_inodes(self.opts.ino_alloc_per_lock)
-                .await?;
-            if count == 0 || first <= ROOT_INO {
-                return Err(FsError::NoSpace(format!(
-                    "the server granted no inode numbers ({first}, {count})"
-                )));
-            }
-            self.ino_next = first;
-            self.ino_end = first
-                .checked_add(count)
-                .ok_or(FsError::NoSpace("inode numbers are exhausted".into()))?;
+            let (first, end) = self.grant_inos().await?;
+            self.store.commit().await?;
+            (self.ino_next, self.ino_end) = (first, end);
         }
         let ino = self.ino_next;
         self.ino_next += 1;
         Ok(ino)
+    }
+
+    /// A new grant of inode numbers, `first..end`. The caller commits it
+    /// before using a number from it, as scoutfs's server commits each
+    /// grant before answering it: a number a frontend (and so a file
+    /// handle) has seen is then below the durable `next_ino`, and no crash
+    /// can grant it again (handle.rs). One commit per mount and per
+    /// `ino_alloc_per_lock` new inodes.
+    async fn grant_inos(&mut self) -> Result<(u64, u64)> {
+        let (first, count) = self
+            .store
+            .alloc_inodes(self.opts.ino_alloc_per_lock)
+            .await?;
+        if count == 0 || first <= ROOT_INO {
+            return Err(FsError::NoSpace(format!(
+                "the server granted no inode numbers ({first}, {count})"
+            )));
+        }
+        let end = first
+            .checked_add(count)
+            .ok_or(FsError::NoSpace("inode numbers are exhausted".into()))?;
+        Ok((first, end))
     }
 
     /// Write a batch: the only place operations write items.
