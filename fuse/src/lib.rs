@@ -35,7 +35,9 @@ use fuse_backend_rs::api::filesystem::{
     ZeroCopyReader, ZeroCopyWriter,
 };
 use scoutfs_engine::format::inode::Timespec;
-use scoutfs_engine::fs::{Attr, Creds, FsError, SetAttr, MAY_EXEC, MAY_READ, MAY_WRITE};
+use scoutfs_engine::fs::{
+    handle_generation, Attr, Creds, FsError, SetAttr, MAY_EXEC, MAY_READ, MAY_WRITE,
+};
 use scoutfs_engine::serve::{Engine, Mounted};
 use scoutfs_engine::util::ready;
 
@@ -111,6 +113,9 @@ pub struct ScoutFuse {
     /// The mount's options as the engine follows them (mount_watch.rs);
     /// set once mounted through /dev/fuse.
     mount_sync: Option<Arc<mount_watch::MountSync>>,
+    /// The volume's fsid, whose file handles' generation it gives
+    /// (`scoutfs_engine::fs::handle_generation`).
+    fsid: u64,
 }
 
 /// A handle's number carries the open's access mode in its low bits, so
@@ -181,6 +186,14 @@ impl ScoutFuse {
         } else {
             Duration::ZERO
         });
+        // Read from memory on the reactor: fails only if the engine has
+        // stopped, and then nothing is served anyway.
+        let fsid = engine
+            .call(|fs| fs.store().super_block().fsid())
+            .unwrap_or_else(|e| {
+                tracing::error!("reading the volume's fsid: {e}");
+                0
+            });
         ScoutFuse {
             engine,
             wb: writeback::State::new(opts.writeback_headroom),
@@ -190,6 +203,7 @@ impl ScoutFuse {
             next_handle: AtomicU64::new(1),
             acl_notes,
             mount_sync: None,
+            fsid,
         }
     }
 
@@ -237,7 +251,7 @@ impl ScoutFuse {
     fn entry(&self, a: &Attr) -> Entry {
         Entry {
             inode: a.ino,
-            generation: 0,
+            generation: handle_generation(self.fsid, a.ino).into(),
             attr: stat_of(a),
             attr_flags: 0,
             attr_timeout: self.opts.attr_timeout,
@@ -407,6 +421,11 @@ impl FileSystem for ScoutFuse {
         if self.opts.posix_acl {
             want |= FsOptions::POSIX_ACL;
         }
+        // File handles (name_to_handle_at, NFS): the kernel decodes one it
+        // no longer caches by looking up "." in its inode number, and
+        // connects a directory to the tree through "..". Without this it
+        // answers ESTALE for every handle it doesn't cache.
+        want |= FsOptions::EXPORT_SUPPORT;
         let got = capable & want;
         tracing::debug!("FUSE init: kernel offers {capable:?}, using {got:?}");
         Ok(got)
@@ -418,7 +437,13 @@ impl FileSystem for ScoutFuse {
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
         let (c, n) = (self.creds(ctx), name_bytes(name));
-        let r = self.call(Counter::Lookup, move |fs| ready(fs.lookup(&c, parent, &n)));
+        // The VFS resolves "." and ".." itself: only a file handle's
+        // decoding sends them (handle.rs in the engine).
+        let r = self.call(Counter::Lookup, move |fs| match n.as_slice() {
+            b"." => ready(fs.handle_inode(parent)),
+            b".." => ready(fs.handle_parent(parent)),
+            _ => ready(fs.lookup(&c, parent, &n)),
+        });
         match r {
             Ok(a) => Ok(self.entry(&a)),
             Err(e)
