@@ -7,6 +7,9 @@
 //!   (or entries) per second.
 //! - streaming: a multi-GiB file written with 1 MiB writes (fsync
 //!   included), caches dropped, read back with 1 MiB reads; MB/s.
+//! - small appends: millions of write(2)s of a few bytes to a file opened
+//!   O_APPEND, by one writer, then by four at once (each its own open of
+//!   one file); from open to close, appends per second.
 //!
 //! Both run as root (loop devices, mounts). The scoutfs binary is the one
 //! next to this one (target/release/scoutfs).
@@ -36,6 +39,15 @@ pub struct Args {
     /// Only this target: "scoutfs" or "ext4" (default both).
     #[arg(long)]
     pub only: Option<String>,
+    /// The phases to run, comma separated: metadata, stream, appends.
+    #[arg(long, default_value = "metadata,stream,appends")]
+    pub cases: String,
+    /// Appends in each appends phase.
+    #[arg(long, default_value_t = 3_000_000)]
+    pub appends: usize,
+    /// Bytes per append.
+    #[arg(long, default_value_t = 8)]
+    pub append_bytes: usize,
 }
 
 fn run_cmd(cmd: &mut Command) -> Result<String, String> {
@@ -295,10 +307,85 @@ fn streaming(root: &Path, bytes: u64, f: &mut Figures) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `total` appends of `len` bytes to one file opened O_APPEND by each of
+/// `writers` threads (each its own open, its share of the appends), from
+/// the opens to the closes; checked by the file's size.
+fn appends(
+    root: &Path,
+    total: usize,
+    len: usize,
+    writers: usize,
+    f: &mut Figures,
+) -> std::io::Result<()> {
+    let p = root.join(format!("appends.{writers}"));
+    let each = total / writers;
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let p = &p;
+                s.spawn(move || -> std::io::Result<()> {
+                    let rec = vec![b'a' + w as u8; len];
+                    let mut fh = std::fs::OpenOptions::new()
+                        .append(true)
+                        .create(true)
+                        .open(p)?;
+                    for _ in 0..each {
+                        // One write(2) each: std's File::write is the call.
+                        if fh.write(&rec)? != len {
+                            return Err(std::io::Error::other("a short append"));
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("panicked")))
+        })
+    })?;
+    let elapsed = t.elapsed();
+    let size = std::fs::metadata(&p)?.len();
+    if size != (each * writers * len) as u64 {
+        return Err(std::io::Error::other(format!(
+            "{}: {size} bytes after {} appends of {len}",
+            p.display(),
+            each * writers
+        )));
+    }
+    f.rows.push((
+        format!(
+            "appends {len}B ({writers} writer{})",
+            if writers == 1 { "" } else { "s" }
+        ),
+        rate(each * writers, elapsed),
+        "ops/s",
+    ));
+    std::fs::remove_file(&p)
+}
+
 fn bench(t: &Target, a: &Args, stream: u64) -> Result<Figures, String> {
     let mut f = Figures::default();
-    metadata(t.mnt(), a.files, a.dirs, &mut f).map_err(|e| format!("metadata: {e}"))?;
-    streaming(t.mnt(), stream, &mut f).map_err(|e| format!("streaming: {e}"))?;
+    let want = |c: &str| a.cases.split(',').any(|x| x.trim() == c);
+    if want("metadata") {
+        metadata(t.mnt(), a.files, a.dirs, &mut f).map_err(|e| format!("metadata: {e}"))?;
+    }
+    if want("stream") {
+        streaming(t.mnt(), stream, &mut f).map_err(|e| format!("streaming: {e}"))?;
+    }
+    if want("appends") {
+        for writers in [1, 4] {
+            appends(
+                t.mnt(),
+                a.appends,
+                a.append_bytes.clamp(1, 4096),
+                writers,
+                &mut f,
+            )
+            .map_err(|e| format!("appends: {e}"))?;
+        }
+    }
     Ok(f)
 }
 
@@ -342,6 +429,9 @@ fn run_inner(a: &Args) -> Result<(), String> {
     if unsafe { libc::geteuid() } != 0 {
         return Err("needs root (loop devices and mounts)".into());
     }
+    // Before this process leaves a CPU to the reactor (the count follows
+    // its affinity).
+    let env = crate::env::describe();
     match leave_last_cpu_to_the_reactor() {
         Some(c) => eprintln!(
             "client on CPUs 0..{}, CPU {c} left to the engine's reactor",
@@ -365,11 +455,26 @@ fn run_inner(a: &Args) -> Result<(), String> {
     }
     let _ = std::fs::remove_dir_all(&work);
 
+    for (k, v) in env {
+        println!("{k}: {v}");
+    }
+    // The load while it ran: figures from a busy machine differ.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "files {} (spread over {} dirs), stream {} MiB",
+        "load average at the end: {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("scoutfs mount arguments: {:?}", a.mount_args);
+    println!(
+        "files {} (spread over {} dirs), stream {} MiB, appends {} of {} bytes",
         a.files,
         a.dirs,
-        stream >> 20
+        stream >> 20,
+        a.appends,
+        a.append_bytes
     );
     print!("{:<34}", "");
     for (name, _) in &results {
