@@ -60,7 +60,7 @@ use fuse_backend_rs::abi::fuse_abi::{NotifyInvalInodeOut, NotifyOpcode, OutHeade
 use vm_memory::ByteValued;
 
 /// The headroom when the kernel's dirty limit for the mount can't be read:
-/// the largest limit FUSE's 1% gives on a machine with 512 GiB of memory
+/// twice the limit FUSE's 1% gives on a machine with 512 GiB of memory
 /// and the default dirty ratio of 20%.
 pub const FALLBACK_HEADROOM: u64 = 2 << 30;
 
