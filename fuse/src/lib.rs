@@ -142,6 +142,18 @@ const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
 /// The xattr holding a file's capabilities (see `ScoutFuse::removexattr`).
 const CAPABILITY_XATTR: &[u8] = b"security.capability";
 
+/// A READ or WRITE larger than fuse-backend-rs's request buffer (1 MiB,
+/// what INIT offers as max_write and the mount's max_read allows) never
+/// comes from the kernel: EINVAL before anything is allocated for it (the
+/// header's size field alone would have us allocate up to 4 GiB; found by
+/// the `fuse_request` fuzz target).
+fn check_io_size(size: u32) -> io::Result<()> {
+    if size > fuse_backend_rs::api::server::MAX_BUFFER_SIZE {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    Ok(())
+}
+
 fn errno(e: FsError) -> io::Error {
     io::Error::from_raw_os_error(e.errno())
 }
@@ -674,6 +686,7 @@ impl FileSystem for ScoutFuse {
         _lock_owner: Option<u64>,
         _flags: u32,
     ) -> io::Result<usize> {
+        check_io_size(size)?;
         let data = self.call(Counter::Read, move |fs| {
             ready(fs.read(inode, offset, size as usize))
         })?;
@@ -695,6 +708,7 @@ impl FileSystem for ScoutFuse {
         _flags: u32,
         _fuse_flags: u32,
     ) -> io::Result<usize> {
+        check_io_size(size)?;
         let mut buf = vec![0u8; size as usize];
         io::Read::read_exact(r, &mut buf)?;
         // FUSE_WRITE_CACHE: pages written back (stores through a shared

@@ -112,11 +112,16 @@ fn session() -> &'static Session {
 
 /// One request through the /dev/fuse path.
 fn handle(s: &Session, req: &mut [u8]) {
+    handle_to(s, req, s.null.as_raw_fd());
+}
+
+/// One request, its reply written to `reply_fd` as to /dev/fuse.
+fn handle_to(s: &Session, req: &mut [u8], reply_fd: std::os::fd::RawFd) {
     let mut reply = vec![0u8; REPLY_BYTES];
     let Ok(reader) = Reader::<()>::from_fuse_buffer(FuseBuf::new(req)) else {
         return;
     };
-    let Ok(writer) = FuseDevWriter::<()>::new(s.null.as_raw_fd(), &mut reply) else {
+    let Ok(writer) = FuseDevWriter::<()>::new(reply_fd, &mut reply) else {
         return;
     };
     // Errors are the decoder refusing the request: what we want.
@@ -315,6 +320,56 @@ mod tests {
             Counter::Rename,
         ] {
             assert!(c.get(op) > 0, "{} never reached ScoutFuse", op.name());
+        }
+    }
+
+    /// The reply's error (negative errno, 0 for success) to one request.
+    fn reply_error(req: &mut [u8]) -> i32 {
+        use std::io::Read;
+        let s = session();
+        let mut path = std::env::temp_dir();
+        path.push(format!("scoutfs-fuse-reply-{}", std::process::id()));
+        let mut out = File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("reply file");
+        let _ = std::fs::remove_file(&path);
+        handle_to(s, req, out.as_raw_fd());
+        let mut hdr = [0u8; 16];
+        std::io::Seek::rewind(&mut out).expect("rewind");
+        out.read_exact(&mut hdr).expect("a reply header");
+        i32::from_le_bytes(hdr[4..8].try_into().expect("4 bytes"))
+    }
+
+    /// A READ or WRITE claiming more than a request buffer holds is
+    /// refused before anything is allocated for it (the header's size
+    /// field once had the handler allocate up to 4 GiB).
+    #[test]
+    fn oversized_read_and_write_are_einval() {
+        use fuse_backend_rs::abi::fuse_abi::{ReadIn, WriteIn};
+        use vm_memory::ByteValued;
+        for size in [u32::MAX, (1 << 20) + 1] {
+            let read = ReadIn {
+                fh: 0,
+                offset: 0,
+                size,
+                ..Default::default()
+            };
+            let mut req = request(Opcode::Read as u32, 90, 1, read.as_slice());
+            assert_eq!(reply_error(&mut req), -libc::EINVAL, "READ of {size}");
+            let write = WriteIn {
+                fh: 0,
+                offset: 0,
+                size,
+                ..Default::default()
+            };
+            let mut body = write.as_slice().to_vec();
+            body.extend_from_slice(&[7u8; 64]);
+            let mut req = request(Opcode::Write as u32, 91, 1, &body);
+            assert_eq!(reply_error(&mut req), -libc::EINVAL, "WRITE of {size}");
         }
     }
 }
