@@ -273,3 +273,42 @@ fn reads_skip_long_runs_of_deletions_across_trees() {
     assert_eq!(three.len(), 3);
     assert_eq!(three[2].key, want[2].0);
 }
+
+/// The age limit counts from a transaction's first change, not from the
+/// last commit: a change made long after a commit is still given the
+/// whole `commit_age` and no more, and later changes don't move the due
+/// time (what the engine's quiet-commit task sleeps until).
+#[test]
+fn a_transaction_is_due_commit_age_after_its_first_change() {
+    let meta = MemDev::new(64 << 20);
+    let data = MemDev::new(64 << 20);
+    mkfs(&meta, &data, &MkfsOptions::default()).unwrap();
+    let age = std::time::Duration::from_secs(3600);
+    let mut vol = Volume::open(
+        &meta,
+        TxnOptions {
+            commit_age: age,
+            ..small_opts()
+        },
+    )
+    .unwrap();
+    vol.commit().unwrap();
+    assert_eq!(vol.commit_due_at(), None, "nothing open after a commit");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let before = std::time::Instant::now();
+    vol.upsert(k(1, 1), b"first").unwrap();
+    let due = vol.commit_due_at().expect("a change opens the transaction");
+    assert!(due >= before + age, "due counts from the first change");
+    assert!(due <= std::time::Instant::now() + age);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    vol.upsert(k(1, 2), b"second").unwrap();
+    assert!(vol.delete(&k(1, 1)).unwrap());
+    assert_eq!(
+        vol.commit_due_at(),
+        Some(due),
+        "later changes keep the due time"
+    );
+    assert!(!vol.should_commit());
+    vol.commit().unwrap();
+    assert_eq!(vol.commit_due_at(), None);
+}

@@ -61,10 +61,17 @@ pub struct EngineOptions {
 }
 
 /// Commit a transaction that has aged past `age` even when no operation
-/// comes along to trigger it, until the reactor shuts down.
+/// comes along to trigger it, until the reactor shuts down. The task
+/// sleeps until the open transaction's due time (`Volume::commit_due_at`),
+/// or `age` while nothing is open: a change made during that sleep is due
+/// after the wake-up, so no change waits more than `age` (plus this
+/// thread's scheduling) to be committed.
 async fn commit_when_quiet(local: Local, age: std::time::Duration) {
-    let period = (age / 2).max(std::time::Duration::from_millis(10));
+    // A transaction held open by an operation is committed when it lets
+    // go; meanwhile a due time in the past must not become a busy loop.
+    const MIN_NAP: std::time::Duration = std::time::Duration::from_millis(10);
     let mut stop = std::pin::pin!(local.shutdown_signal());
+    let mut period = age.max(MIN_NAP);
     loop {
         let mut nap = std::pin::pin!(local.sleep(period));
         let stopped = std::future::poll_fn(|cx| {
@@ -77,16 +84,24 @@ async fn commit_when_quiet(local: Local, age: std::time::Duration) {
         if stopped {
             return;
         }
-        MOUNTED.with(|cell| {
-            if let Some(fs) = cell.borrow_mut().as_mut() {
+        period = MOUNTED
+            .with(|cell| {
+                let mut cell = cell.borrow_mut();
+                let Some(fs) = cell.as_mut() else {
+                    return age;
+                };
                 if let Err(e) = ready(fs.write_aged_atimes()) {
                     tracing::error!("writing day-old lazytime atimes failed: {e}");
                 }
                 if let Err(e) = fs.store_mut().commit_if_due() {
                     tracing::error!("periodic commit failed: {e}");
                 }
-            }
-        });
+                match fs.store_mut().commit_due_at() {
+                    Some(due) => due.saturating_duration_since(std::time::Instant::now()),
+                    None => age,
+                }
+            })
+            .max(MIN_NAP);
     }
 }
 

@@ -279,11 +279,7 @@ impl Volume {
     /// mount remounted read-write). A volume that went read-only after an
     /// error stays so. Whether changes are accepted now.
     pub fn clear_read_only_request(&mut self) -> bool {
-        let writable = self.server.clear_read_only_request();
-        if writable && self.txn_writes == 0 {
-            self.txn_started = Instant::now();
-        }
-        writable
+        self.server.clear_read_only_request()
     }
 
     fn check_writable(&self) -> Result<(), TxnError> {
@@ -370,7 +366,7 @@ impl Volume {
         if self.log.max_item_seq.get() < seq {
             self.log.max_item_seq.set(seq);
         }
-        self.txn_writes += 1;
+        self.note_write();
         self.maybe_commit()
     }
 
@@ -401,7 +397,7 @@ impl Volume {
             let Volume { store, log, .. } = self;
             match store.retry(|c| btree::delete(c, &mut log.item_root, key)) {
                 Ok(_) => {
-                    self.txn_writes += 1;
+                    self.note_write();
                     self.maybe_commit()?;
                     return Ok(true);
                 }
@@ -436,7 +432,7 @@ impl Volume {
     /// has committed.
     pub fn free_data(&mut self, ext: Extent) {
         self.data_freed.push(ext);
-        self.txn_writes += 1;
+        self.note_write();
     }
 
     /// Data extents freed in the open transaction (allocatable after it
@@ -465,7 +461,7 @@ impl Volume {
         self.check_writable()?;
         match self.call(Request::AllocInodes { count })? {
             Response::Inodes { first, count } => {
-                self.txn_writes += 1;
+                self.note_write();
                 Ok((first, count))
             }
             other => Err(TxnError::Invalid(format!(
@@ -512,6 +508,23 @@ impl Volume {
             return Ok(());
         }
         self.maybe_commit()
+    }
+
+    /// Count a change in the open transaction; its first change starts
+    /// the age that `commit_age` limits (as ext4's journal commit timer
+    /// starts with a transaction's first handle), so a change waits at
+    /// most `commit_age` to become durable.
+    fn note_write(&mut self) {
+        if self.txn_writes == 0 {
+            self.txn_started = Instant::now();
+        }
+        self.txn_writes += 1;
+    }
+
+    /// When the open transaction's age reaches `commit_age`; None while it
+    /// holds no change.
+    pub fn commit_due_at(&self) -> Option<Instant> {
+        (self.txn_writes > 0).then(|| self.txn_started + self.opts.commit_age)
     }
 
     /// Whether the open transaction has reached a commit trigger.
@@ -616,7 +629,6 @@ impl Volume {
                 self.committed_log = self.log;
                 self.commits += 1;
                 self.commits_since_merge += 1;
-                self.txn_started = Instant::now();
                 self.txn_writes = 0;
                 Ok(seq)
             }
