@@ -166,7 +166,10 @@ EOF"#
         .unwrap();
     let cs = String::from_utf8_lossy(&c.stdout);
     assert!(
-        c.status.success() && cs.contains("fuse_create ") && cs.contains("commits "),
+        c.status.success()
+            && cs.contains("fuse_create ")
+            && cs.contains("commits ")
+            && cs.contains("corrupt_block_reads 0\n"),
         "{cs}"
     );
 

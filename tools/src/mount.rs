@@ -656,6 +656,14 @@ fn start_admin(path: &Path, engine: Arc<Engine>, counters: Arc<Counters>) -> Res
                                 "data_readahead_hit_blocks",
                                 v.data_io().map_or(0, |d| d.ra_hits),
                             ),
+                            // Metadata blocks that failed their checks:
+                            // every meeting, and the distinct blocks
+                            // logged (block/corrupt.rs).
+                            ("corrupt_block_reads", v.store_mut().corruption.met()),
+                            (
+                                "corrupt_blocks_logged",
+                                v.store_mut().corruption.logged() as u64,
+                            ),
                         ]
                     }) {
                         lines.extend(stats.iter().map(|(k, v)| (k.to_string(), *v)));
