@@ -237,3 +237,64 @@ fn a_corrupt_directory_block_fails_each_operation_with_eio_and_is_logged_once() 
     let problems = check_volume(fs.store_mut().store_mut(), &meta, &data).problems;
     assert!(problems.is_empty(), "{problems:?}");
 }
+
+/// The server's blocks-in-hand list is read at mount: a list block whose
+/// header checks out but which lists a block outside the device is
+/// corruption, logged with the device and block like any other, and the
+/// mount fails with EIO rather than hand that block out.
+#[test]
+fn a_blocks_in_hand_list_naming_a_block_off_the_device_fails_the_mount() {
+    use scoutfs_engine::format::alloc::{alloc_list_array_mut, alloc_list_block};
+    use scoutfs_engine::format::block::seal_block;
+    use scoutfs_engine::format::BlockMagic;
+
+    let meta = MemDev::new(64 << 20);
+    let data = MemDev::new(16 << 20);
+    mkfs(&meta, &data, &MkfsOptions::default()).expect("mkfs");
+    let mut fs = mount(&meta, &data);
+    ready(fs.create(&Creds::root(), ROOT, b"f", 0o644)).unwrap();
+    fs.into_store().unmount().unwrap();
+
+    let (_, sb) = open_store(&meta, 16 << 20).expect("open store");
+    let list = sb.server_meta_avail[0].ref_;
+    assert!(!list.is_null(), "an unmounted volume keeps blocks in hand");
+    let at = list.blkno.get() * BLOCK_LG_SIZE as u64;
+    let mut blk = vec![0u8; BLOCK_LG_SIZE];
+    meta.read_at(at, &mut blk);
+    let h = *alloc_list_block(&blk);
+    assert!(h.nr.get() > 0);
+    alloc_list_array_mut(&mut blk)[h.start.get() as usize] = sb.total_meta_blocks.get().into();
+    seal_block(
+        &mut blk,
+        BlockMagic::AllocList,
+        sb.fsid(),
+        list.blkno.get(),
+        list.seq.get(),
+    );
+    meta.write_at(at, &blk);
+
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let c = capture.clone();
+            move || c.clone()
+        })
+        .with_ansi(false)
+        .finish();
+    let err = tracing::subscriber::with_default(subscriber, || {
+        Volume::open(&meta, TxnOptions::default()).expect_err("a bad list fails the mount")
+    });
+    assert_eq!(err.errno(), libc::EIO, "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&meta.name()) && msg.contains("blocks-in-hand list"),
+        "{msg}"
+    );
+    let log = capture.text();
+    let line = format!(
+        "{}: corrupt metadata block {} (64 KiB blocks",
+        meta.name(),
+        list.blkno.get()
+    );
+    assert_eq!(log.matches(&line).count(), 1, "{log}");
+}

@@ -197,22 +197,28 @@ impl Server {
         let head = sb.server_meta_avail[0];
         if !head.ref_.is_null() {
             store.retry(|c| -> Result<(), BlockError> {
+                // A list block whose header checks out but whose contents
+                // can't be right is corruption too: logged as such, and
+                // the mount fails with the block and what is wrong.
+                let corrupt = |c: &mut Store, msg: String| {
+                    let blkno = head.ref_.blkno.get();
+                    let device = c.io.device_name().to_string();
+                    c.corruption.report(&device, blkno, &msg);
+                    BlockError::Io { device, blkno, msg }
+                };
                 let blk = c.get(&head.ref_, BlockMagic::AllocList)?;
-                let entries = alloc_list_entries(blk).map_err(|e| BlockError::Io {
-                    device: "meta".into(),
-                    blkno: head.ref_.blkno.get(),
-                    msg: e.to_string(),
-                })?;
-                let list: Vec<u64> = entries.iter().map(|b| b.get()).collect();
+                let list: Vec<u64> = match alloc_list_entries(blk) {
+                    Ok(entries) => entries.iter().map(|b| b.get()).collect(),
+                    Err(e) => return Err(corrupt(c, e.to_string())),
+                };
                 let lo = crate::format::super_block::META_DEV_START_BLKNO;
                 let hi = sb.total_meta_blocks.get();
                 let mut seen = std::collections::HashSet::new();
                 if let Some(bad) = list.iter().find(|&&b| b < lo || b >= hi || !seen.insert(b)) {
-                    return Err(BlockError::Io {
-                        device: "meta".into(),
-                        blkno: head.ref_.blkno.get(),
-                        msg: format!("blocks-in-hand list holds block {bad}: outside [{lo}, {hi}) or listed twice"),
-                    });
+                    let msg = format!(
+                        "blocks-in-hand list holds block {bad}: outside [{lo}, {hi}) or listed twice"
+                    );
+                    return Err(corrupt(c, msg));
                 }
                 c.cache.add_avail(list.into_iter().rev());
                 Ok(())
