@@ -32,6 +32,8 @@ counters! {
     Rename => "fuse_rename",
     Open => "fuse_open",
     Release => "fuse_release",
+    // Inodes the kernel forgot (FORGET, BATCH_FORGET).
+    Forget => "fuse_forget",
     Read => "fuse_read",
     Write => "fuse_write",
     // Opens written through (FOPEN_DIRECT_IO) for want of free space.

@@ -36,7 +36,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 use scoutfs_engine::format::inode::Timespec;
 use scoutfs_engine::fs::{
-    handle_generation, Attr, Creds, FsError, SetAttr, MAY_EXEC, MAY_READ, MAY_WRITE,
+    handle_generation, Attr, Creds, FsError, KernelRefs, SetAttr, MAY_EXEC, MAY_READ, MAY_WRITE,
 };
 use scoutfs_engine::serve::{Engine, Mounted};
 use scoutfs_engine::util::ready;
@@ -110,6 +110,10 @@ pub struct ScoutFuse {
     groups: creds::GroupCache,
     next_handle: AtomicU64,
     acl_notes: acl_notes::AclNotes,
+    /// The kernel's lookup counts, shared with the engine (every entry
+    /// reply counts one; FORGET gives them back): an unlinked inode stays
+    /// while the kernel references it.
+    refs: Arc<KernelRefs>,
     /// The mount's options as the engine follows them (mount_watch.rs);
     /// set once mounted through /dev/fuse.
     mount_sync: Option<Arc<mount_watch::MountSync>>,
@@ -206,6 +210,12 @@ impl ScoutFuse {
                 tracing::error!("reading the volume's fsid: {e}");
                 0
             });
+        let refs = engine.call(|fs| fs.kernel_refs()).unwrap_or_else(|e| {
+            // Every request fails the same way; unlinked inodes then go
+            // at once, as without references.
+            tracing::error!("no mounted filesystem to share lookup counts with: {e}");
+            Arc::default()
+        });
         ScoutFuse {
             engine,
             wb: writeback::State::new(opts.writeback_headroom),
@@ -214,6 +224,7 @@ impl ScoutFuse {
             groups: creds::GroupCache::default(),
             next_handle: AtomicU64::new(1),
             acl_notes,
+            refs,
             mount_sync: None,
             fsid,
         }
@@ -260,7 +271,16 @@ impl ScoutFuse {
         }
     }
 
+    /// The reply to a lookup, create, mkdir, mknod, symlink, link or
+    /// tmpfile: the kernel counts one more lookup of the inode, and so
+    /// does this (`refs`), before the reply leaves.
     fn entry(&self, a: &Attr) -> Entry {
+        self.refs.remember(a.ino);
+        self.entry_uncounted(a)
+    }
+
+    /// An entry for readdirplus, counted once it is in the reply.
+    fn entry_uncounted(&self, a: &Attr) -> Entry {
         Entry {
             inode: a.ino,
             generation: handle_generation(self.fsid, a.ino).into(),
@@ -375,6 +395,34 @@ impl ScoutFuse {
         let handle = self.open_handle(a.ino, args.flags, OpenOptions::empty());
         Ok((self.entry(&a), handle))
     }
+
+    /// FORGET and BATCH_FORGET: the kernel gives lookup counts back; the
+    /// unlinked inodes it no longer references are deleted (refs.rs in the
+    /// engine). No reply goes back, so a failure is only logged.
+    fn forget_all(&self, requests: Vec<(u64, u64)>) {
+        self.counters.add(Counter::Forget, requests.len() as u64);
+        let gone: Vec<u64> = requests
+            .into_iter()
+            .filter(|&(ino, count)| self.refs.forget(ino, count))
+            .map(|(ino, _)| ino)
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        let counters = self.counters.clone();
+        let r = self.engine.call(move |fs| {
+            for ino in gone {
+                if let Err(e) = ready(fs.forgotten(ino)) {
+                    counters.error(&e);
+                    tracing::warn!("deleting unlinked inode {ino} at its last FORGET: {e}");
+                }
+            }
+        });
+        if let Err(e) = r {
+            self.counters.bump(Counter::Errors);
+            tracing::error!("engine call failed: {e}");
+        }
+    }
 }
 
 /// The data device's free bytes, for an open choosing its caching; 0 (so
@@ -477,9 +525,12 @@ impl FileSystem for ScoutFuse {
         }
     }
 
-    fn forget(&self, _ctx: &Context, _inode: u64, _count: u64) {
-        // Inodes live by their links and open handles, not by the
-        // kernel's lookup counts.
+    fn forget(&self, _ctx: &Context, inode: u64, count: u64) {
+        self.forget_all(vec![(inode, count)]);
+    }
+
+    fn batch_forget(&self, _ctx: &Context, requests: Vec<(u64, u64)>) {
+        self.forget_all(requests);
     }
 
     fn getattr(
@@ -995,10 +1046,15 @@ impl FileSystem for ScoutFuse {
                         type_: e.kind.kernel_dirent_type().into(),
                         name: &e.name,
                     },
-                    self.entry(a),
+                    self.entry_uncounted(a),
                 )?;
                 if n == 0 {
                     return Ok(());
+                }
+                // The kernel counts a lookup of each entry it is sent, but
+                // "." and ".." (fuse_direntplus_link).
+                if e.name != b"." && e.name != b".." {
+                    self.refs.remember(e.ino);
                 }
             }
         }

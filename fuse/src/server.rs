@@ -10,10 +10,21 @@
 //! not ours reaches `Server` untouched. `Reader` and `Writer` are the types
 //! both transports hand out (/dev/fuse buffers here, virtio descriptor
 //! chains in virtiofs), so this path serves both.
+//!
+//! Order: threads that read one /dev/fuse take turns ([`ScoutServer::intake`]);
+//! a FORGET, a RELEASE and a RELEASEDIR are handled before the turn
+//! passes on, so every request the kernel queued after one finds its
+//! effect. The kernel queues the FORGET of an unlinked file before the
+//! unlink returns (its last iput), or while it takes in the reply to the
+//! RELEASE of the file's last close if that came later (a release in
+//! flight holds the inode), and hands out a pending FORGET before other
+//! requests: so a `df` right after `rm` sees the blocks freed, as on
+//! ext4, although the engine keeps an unlinked inode while the kernel
+//! references it (the engine's refs.rs).
 
 use std::io::{self, Write};
 use std::mem::size_of;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use fuse_backend_rs::abi::fuse_abi::{CreateIn, EntryOut, InHeader, OpenOut, OutHeader};
 use fuse_backend_rs::api::filesystem::Context;
@@ -27,10 +38,18 @@ use crate::ScoutFuse;
 /// FUSE_TMPFILE's opcode (`include/uapi/linux/fuse.h`, 7.37).
 pub const FUSE_TMPFILE: u32 = 51;
 
+/// The opcodes handled before the next request is read (see the module
+/// comment): FUSE_FORGET, FUSE_RELEASE, FUSE_RELEASEDIR,
+/// FUSE_BATCH_FORGET.
+const IN_ORDER: [u32; 4] = [2, 18, 29, 42];
+
 /// The request handler of a mount, for every transport.
 pub struct ScoutServer {
     server: Server<Arc<ScoutFuse>>,
     fs: Arc<ScoutFuse>,
+    /// Held by the thread reading the next request (see the module
+    /// comment).
+    intake: Mutex<()>,
 }
 
 impl std::fmt::Debug for ScoutServer {
@@ -45,7 +64,35 @@ impl ScoutServer {
         ScoutServer {
             server: Server::new(fs.clone()),
             fs,
+            intake: Mutex::new(()),
         }
+    }
+
+    /// The turn to read the next request, for transports several threads
+    /// read: take it before reading, give it to [`ScoutServer::handle_in_order`].
+    pub fn intake(&self) -> MutexGuard<'_, ()> {
+        // The guard protects no data: a panic while it was held leaves
+        // nothing half done.
+        self.intake.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`ScoutServer::handle_message`] of a request read in the turn
+    /// `intake`: the turn passes on at once, but after a FORGET or a
+    /// release is handled.
+    pub fn handle_in_order<S: BitmapSlice>(
+        &self,
+        intake: MutexGuard<'_, ()>,
+        r: Reader<'_, S>,
+        w: Writer<'_, S>,
+    ) -> fuse_backend_rs::Result<usize> {
+        let in_order = matches!(
+            r.clone().read_obj::<InHeader>(),
+            Ok(h) if IN_ORDER.contains(&h.opcode)
+        );
+        if !in_order {
+            drop(intake);
+        }
+        self.handle_message(r, w, None, None)
     }
 
     pub fn fs(&self) -> &ScoutFuse {

@@ -91,10 +91,12 @@ pub fn mount(
             .name(format!("fuse-{i}"))
             .spawn(move || {
                 let why = loop {
+                    // Threads take turns to read (server.rs: a FORGET is
+                    // handled before the next request is read).
+                    let intake = server.intake();
                     match ch.get_request() {
                         Ok(Some((reader, writer))) => {
-                            if let Err(e) = server.handle_message(reader, writer.into(), None, None)
-                            {
+                            if let Err(e) = server.handle_in_order(intake, reader, writer.into()) {
                                 // A reply the kernel no longer wants (the
                                 // caller was interrupted) is not fatal.
                                 tracing::debug!("FUSE request: {e}");

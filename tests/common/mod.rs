@@ -280,3 +280,36 @@ pub fn counter(v: &Vol, name: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// Run python3 on `script` with `args`; its stdout, or a panic with both
+/// outputs.
+pub fn py(script: &str, args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "python3 {args:?} failed ({}):\n--- stdout\n{o}\n--- stderr\n{e}",
+        out.status
+    );
+    o
+}
+
+/// Unmount, and show that the kernel forgot every removed inode it had
+/// referenced: an inode kept for the kernel at unmount would be an orphan
+/// that the next mount deletes and logs. Then check the volume.
+pub fn unmount_with_nothing_kept(v: &mut Vol) {
+    v.unmount();
+    v.mount_with(&[]);
+    let log = v.log();
+    assert!(!log.contains("orphaned inodes"), "{log}");
+    v.unmount();
+    v.check();
+}

@@ -253,8 +253,13 @@ impl<S: ItemStore> Fs<S> {
             // The device is full. Blocks freed by the open transaction (a
             // file just deleted) are free once it commits, and statfs
             // counts them free: make that commit once and go on.
-            if committed || !self.store.pending_data_frees() {
+            if committed {
                 return (done, Some(nospace));
+            }
+            match self.room_after_commit().await {
+                Ok(true) => {}
+                Ok(false) => return (done, Some(nospace)),
+                Err(e) => return (done, Some(e)),
             }
             if let Err(e) = self.store.commit().await {
                 return (done, Some(e));
@@ -411,7 +416,7 @@ impl<S: ItemStore> Fs<S> {
                 .await;
             match r {
                 Err(FsError::NoSpace(_))
-                    if !committed && op != FallocOp::Punch && self.store.pending_data_frees() =>
+                    if !committed && op != FallocOp::Punch && self.room_after_commit().await? =>
                 {
                     self.store.commit().await?;
                     committed = true;

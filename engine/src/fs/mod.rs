@@ -51,6 +51,7 @@ mod handle;
 mod inode;
 mod orphan;
 mod perm;
+mod refs;
 mod remount;
 mod rename;
 mod store;
@@ -80,6 +81,7 @@ pub use handle::handle_generation;
 pub use inode::{Attr, FileType, SetAttr};
 pub use orphan::orphan_key;
 pub use perm::{Creds, MAY_EXEC, MAY_READ, MAY_WRITE};
+pub use refs::KernelRefs;
 pub use rename::{RENAME_EXCHANGE, RENAME_NOREPLACE};
 pub use store::ItemStore;
 pub use xattr::{XATTR_CREATE, XATTR_REPLACE};
@@ -161,6 +163,9 @@ pub struct Fs<S: ItemStore> {
     /// Handles held on each inode (open files, and whatever else a
     /// frontend pins); an unlinked inode lives while its count is non-zero.
     open_counts: HashMap<u64, u32>,
+    /// The kernel's references through FUSE's lookup counts (refs.rs): an
+    /// unlinked inode also lives while the kernel references it.
+    kernel_refs: std::sync::Arc<refs::KernelRefs>,
     /// Unlinked inodes too large to delete in the unlinking transaction
     /// (orphan.rs).
     pending_purge: Vec<u64>,
@@ -186,6 +191,7 @@ impl<S: ItemStore> Fs<S> {
             ino_next: 0,
             ino_end: 0,
             open_counts: HashMap::new(),
+            kernel_refs: Default::default(),
             pending_purge: Vec::new(),
             linkable: std::collections::HashSet::new(),
             no_capability: std::collections::HashSet::new(),
@@ -253,13 +259,18 @@ impl<S: ItemStore> Fs<S> {
     }
 
     /// Write what is kept in memory (lazytime's atimes) before an
-    /// unmount commits.
+    /// unmount commits, and delete the unlinked inodes kept only for the
+    /// kernel's references, which end with the mount (refs.rs).
     pub async fn flush(&mut self) -> Result<()> {
-        self.write_lazy_atimes(None).await
+        self.write_lazy_atimes(None).await?;
+        self.end_kernel_refs().await
     }
 
     pub async fn statfs(&mut self) -> Result<Statfs> {
-        self.store.statfs().await
+        let mut s = self.store.statfs().await?;
+        // Unlinked inodes only the kernel still references (refs.rs).
+        self.count_kept_as_deleted(&mut s).await?;
+        Ok(s)
     }
 
     fn now(&self) -> Timespec {

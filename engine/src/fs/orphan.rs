@@ -66,21 +66,25 @@ impl<S: ItemStore> Fs<S> {
             Err(FsError::NotFound) => return Ok(()),
             r => r?,
         };
-        if inode.nlink.get() > 0 {
+        if inode.nlink.get() > 0 || self.kernel_refs.keep_if_referenced(ino) {
+            // Linked, or the kernel still references it (refs.rs): its
+            // last FORGET deletes it.
             return Ok(());
         }
+        self.kernel_refs.unkeep(ino);
         self.purge_inode(ino).await
     }
 
     /// `ino`, tracked by `b`, has lost its last link: keep it as an orphan
-    /// while a handle holds it, else delete it with all its items. An
+    /// while a handle holds it or the kernel references it (refs.rs), else
+    /// delete it with all its items. An
     /// inode with more items than one transaction should carry (a large
     /// fragmented file) becomes an orphan too and is deleted over several
     /// transactions by [`Fs::purge_pending`] after `b` is applied: a crash
     /// part-way leaves the orphan item, and mount finishes the job.
     pub(super) async fn drop_inode(&mut self, b: &mut Batch, ino: u64) -> Result<()> {
         debug_assert_eq!(b.inode(ino).map(|i| i.nlink.get()), Some(0));
-        if self.open_count(ino) > 0 {
+        if self.keep_unlinked(ino) {
             b.put(orphan_key(self.opts.rid, ino), Vec::new());
             return Ok(());
         }
@@ -118,7 +122,7 @@ impl<S: ItemStore> Fs<S> {
 
     /// Delete an unlinked inode, its items (freeing its data blocks) and
     /// its orphan item, in transactions of at most [`PURGE_CHUNK`] items.
-    async fn purge_inode(&mut self, ino: u64) -> Result<()> {
+    pub(super) async fn purge_inode(&mut self, ino: u64) -> Result<()> {
         loop {
             let items = self.inode_items(ino, PURGE_CHUNK + 1).await?;
             let last = items.len() <= PURGE_CHUNK;
@@ -163,9 +167,9 @@ impl<S: ItemStore> Fs<S> {
         }
         for item in &orphans {
             let ino = item.key.second;
-            if self.open_counts.contains_key(&ino) {
+            if self.open_counts.contains_key(&ino) || self.kernel_refs.keep_if_referenced(ino) {
                 // Held by this mount (a read-only mount made read-write):
-                // the last release deletes it.
+                // the last release or FORGET deletes it.
                 continue;
             }
             match self.read_inode(ino).await {
