@@ -15,6 +15,7 @@
 mod acl_notes;
 mod counters;
 mod creds;
+mod dir_pass;
 mod mount_flags;
 mod mount_watch;
 mod server;
@@ -114,6 +115,8 @@ pub struct ScoutFuse {
     /// reply counts one; FORGET gives them back): an unlinked inode stays
     /// while the kernel references it.
     refs: Arc<KernelRefs>,
+    /// Where each open directory's readdir pass ends (dir_pass.rs).
+    passes: dir_pass::DirPasses,
     /// The mount's options as the engine follows them (mount_watch.rs);
     /// set once mounted through /dev/fuse.
     mount_sync: Option<Arc<mount_watch::MountSync>>,
@@ -225,6 +228,7 @@ impl ScoutFuse {
             next_handle: AtomicU64::new(1),
             acl_notes,
             refs,
+            passes: dir_pass::DirPasses::default(),
             mount_sync: None,
             fsid,
         }
@@ -422,6 +426,20 @@ impl ScoutFuse {
             self.counters.bump(Counter::Errors);
             tracing::error!("engine call failed: {e}");
         }
+    }
+
+    /// The end of the readdir pass of `handle` that a read at `offset`
+    /// belongs to (dir_pass.rs): asked of the engine when a pass begins
+    /// other than at opendir.
+    fn pass_end(&self, inode: u64, handle: u64, offset: u64) -> io::Result<u64> {
+        if let Some(end) = self.passes.end_for(handle, offset) {
+            return Ok(end);
+        }
+        let end = self.call(Counter::Readdir, move |fs| {
+            ready(fs.readdir_pass_end(inode))
+        })?;
+        self.passes.begin(handle, end);
+        Ok(end)
     }
 }
 
@@ -938,26 +956,30 @@ impl FileSystem for ScoutFuse {
         flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
         let c = self.creds(ctx);
-        self.call(Counter::Open, move |fs| {
+        let end = self.call(Counter::Open, move |fs| {
             let a = ready(fs.open_ino(&c, inode, MAY_READ))?;
             if a.kind != scoutfs_engine::fs::FileType::Directory {
                 ready(fs.release(inode))?;
                 return Err(FsError::NotDir);
             }
-            Ok(())
+            // The handle's first readdir pass ends here (dir_pass.rs).
+            ready(fs.readdir_pass_end(inode))
         })?;
-        Ok((Some(self.new_handle(flags)), OpenOptions::empty()))
+        let handle = self.new_handle(flags);
+        self.passes.open(handle, end);
+        Ok((Some(handle), OpenOptions::empty()))
     }
 
     fn readdir(
         &self,
         _ctx: &Context,
         inode: u64,
-        _handle: u64,
+        handle: u64,
         size: u32,
         offset: u64,
         add_entry: &mut dyn FnMut(FuseDirEntry<'_>) -> io::Result<usize>,
     ) -> io::Result<()> {
+        let end = self.pass_end(inode, handle, offset)?;
         // Each entry takes at least 32 bytes of the reply: fetch about as
         // many as fit, and more if the names were short.
         let mut pos = offset;
@@ -970,7 +992,7 @@ impl FileSystem for ScoutFuse {
                 if touch {
                     ready(fs.touch_atime(inode))?;
                 }
-                ready(fs.readdir(inode, pos, per_call))
+                ready(fs.readdir_until(inode, pos, end, per_call))
             })?;
             touch = false;
             if entries.is_empty() {
@@ -995,11 +1017,12 @@ impl FileSystem for ScoutFuse {
         &self,
         _ctx: &Context,
         inode: u64,
-        _handle: u64,
+        handle: u64,
         size: u32,
         offset: u64,
         add_entry: &mut dyn FnMut(FuseDirEntry<'_>, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        let end = self.pass_end(inode, handle, offset)?;
         let mut pos = offset;
         let per_call = (size as usize / 160).clamp(4, 256);
         let note_acls = self.opts.posix_acl;
@@ -1010,7 +1033,7 @@ impl FileSystem for ScoutFuse {
                 if touch {
                     ready(fs.touch_atime(inode))?;
                 }
-                let list = ready(fs.readdir(inode, pos, per_call))?;
+                let list = ready(fs.readdir_until(inode, pos, end, per_call))?;
                 let mut out = Vec::with_capacity(list.len());
                 let mut no_acl = Vec::new();
                 for e in list {
@@ -1064,7 +1087,8 @@ impl FileSystem for ScoutFuse {
         self.fsync(ctx, inode, datasync, handle)
     }
 
-    fn releasedir(&self, _ctx: &Context, inode: u64, _flags: u32, _handle: u64) -> io::Result<()> {
+    fn releasedir(&self, _ctx: &Context, inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
+        self.passes.close(handle);
         self.call(Counter::Release, move |fs| ready(fs.release(inode)))
     }
 

@@ -366,8 +366,43 @@ impl<S: ItemStore> Fs<S> {
     /// Up to `max` entries of `dir` at positions `from_pos` and after, in
     /// position order; continue from the last position + 1. Positions 0
     /// and 1 are "." and "..". Permission to read the directory is checked
-    /// when it is opened ([`Fs::open_ino`]).
+    /// when it is opened ([`Fs::open_ino`]). Unbounded: a listing that
+    /// takes several calls while entries are renamed should be one pass
+    /// ([`Fs::readdir_pass_end`], [`Fs::readdir_until`]).
     pub async fn readdir(&mut self, dir: u64, from_pos: u64, max: usize) -> Result<Vec<DirEntry>> {
+        self.readdir_until(dir, from_pos, DIRENT_LAST_POS, max)
+            .await
+    }
+
+    /// Where a readdir pass of `dir` that starts now ends: the position
+    /// the next entry will take. A rename gives the moved entry a new
+    /// position, past every existing one (scoutfs's rule, which keeps
+    /// positions stable), so a pass that read on to the end would meet
+    /// each entry renamed behind it again, under its new name, and never
+    /// finish while renames keep up. A pass bounded here visits each
+    /// position at most once and at most as many entries as the directory
+    /// held when it began; entries created or renamed since are left to
+    /// the next pass, as POSIX allows. (scoutfs's kernel readdir reads to
+    /// the end; btrfs, whose positions behave the same, bounds each open
+    /// the same way.)
+    pub async fn readdir_pass_end(&mut self, dir: u64) -> Result<u64> {
+        let d = self.read_inode(dir).await?;
+        if kind_of(dir, &d)? != FileType::Directory {
+            return Err(FsError::NotDir);
+        }
+        Ok(d.next_readdir_pos.get())
+    }
+
+    /// [`Fs::readdir`] of the positions before `end_pos` only: one pass
+    /// whose end [`Fs::readdir_pass_end`] gave.
+    pub async fn readdir_until(
+        &mut self,
+        dir: u64,
+        from_pos: u64,
+        end_pos: u64,
+        max: usize,
+    ) -> Result<Vec<DirEntry>> {
+        let end_pos = end_pos.min(DIRENT_LAST_POS);
         let d = self.read_inode(dir).await?;
         if kind_of(dir, &d)? != FileType::Directory {
             return Err(FsError::NotDir);
@@ -395,11 +430,13 @@ impl<S: ItemStore> Fs<S> {
             });
         }
         let want = max - out.len();
-        if want == 0 || from_pos >= DIRENT_LAST_POS {
+        let from_pos = from_pos.max(DIRENT_FIRST_POS);
+        if want == 0 || from_pos >= end_pos {
             return Ok(out);
         }
-        let first = readdir_key(dir, from_pos.max(DIRENT_FIRST_POS));
-        let last = readdir_key(dir, DIRENT_LAST_POS);
+        // `range` takes an inclusive last key.
+        let first = readdir_key(dir, from_pos);
+        let last = readdir_key(dir, end_pos - 1);
         for item in self.store.range(&first, &last, want).await? {
             let e = Entry::decode(&item.key, &item.val)?;
             let kind = FileType::from_dirent_type(e.ty).ok_or_else(|| {
