@@ -3279,7 +3279,10 @@ fn fallocate_punch_and_seek() {
     assert!(got[..7040].iter().all(|&b| b == 0) && got[7040..].iter().all(|&b| b == 9));
     // Linux refuses a punch that would change the size (EOPNOTSUPP);
     // engine/tests/fallocate.rs has every mode.
-    assert_eq!(errno(fs(&mut t, FALLOC_FL_PUNCH_HOLE, 0, 1)), libc::EOPNOTSUPP);
+    assert_eq!(
+        errno(fs(&mut t, FALLOC_FL_PUNCH_HOLE, 0, 1)),
+        libc::EOPNOTSUPP
+    );
     assert_eq!(errno(fs(&mut t, 0x08, 0, 1)), libc::EOPNOTSUPP);
     assert_eq!(errno(fs(&mut t, 0, 0, 0)), libc::EINVAL);
     t.check();
