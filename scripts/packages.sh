@@ -25,6 +25,9 @@ SETUP_NEEDS=(
   losetup:util-linux         # loop-device tests
   setpriv:util-linux         # running a test program as another uid
   mountpoint:util-linux
+  findmnt:util-linux
+  unshare:util-linux         # private mount namespaces (the mount helper tests)
+  fallocate:util-linux
   mount:mount
   strace:strace              # syscall counting
   perf:linux-perf
@@ -36,7 +39,8 @@ SETUP_NEEDS=(
   getfacl:acl
   sqlite3:sqlite3
   git:git
-  python3:python3
+  /usr/bin/python3:python3   # Debian's: a pyenv python3 under /root is not for other uids
+  /usr/lib/systemd/system-generators/systemd-fstab-generator:systemd # fstab lines as mount units
   mkfs.ext4:e2fsprogs        # the ext4 reference of tests and benchmarks
   e2fsck:e2fsprogs
 )
