@@ -16,23 +16,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{sh, Ext4, Vol};
-
-/// A python program's stdout (it must succeed).
-fn python(program: &str, args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(program)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::{py, sh, Ext4, Vol};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -104,7 +88,7 @@ fn fallocate_through_the_mount_does_what_ext4_does() {
     // open for writing, a directory's included) and the filesystem's, as
     // on ext4.
     let m = v.mnt();
-    let got = python(
+    let got = py(
         r#"
 import ctypes, errno, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
@@ -190,7 +174,7 @@ fn df_shows_a_deleted_file_at_once_and_a_writer_gets_all_of_it() {
         sh(&format!(
             "dd if=/dev/zero of={m}/old bs=1M count=64 status=none conv=fsync"
         ));
-        let got = python(
+        let got = py(
             r#"
 import errno, os, sys
 d = sys.argv[1]

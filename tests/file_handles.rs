@@ -24,12 +24,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-use common::{sh, Ext4, Vol};
-
-/// A python for other users (see tests/fuse_perm.rs).
-const USER_PYTHON: &str = "/usr/bin/python3";
+use common::{py, sh, Ext4, Vol, USER_PYTHON};
 
 /// The handle calls, shared by every phase.
 const LIB: &str = r#"
@@ -216,21 +212,6 @@ for name in ("unlinked", "tmpfile", "deleted file", "deleted dir"):
 print("reused %d" % reused)
 "#;
 
-fn python(program: &str, args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(program)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The "case: result" lines ext4 gives, spelled out: what the kernel
 /// allows, and so what scoutfs must match.
 const EXPECTED_BEFORE: &[&str] = &[
@@ -304,16 +285,16 @@ fn handles_decode_as_on_ext4_and_survive_a_remount() {
 
     let state = v.path("ext4-handles.json");
     let state = state.to_str().unwrap();
-    let ext4_before = python(&before, &[&ext4.mnt(), state, USER_PYTHON, LIB]);
+    let ext4_before = py(&before, &[&ext4.mnt(), state, USER_PYTHON, LIB]);
     remount_ext4(&ext4.mnt());
-    let ext4_after = python(&after, &[&ext4.mnt(), state]);
+    let ext4_after = py(&after, &[&ext4.mnt(), state]);
 
     let state = v.path("scoutfs-handles.json");
     let state = state.to_str().unwrap();
-    let got_before = python(&before, &[&v.mnt(), state, USER_PYTHON, LIB]);
+    let got_before = py(&before, &[&v.mnt(), state, USER_PYTHON, LIB]);
     v.unmount();
     v.mount();
-    let got_after = python(&after, &[&v.mnt(), state]);
+    let got_after = py(&after, &[&v.mnt(), state]);
 
     assert_eq!(
         lines(&got_before),
@@ -352,7 +333,7 @@ json.dump({"lost": h}, open(state, "w"))
 print(ino_of(h))
 "#;
     let start = std::time::Instant::now();
-    let lost_ino: u64 = python(&format!("{LIB}{take}"), &[&v.mnt(), state])
+    let lost_ino: u64 = py(&format!("{LIB}{take}"), &[&v.mnt(), state])
         .trim()
         .parse()
         .unwrap();
@@ -375,7 +356,7 @@ for i in range(50):
 print("handle after new files:", try_decode(mnt, mfd, h))
 print("lowest new number:", min(inos))
 "#;
-    let out = python(&format!("{LIB}{check}"), &[&v.mnt(), state]);
+    let out = py(&format!("{LIB}{check}"), &[&v.mnt(), state]);
     let (verdicts, lowest) = out.rsplit_once("lowest new number: ").unwrap();
     if in_time || verdicts.starts_with("exists: False") {
         assert_eq!(

@@ -11,30 +11,7 @@
 #[macro_use]
 mod common;
 
-use std::process::Command;
-
-use common::{sh, Ext4, Vol};
-
-/// A python for other users: root's `python3` may live where they can't
-/// run it (a pyenv shim under /root); Debian's python3 package puts this
-/// one there.
-const USER_PYTHON: &str = "/usr/bin/python3";
-
-/// Run `program` as root with `args`; its stdout (it must succeed).
-fn python(program: &str, args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(program)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::{py, sh, Ext4, Vol, USER_PYTHON};
 
 /// The callers of both tests: (name, uid, gid) with no supplementary
 /// groups; `None` is root itself. The files belong to 1000:1000.
@@ -90,7 +67,7 @@ fn execute_only_files_run_for_their_class_and_refuse_reading_as_on_ext4() {
     let program = format!("{CALLERS}{EXEC}");
     let run = |mnt: &str| {
         sh(&format!("mkdir {mnt}/exec"));
-        python(&program, &[&format!("{mnt}/exec"), USER_PYTHON])
+        py(&program, &[&format!("{mnt}/exec"), USER_PYTHON])
     };
     let want = run(&ext4.mnt());
     let got = run(&v.mnt());
@@ -228,7 +205,7 @@ fn every_path_that_changes_a_file_drops_privileges_as_on_ext4() {
     let program = format!("{CALLERS}{STATE}CHANGE = '''{CHANGE}'''\n{PRIVS}");
     let run = |mnt: &str| {
         sh(&format!("mkdir {mnt}/privs"));
-        python(&program, &[&format!("{mnt}/privs"), USER_PYTHON])
+        py(&program, &[&format!("{mnt}/privs"), USER_PYTHON])
     };
     let want = run(&ext4.mnt());
     let got = run(&v.mnt());
@@ -263,10 +240,10 @@ fn every_path_that_changes_a_file_drops_privileges_as_on_ext4() {
     // What was shown is what was stored, not what the kernel cached.
     let list = format!("{STATE}{LIST}");
     let dir = format!("{}/privs", v.mnt());
-    let before = python(&list, &[&dir]);
+    let before = py(&list, &[&dir]);
     v.unmount();
     v.mount();
-    assert_eq!(python(&list, &[&dir]), before);
+    assert_eq!(py(&list, &[&dir]), before);
     v.unmount();
     v.check();
 }

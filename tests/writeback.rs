@@ -16,11 +16,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{sh, Ext4, Vol};
-
-/// A python for other users: root's `python3` may be a pyenv shim under
-/// /root that they can't run.
-const USER_PYTHON: &str = "/usr/bin/python3";
+use common::{sh, Ext4, Vol, USER_PYTHON};
 
 /// One appender: `count` records of 13 bytes ("WW:SSSSSSSSS\n") written
 /// one write(2) each to PATH opened with O_APPEND, write-only ("wo") or

@@ -8,37 +8,12 @@ mod file_harness;
 
 use std::collections::HashSet;
 
-use file_harness::{root, ROOT, T};
+use file_harness::{entry_name, root, ROOT, T};
 use scoutfs_engine::data::Prealloc;
-use scoutfs_engine::fs::DirEntry;
 use scoutfs_engine::util::ready;
 
 fn volume() -> T {
     T::new(Prealloc::default(), 64 << 20)
-}
-
-fn mkdir_in(t: &mut T, dir: u64, name: &str) -> u64 {
-    ready(t.fs().mkdir(&root(), dir, name.as_bytes(), 0o755))
-        .unwrap()
-        .ino
-}
-
-fn create_in(t: &mut T, dir: u64, name: &str) -> u64 {
-    ready(t.fs().create(&root(), dir, name.as_bytes(), 0o644))
-        .unwrap()
-        .ino
-}
-
-fn rename_in(t: &mut T, dir: u64, from: &str, to: &str) {
-    ready(
-        t.fs()
-            .rename(&root(), dir, from.as_bytes(), dir, to.as_bytes(), 0),
-    )
-    .unwrap();
-}
-
-fn name(e: &DirEntry) -> String {
-    String::from_utf8(e.name.clone()).unwrap()
 }
 
 /// Every name of one whole pass of `dir` begun now, in batches of `batch`.
@@ -52,7 +27,7 @@ fn one_pass(t: &mut T, dir: u64, batch: usize) -> Vec<String> {
             return names;
         };
         pos = last.pos + 1;
-        names.extend(list.iter().map(name));
+        names.extend(list.iter().map(entry_name));
     }
 }
 
@@ -62,9 +37,9 @@ fn one_pass(t: &mut T, dir: u64, batch: usize) -> Vec<String> {
 fn a_pass_meets_each_entry_once_while_every_entry_read_is_renamed() {
     const N: usize = 15_000;
     let mut t = volume();
-    let d = mkdir_in(&mut t, ROOT, "d");
+    let d = t.mkdir_in(ROOT, "d");
     for i in 0..N {
-        create_in(&mut t, d, &format!("f{i}"));
+        t.create_in(d, &format!("f{i}"));
     }
     let end = ready(t.fs().readdir_pass_end(d)).unwrap();
     let mut seen = HashSet::new();
@@ -77,9 +52,9 @@ fn a_pass_meets_each_entry_once_while_every_entry_read_is_renamed() {
         pos = last.pos + 1;
         for e in &list {
             visited += 1;
-            let n = name(e);
+            let n = entry_name(e);
             assert!(seen.insert(n.clone()), "{n} met twice");
-            rename_in(&mut t, d, &n, &format!("{n}.renamed"));
+            t.rename_in(d, &n, &format!("{n}.renamed"));
         }
     }
     assert_eq!(visited, N, "each entry that was there once, and no other");
@@ -98,9 +73,9 @@ fn a_pass_meets_each_entry_once_while_every_entry_read_is_renamed() {
 #[test]
 fn read_to_the_end_renamed_entries_come_round_again() {
     let mut t = volume();
-    let d = mkdir_in(&mut t, ROOT, "d");
+    let d = t.mkdir_in(ROOT, "d");
     for i in 0..100 {
-        create_in(&mut t, d, &format!("f{i}"));
+        t.create_in(d, &format!("f{i}"));
     }
     let mut pos = 2;
     let mut visited = 0;
@@ -109,7 +84,7 @@ fn read_to_the_end_renamed_entries_come_round_again() {
         let last = list.last().expect("the directory never runs out").pos;
         for e in &list {
             visited += 1;
-            rename_in(&mut t, d, &name(e), &format!("{}+", name(e)));
+            t.rename_in(d, &entry_name(e), &format!("{}+", entry_name(e)));
         }
         pos = last + 1;
     }
@@ -124,24 +99,24 @@ fn read_to_the_end_renamed_entries_come_round_again() {
 #[test]
 fn a_pass_leaves_later_entries_to_the_next_and_resumes_at_any_position() {
     let mut t = volume();
-    let d = mkdir_in(&mut t, ROOT, "d");
+    let d = t.mkdir_in(ROOT, "d");
     let names: Vec<String> = (b'a'..=b'j').map(|c| (c as char).to_string()).collect();
     for n in &names {
-        create_in(&mut t, d, n);
+        t.create_in(d, n);
     }
     let end = ready(t.fs().readdir_pass_end(d)).unwrap();
     let first = ready(t.fs().readdir_until(d, 0, end, 7)).unwrap();
-    let first: Vec<String> = first.iter().map(name).collect();
+    let first: Vec<String> = first.iter().map(entry_name).collect();
     assert_eq!(first, [".", "..", "a", "b", "c", "d", "e"]);
     // e's position + 1: where a reader that stopped after e resumes.
     let cookie = ready(t.fs().readdir_until(d, 0, end, 7)).unwrap()[6].pos + 1;
-    create_in(&mut t, d, "k");
+    t.create_in(d, "k");
     ready(t.fs().unlink(&root(), d, b"c")).unwrap();
     ready(t.fs().unlink(&root(), d, b"f")).unwrap();
-    rename_in(&mut t, d, "b", "z");
-    rename_in(&mut t, d, "h", "y");
+    t.rename_in(d, "b", "z");
+    t.rename_in(d, "h", "y");
     let rest = ready(t.fs().readdir_until(d, cookie, end, 100)).unwrap();
-    let rest: Vec<String> = rest.iter().map(name).collect();
+    let rest: Vec<String> = rest.iter().map(entry_name).collect();
     assert_eq!(
         rest,
         ["g", "i", "j"],
@@ -150,7 +125,7 @@ fn a_pass_leaves_later_entries_to_the_next_and_resumes_at_any_position() {
     // A removed entry's position still resumes the listing after it.
     let f_cookie = cookie + 1;
     let after_f = ready(t.fs().readdir_until(d, f_cookie, end, 100)).unwrap();
-    assert_eq!(after_f.first().map(name).as_deref(), Some("g"));
+    assert_eq!(after_f.first().map(entry_name).as_deref(), Some("g"));
     // The next pass meets what is there now, each once, in position
     // order (renamed and new entries last).
     assert_eq!(

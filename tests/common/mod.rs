@@ -281,6 +281,11 @@ pub fn counter(v: &Vol, name: &str) -> u64 {
         .unwrap()
 }
 
+/// A python for other users: root's `python3` may live where they can't
+/// run it (a pyenv shim under /root); Debian's python3 package puts this
+/// one there.
+pub const USER_PYTHON: &str = "/usr/bin/python3";
+
 /// Run python3 on `script` with `args`; its stdout, or a panic with both
 /// outputs.
 pub fn py(script: &str, args: &[&str]) -> String {

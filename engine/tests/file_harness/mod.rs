@@ -118,7 +118,11 @@ impl T {
     }
 
     pub fn create(&mut self, name: &str) -> u64 {
-        ready(self.fs().create(&root(), ROOT, name.as_bytes(), 0o644))
+        self.create_in(ROOT, name)
+    }
+
+    pub fn create_in(&mut self, dir: u64, name: &str) -> u64 {
+        ready(self.fs().create(&root(), dir, name.as_bytes(), 0o644))
             .unwrap()
             .ino
     }
@@ -130,9 +134,22 @@ impl T {
     }
 
     pub fn mkdir(&mut self, name: &str) -> u64 {
-        ready(self.fs().mkdir(&root(), ROOT, name.as_bytes(), 0o755))
+        self.mkdir_in(ROOT, name)
+    }
+
+    pub fn mkdir_in(&mut self, dir: u64, name: &str) -> u64 {
+        ready(self.fs().mkdir(&root(), dir, name.as_bytes(), 0o755))
             .unwrap()
             .ino
+    }
+
+    /// Rename within one directory.
+    pub fn rename_in(&mut self, dir: u64, from: &str, to: &str) {
+        ready(
+            self.fs()
+                .rename(&root(), dir, from.as_bytes(), dir, to.as_bytes(), 0),
+        )
+        .unwrap();
     }
 
     pub fn unlink(&mut self, name: &str) {
@@ -181,6 +198,11 @@ impl T {
 }
 
 /// An error's errno, or a panic if it succeeded.
+/// A directory entry's name as text.
+pub fn entry_name(e: &scoutfs_engine::fs::DirEntry) -> String {
+    String::from_utf8(e.name.clone()).unwrap()
+}
+
 pub fn errno<V: std::fmt::Debug>(r: Result<V, FsError>) -> i32 {
     match r {
         Ok(v) => panic!("expected an error, got {v:?}"),
