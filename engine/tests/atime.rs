@@ -84,7 +84,7 @@ impl V {
     /// mount with the same options.
     fn remount(&mut self) {
         let mut fs = self.fs.take().unwrap();
-        ready(fs.flush()).unwrap();
+        ready(fs.end_mount()).unwrap();
         fs.into_store().unmount().unwrap();
         self.mount(false);
     }

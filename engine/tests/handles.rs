@@ -57,7 +57,7 @@ impl V {
 
     fn remount(&mut self) {
         let mut fs = self.fs.take().unwrap();
-        ready(fs.flush()).unwrap();
+        ready(fs.end_mount()).unwrap();
         fs.into_store().unmount().unwrap();
         self.mount();
     }

@@ -258,10 +258,11 @@ impl<S: ItemStore> Fs<S> {
         self.store.commit().await
     }
 
-    /// Write what is kept in memory (lazytime's atimes) before an
-    /// unmount commits, and delete the unlinked inodes kept only for the
-    /// kernel's references, which end with the mount (refs.rs).
-    pub async fn flush(&mut self) -> Result<()> {
+    /// The mount ends, every frontend gone: write what is kept in memory
+    /// (lazytime's atimes) before the unmount commits, and end every
+    /// handle and kernel reference with the mount, deleting the unlinked
+    /// inodes they kept (refs.rs). Call it last: it closes every handle.
+    pub async fn end_mount(&mut self) -> Result<()> {
         self.write_lazy_atimes(None).await?;
         self.end_kernel_refs().await
     }

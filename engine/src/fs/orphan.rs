@@ -165,6 +165,21 @@ impl<S: ItemStore> Fs<S> {
             );
             return Ok(0);
         }
+        let n = self.purge_orphans().await?;
+        if n > 0 {
+            tracing::info!("deleted {n} orphaned inodes");
+        }
+        Ok(n)
+    }
+
+    /// Delete this mount's orphans but those it holds (open, or referenced
+    /// by the kernel), and commit. Returns how many orphan items there were.
+    pub(super) async fn purge_orphans(&mut self) -> Result<usize> {
+        let rid = self.opts.rid;
+        let orphans = self
+            .store
+            .range(&orphan_key(rid, 0), &orphan_key(rid, u64::MAX), usize::MAX)
+            .await?;
         for item in &orphans {
             let ino = item.key.second;
             if self.open_counts.contains_key(&ino) || self.kernel_refs.keep_if_referenced(ino) {
@@ -185,7 +200,6 @@ impl<S: ItemStore> Fs<S> {
         }
         if !orphans.is_empty() {
             self.store.commit().await?;
-            tracing::info!("deleted {} orphaned inodes", orphans.len());
         }
         Ok(orphans.len())
     }

@@ -198,23 +198,23 @@ impl<S: ItemStore> Fs<S> {
         Ok(self.store.pending_data_frees())
     }
 
-    /// The mount ends (unmount), and the kernel's references with it:
-    /// delete the unlinked inodes kept for them alone now, rather than
-    /// leave them, orphans, to the next mount. A FORGET the kernel sends
-    /// late (its flusher holding a file just written) may never be read.
+    /// The mount ends (unmount), and with it every handle and kernel
+    /// reference its frontends held: the FUSE connection goes at unmount
+    /// with whatever RELEASE or FORGET the kernel had queued but not yet
+    /// sent, so counting on them would leave orphans for the next mount.
+    /// Delete the unlinked inodes kept for them now, as the kernel's
+    /// scoutfs evicts every inode at unmount.
     pub(super) async fn end_kernel_refs(&mut self) -> Result<()> {
-        let kept = self.kernel_refs.end();
-        let mut deleted = 0;
-        for ino in kept {
-            if self.open_count(ino) == 0 {
-                self.forgotten(ino).await?;
-                deleted += 1;
-            }
+        self.kernel_refs.end();
+        self.open_counts.clear();
+        self.linkable.clear();
+        if self.store.read_only() {
+            // Left, orphans, to the next read-write mount.
+            return Ok(());
         }
+        let deleted = self.purge_orphans().await?;
         if deleted > 0 {
-            tracing::info!(
-                "unmount: deleted {deleted} unlinked inodes the kernel had not forgotten"
-            );
+            tracing::info!("unmount: deleted {deleted} unlinked inodes no longer open");
         }
         Ok(())
     }

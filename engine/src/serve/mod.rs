@@ -178,7 +178,7 @@ impl Engine {
             let r = m.map(|mut fs| {
                 // What the fs keeps in memory (lazytime's atimes) goes
                 // into the last commit.
-                if let Err(e) = ready(fs.flush()) {
+                if let Err(e) = ready(fs.end_mount()) {
                     tracing::error!("unmount: kept atimes not written: {e}");
                 }
                 fs.into_store().unmount()
