@@ -1,22 +1,52 @@
-//! The engine process's core: one reactor thread that owns the mounted
-//! volume (metadata store, transaction, file data I/O); every other thread
-//! (FUSE handler threads, the admin socket, later the shim's rings) reaches
-//! it only by posting work to the reactor and waiting for the answer. No
-//! frontend thread touches the btree.
+//! The engine process's core and its front door.
+//!
+//! One reactor thread owns the mounted volume (metadata store,
+//! transaction, file data I/O). Every frontend (FUSE's handler threads,
+//! the admin socket, later the shim's rings and virtiofs) is a translator
+//! into one typed interface: a [`Request`] (an [`Op`] with the
+//! [`SessionId`] and [`Caller`] it comes from) submitted with
+//! [`Engine::submit`], which never waits, and answered with a [`Reply`]
+//! or an [`Errno`] through a completion callback; [`Engine::call_op`] is
+//! the blocking form for frontend threads. No frontend touches the btree.
+//!
+//! Files: `op.rs` (the types), `execute.rs` (an op against the mounted
+//! fs), `inbox.rs` (the submission queue and the dispatcher task),
+//! `session.rs` (sessions and their handles), `caller.rs` (credentials
+//! from the transport), `errno.rs` (the one errno map), `stats.rs`
+//! (per-op counts and latency), `admin/` (the admin socket, a translator).
 //!
 //! Today the volume is synchronous, so a metadata read that misses the
 //! cache blocks the reactor for that read (see docs/ARCHITECTURE.md for the
 //! path to awaited reads).
 
+pub mod admin;
+mod caller;
+mod errno;
+mod execute;
+mod inbox;
+mod op;
+mod session;
+mod stats;
+mod submit;
+
 use std::cell::RefCell;
 use std::future::Future;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use crate::dev::{BlockDev, DevError};
-use crate::fs::{Fs, FsError, FsOptions};
+use crate::fs::{Fs, FsError, FsOptions, KernelRefs};
 use crate::reactor::{Local, Reactor, ReactorConfig, ReactorError};
 use crate::txn::{TxnError, TxnOptions, Volume};
 use crate::util::ready;
+
+pub use caller::{peer_caller, Caller, GroupCache};
+pub use errno::Errno;
+pub use execute::{execute, open_mask, FMODE_EXEC};
+pub use inbox::{Done, Rejected, DISPATCH_BATCH};
+pub use op::{Op, OpKind, Reply, Request, MAX_IO_BYTES, MAX_READDIR_ENTRIES};
+pub use session::{Handle, OpenFile, OpenKind, Session, SessionId, MAX_HANDLES};
+pub use stats::OpStats;
 
 /// The mounted filesystem, as work on the reactor sees it.
 pub type Mounted = Fs<Volume>;
@@ -111,6 +141,16 @@ pub struct Engine {
     reactor: Reactor,
     meta: Arc<dyn BlockDev>,
     data: Arc<dyn BlockDev>,
+    /// Submitted requests on their way to the dispatcher (inbox.rs).
+    inbox: Arc<inbox::Inbox>,
+    /// The next session number (submit.rs).
+    next_session: AtomicU64,
+    /// The reactor thread, on which blocking calls would never return.
+    reactor_thread: std::thread::ThreadId,
+    /// The volume's fsid, read at mount.
+    fsid: u64,
+    /// The frontends' kernels' lookup counts, shared with the mounted fs.
+    kernel_refs: Arc<KernelRefs>,
 }
 
 impl Engine {
@@ -135,6 +175,9 @@ impl Engine {
         let (m, d) = (meta.clone(), data.clone());
         let (txn, fs_opts, read_only) = (opts.txn, opts.fs, opts.read_only);
         let age = txn.commit_age;
+        let inbox = Arc::new(inbox::Inbox::new(opts.reactor.remote_queue_depth));
+        let inbox2 = inbox.clone();
+        let (mounted_tx, mounted_rx) = std::sync::mpsc::sync_channel(1);
         let reactor = Reactor::start(opts.reactor, move |local: &Local| {
             let mut vol = Volume::open(&*m, txn)?;
             vol.attach_data_device(&*d)?;
@@ -142,14 +185,30 @@ impl Engine {
                 vol.set_read_only("mounted read-only");
             }
             let fs = ready(Fs::open(vol, fs_opts))?;
+            let mounted = (
+                fs.store().super_block().fsid(),
+                fs.kernel_refs(),
+                std::thread::current().id(),
+            );
             MOUNTED.with(|cell| *cell.borrow_mut() = Some(fs));
             local.spawn(commit_when_quiet(local.clone(), age));
+            local.spawn(inbox::dispatch(local.clone(), inbox2));
+            // Read below once `start` returns, which is after this.
+            let _ = mounted_tx.send(mounted);
             Ok(())
         })?;
+        let (fsid, kernel_refs, reactor_thread) = mounted_rx
+            .try_recv()
+            .map_err(|_| ReactorError::Start("the reactor mounted nothing".into()))?;
         Ok(Engine {
             reactor,
             meta,
             data,
+            inbox,
+            next_session: AtomicU64::new(SessionId::ENGINE.0 + 1),
+            reactor_thread,
+            fsid,
+            kernel_refs,
         })
     }
 
@@ -157,6 +216,11 @@ impl Engine {
     /// Calls from many threads are served one after another. The fs
     /// futures are driven with [`ready`] inside `f`: over today's
     /// synchronous `Volume` they never wait.
+    ///
+    /// Raw access, for tests and tools that reach below the front door
+    /// (engine/tests/serve.rs); frontends submit [`Op`]s
+    /// ([`Engine::submit`], [`Engine::call_op`]) instead, so that every
+    /// request is typed, counted, timed and checked against its session.
     pub fn call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Mounted) -> T + Send + 'static,
@@ -173,6 +237,10 @@ impl Engine {
     /// Commit what is open, unmount, and stop the reactor. Returns the last
     /// committed seq.
     pub fn shutdown(self) -> Result<u64, EngineError> {
+        // Every request submitted before is answered first: the inbox
+        // runs in order, so this one completes after them.
+        let barrier = Request::new(SessionId::ENGINE, Caller::root(), Op::FreeSpace);
+        let _ = self.call_op(barrier);
         let r = self.reactor.remote().call(|_: &Local| {
             let m = MOUNTED.with(|cell| cell.borrow_mut().take());
             let r = m.map(|mut fs| {
