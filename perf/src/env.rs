@@ -10,7 +10,9 @@ pub fn describe() -> Vec<(String, String)> {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_else(|| "unknown".into());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The machine's, whatever CPUs this process was since confined to.
+    // SAFETY: sysconf has no preconditions.
+    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()
         .trim()
@@ -34,4 +36,36 @@ pub fn describe() -> Vec<(String, String)> {
         ("kernel".into(), kernel),
         ("commit".into(), commit),
     ]
+}
+
+/// How busy the machine is: the load averages and how many compilers
+/// are running (figures taken beside a build are not comparable).
+pub fn machine_state() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    let rustc = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| {
+                    std::fs::read_to_string(e.path().join("comm"))
+                        .is_ok_and(|c| c.trim() == "rustc")
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    format!(
+        "load average {}, rustc processes running: {rustc}",
+        load.join(" ")
+    )
+}
+
+/// The header every mount benchmark prints before its figures.
+pub fn print_header(title: &str, lines: &[String]) {
+    println!("# scoutfs-perf {title}");
+    for (k, v) in describe() {
+        println!("{k}: {v}");
+    }
+    for l in lines {
+        println!("{l}");
+    }
 }

@@ -1,4 +1,5 @@
-//! Run fio with the same parameters as one of our cases and read its JSON.
+//! Run fio (with the same parameters as one of the raw cases, or any
+//! job) and read its JSON.
 
 use std::path::Path;
 use std::process::Command;
@@ -10,6 +11,71 @@ pub fn available() -> bool {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+/// One fio run: a job (or `numjobs` alike, reported as one group) on
+/// one file.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub ioengine: String,
+    /// fio's `rw`: randread, randwrite, read, write.
+    pub rw: &'static str,
+    pub block_bytes: u32,
+    pub iodepth: u32,
+    pub numjobs: u32,
+    pub path: std::path::PathBuf,
+    pub size: u64,
+    pub runtime_s: u64,
+    /// Seconds run before measuring.
+    pub ramp_s: u64,
+    /// More arguments, e.g. "--fixedbufs=1".
+    pub extra: Vec<String>,
+}
+
+impl Job {
+    /// The command line, as RESULTS.md can quote it.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new("fio");
+        cmd.args([
+            "--name=scoutfs-ref",
+            "--direct=1",
+            "--time_based=1",
+            "--norandommap=1",
+            "--randrepeat=0",
+            "--lat_percentiles=1",
+            "--group_reporting=1",
+            "--output-format=json",
+        ]);
+        cmd.arg(format!("--ioengine={}", self.ioengine))
+            .arg(format!("--filename={}", self.path.display()))
+            .arg(format!("--size={}", self.size))
+            .arg(format!("--rw={}", self.rw))
+            .arg(format!("--bs={}", self.block_bytes))
+            .arg(format!("--iodepth={}", self.iodepth))
+            .arg(format!("--numjobs={}", self.numjobs))
+            .arg(format!("--runtime={}", self.runtime_s));
+        if self.ramp_s > 0 {
+            cmd.arg(format!("--ramp_time={}", self.ramp_s));
+        }
+        cmd.args(&self.extra);
+        cmd
+    }
+
+    /// Run it and read the group's figures.
+    pub fn run(&self) -> Result<Figures, String> {
+        let out = self
+            .command()
+            .output()
+            .map_err(|e| format!("running fio: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "fio failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let write = matches!(self.rw, "randwrite" | "write");
+        figures(&String::from_utf8_lossy(&out.stdout), write)
+    }
 }
 
 /// Run fio for `case` on `path` (`size` bytes) for `runtime_s`.
@@ -27,48 +93,37 @@ pub fn run(
         Pattern::SeqRead => "read",
         Pattern::SeqWrite => "write",
     };
-    let mut cmd = Command::new("fio");
-    cmd.args([
-        "--name=scoutfs-ref",
-        "--ioengine=io_uring",
-        "--direct=1",
-        "--registerfiles=1",
-        "--fixedbufs=1",
-        "--time_based=1",
-        "--norandommap=1",
-        "--randrepeat=0",
-        "--lat_percentiles=1",
-        "--output-format=json",
-    ]);
-    cmd.arg(format!("--filename={}", path.display()))
-        .arg(format!("--size={size}"))
-        .arg(format!("--rw={rw}"))
-        .arg(format!("--bs={}", case.block_bytes))
-        .arg(format!("--iodepth={}", case.queue_depth))
-        .arg(format!("--runtime={runtime_s}"));
+    let mut extra = vec!["--registerfiles=1".to_string(), "--fixedbufs=1".to_string()];
     if sqpoll {
-        cmd.arg("--sqthread_poll=1");
+        extra.push("--sqthread_poll=1".into());
     }
     if let Some(c) = cpu {
-        cmd.arg(format!("--cpus_allowed={c}"));
+        extra.push(format!("--cpus_allowed={c}"));
     }
-    let out = cmd.output().map_err(|e| format!("running fio: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "fio failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+    Job {
+        ioengine: "io_uring".into(),
+        rw,
+        block_bytes: case.block_bytes,
+        iodepth: case.queue_depth,
+        numjobs: 1,
+        path: path.to_path_buf(),
+        size,
+        runtime_s,
+        ramp_s: 0,
+        extra,
     }
-    let text = String::from_utf8_lossy(&out.stdout);
+    .run()
+}
+
+/// The figures of fio's first (with group reporting: only) job in its
+/// JSON output.
+fn figures(text: &str, write: bool) -> Result<Figures, String> {
     // fio may print notes before the JSON object.
     let start = text.find('{').ok_or("fio printed no JSON")?;
     let v: serde_json::Value =
         serde_json::from_str(&text[start..]).map_err(|e| format!("fio JSON: {e}"))?;
     let job = &v["jobs"][0];
-    let dir = match case.pattern {
-        Pattern::RandRead | Pattern::SeqRead => &job["read"],
-        Pattern::RandWrite | Pattern::SeqWrite => &job["write"],
-    };
+    let dir = if write { &job["write"] } else { &job["read"] };
     let lat = &dir["lat_ns"];
     let pct = |k: &str| lat["percentile"][k].as_f64().unwrap_or(f64::NAN);
     Ok(Figures {

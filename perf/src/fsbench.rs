@@ -16,8 +16,10 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::target::{drop_caches, leave_last_cpu_to_the_reactor, parse_size, work_dir, Target};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -48,134 +50,6 @@ pub struct Args {
     /// Bytes per append.
     #[arg(long, default_value_t = 8)]
     pub append_bytes: usize,
-}
-
-fn run_cmd(cmd: &mut Command) -> Result<String, String> {
-    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    let (n, mult) = match s.chars().last() {
-        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
-        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
-        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    n.parse::<u64>()
-        .map(|v| v * mult)
-        .map_err(|_| format!("bad size {s:?}"))
-}
-
-fn drop_caches() {
-    // SAFETY: sync has no preconditions.
-    unsafe { libc::sync() };
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
-}
-
-/// A mounted filesystem under test; unmounted on drop.
-enum Target {
-    Ext4 { mnt: PathBuf, loopdev: String },
-    Scoutfs { mnt: PathBuf, engine: Child },
-}
-
-impl Target {
-    fn mnt(&self) -> &Path {
-        match self {
-            Target::Ext4 { mnt, .. } | Target::Scoutfs { mnt, .. } => mnt,
-        }
-    }
-
-    fn ext4(dir: &Path, bytes: u64) -> Result<Target, String> {
-        let img = dir.join("ext4.img");
-        std::fs::File::create(&img)
-            .and_then(|f| f.set_len(bytes))
-            .map_err(|e| e.to_string())?;
-        let loopdev = run_cmd(
-            Command::new("losetup")
-                .args(["-f", "--show", "--direct-io=on"])
-                .arg(&img),
-        )?
-        .trim()
-        .to_string();
-        run_cmd(Command::new("mkfs.ext4").args(["-q", "-F", &loopdev]))?;
-        let mnt = dir.join("ext4");
-        std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
-        run_cmd(Command::new("mount").arg(&loopdev).arg(&mnt))?;
-        Ok(Target::Ext4 { mnt, loopdev })
-    }
-
-    fn scoutfs(dir: &Path, data_bytes: u64, extra: &str) -> Result<Target, String> {
-        let bin = std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .with_file_name("scoutfs");
-        let (meta, data) = (dir.join("meta.img"), dir.join("data.img"));
-        for (p, n) in [(&meta, 4u64 << 30), (&data, data_bytes)] {
-            std::fs::File::create(p)
-                .and_then(|f| f.set_len(n))
-                .map_err(|e| e.to_string())?;
-        }
-        run_cmd(
-            Command::new(&bin)
-                .arg("mkfs")
-                .arg("-f")
-                .arg(&meta)
-                .arg(&data),
-        )?;
-        let mnt = dir.join("scoutfs");
-        std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
-        let log = std::fs::File::create(dir.join("engine.log")).map_err(|e| e.to_string())?;
-        let engine = Command::new(&bin)
-            .arg("mount")
-            .arg(&meta)
-            .arg(&data)
-            .arg("--fuse")
-            .arg(&mnt)
-            .arg("--admin-socket")
-            .arg(dir.join("admin.sock"))
-            .args(extra.split_whitespace())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("{}: {e}", bin.display()))?;
-        let t = Target::Scoutfs { mnt, engine };
-        let start = Instant::now();
-        while !is_mounted(t.mnt()) {
-            if start.elapsed() > Duration::from_secs(30) {
-                return Err("scoutfs mount did not come up in 30 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(t)
-    }
-}
-
-fn is_mounted(p: &Path) -> bool {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    mi.lines()
-        .any(|l| l.split(' ').nth(4).map(Path::new) == Some(p))
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        match self {
-            Target::Ext4 { mnt, loopdev } => {
-                let _ = Command::new("umount").arg(&*mnt).status();
-                let _ = Command::new("losetup").args(["-d", loopdev]).status();
-            }
-            Target::Scoutfs { engine, .. } => {
-                // SAFETY: kill(2) on our own child.
-                unsafe { libc::kill(engine.id() as i32, libc::SIGTERM) };
-                let _ = engine.wait();
-            }
-        }
-    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -399,31 +273,6 @@ pub fn run(a: &Args) -> i32 {
     }
 }
 
-/// Keep this process (and the engine it starts, until its reactor pins
-/// itself to the last CPU) off the last CPU: the reactor's core is its
-/// own, as the design intends. Sharing it with the benchmark's client made
-/// FUSE rates swing 6x from run to run on 2 vCPUs. Both filesystems are
-/// measured with the client on the same CPUs.
-fn leave_last_cpu_to_the_reactor() -> Option<usize> {
-    let n = std::thread::available_parallelism().ok()?.get();
-    if n < 2 {
-        return None;
-    }
-    // SAFETY: a zeroed cpu_set_t filled with CPU_SET for valid indexes,
-    // passed by pointer with its size to sched_setaffinity for this
-    // process.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for c in 0..n - 1 {
-            libc::CPU_SET(c, &mut set);
-        }
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return None;
-        }
-    }
-    Some(n - 1)
-}
-
 fn run_inner(a: &Args) -> Result<(), String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -440,7 +289,7 @@ fn run_inner(a: &Args) -> Result<(), String> {
         None => eprintln!("one CPU: client and reactor share it"),
     }
     let stream = parse_size(&a.stream_size)?;
-    let work = tempfile_dir(&a.dir)?;
+    let work = work_dir(&a.dir, "fs")?;
     let want = |name: &str| a.only.as_deref().is_none_or(|o| o == name);
     let mut results: Vec<(&str, Figures)> = Vec::new();
     if want("ext4") {
@@ -459,14 +308,7 @@ fn run_inner(a: &Args) -> Result<(), String> {
         println!("{k}: {v}");
     }
     // The load while it ran: figures from a busy machine differ.
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!(
-        "load average at the end: {}",
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
+    println!("load average at the end: {}", crate::target::load_average());
     println!("scoutfs mount arguments: {:?}", a.mount_args);
     println!(
         "files {} (spread over {} dirs), stream {} MiB, appends {} of {} bytes",
@@ -497,10 +339,4 @@ fn run_inner(a: &Args) -> Result<(), String> {
         println!();
     }
     Ok(())
-}
-
-fn tempfile_dir(base: &Path) -> Result<PathBuf, String> {
-    let p = base.join(format!("scoutfs-perf-fs.{}", std::process::id()));
-    std::fs::create_dir_all(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-    p.canonicalize().map_err(|e| e.to_string())
 }
