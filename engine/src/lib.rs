@@ -15,6 +15,7 @@ pub mod dma;
 pub mod forest;
 pub mod format;
 pub mod fs;
+pub mod lock;
 pub mod reactor;
 pub mod serve;
 pub mod server;
