@@ -35,6 +35,8 @@ pub struct LockStats {
     pub invalidate_errors: u64,
     /// Messages that made no sense (a grant nobody asked for): ignored.
     pub protocol_errors: u64,
+    /// Unused grants given back by [`LockTable::shrink_unused`].
+    pub shrinks: u64,
     /// Acquisitions of a name that had to wait for other tasks, and of a
     /// cluster lock that had to wait for the server or an invalidation.
     pub name_waits: u64,
@@ -75,6 +77,9 @@ pub(crate) struct Cluster {
     pub(crate) refresh_gen: u64,
     pub(crate) write_seq: u64,
     wrote: bool,
+    /// When a task last stopped using it (the table's use clock), for
+    /// shrinking the least recently used.
+    last_used: u64,
 }
 
 impl Cluster {
@@ -90,7 +95,19 @@ impl Cluster {
             refresh_gen: 0,
             write_seq: 0,
             wrote: false,
+            last_used: 0,
         }
+    }
+
+    /// Granted but unused, with nothing under way: a candidate to give
+    /// back.
+    fn unused(&self) -> bool {
+        self.mode != LockMode::Null
+            && self.request.is_none()
+            && self.invalidations.is_empty()
+            && self.invalidating.is_none()
+            && self.users.iter().all(|&n| n == 0)
+            && self.waiters.is_empty()
     }
 
     fn idle(&self) -> bool {
@@ -190,6 +207,7 @@ pub(crate) struct State {
     inv_pending: BTreeSet<Key>,
     next_waiter: u64,
     next_refresh_gen: u64,
+    use_clock: u64,
     worker: Option<Waker>,
     shutdown: bool,
     stats: LockStats,
@@ -292,6 +310,60 @@ impl LockTable {
 
     pub fn stats(&self) -> LockStats {
         self.inner.st.borrow().stats
+    }
+
+    /// How many cluster locks the table knows (granted, wanted or being
+    /// invalidated).
+    pub fn len(&self) -> usize {
+        self.inner.st.borrow().clusters.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Give back the least recently used unused grants beyond `keep`
+    /// (scoutfs's lock shrinker and `lock_idle_count`): each is asked of
+    /// the server in null mode, which invalidates it here first (write
+    /// back, drop) and then grants null, and the table forgets it. Returns
+    /// how many were asked. A task wanting one of them meanwhile waits for
+    /// the null grant and asks again. The table grows by one entry per
+    /// cluster lock a task touches; a periodic task calling this bounds it.
+    pub fn shrink_unused(&self, keep: usize) -> usize {
+        let msgs: Vec<NetLock> = {
+            let mut st = self.inner.st.borrow_mut();
+            let mut unused: Vec<(u64, Key)> = st
+                .clusters
+                .iter()
+                .filter(|(_, c)| c.unused())
+                .map(|(k, c)| (c.last_used, *k))
+                .collect();
+            if unused.len() <= keep {
+                return 0;
+            }
+            unused.sort_unstable();
+            unused.truncate(unused.len() - keep);
+            let msgs: Vec<NetLock> = unused
+                .iter()
+                .map(|(_, k)| {
+                    let c = st.clusters.get_mut(k).expect("listed");
+                    c.request = Some(LockMode::Null);
+                    NetLock {
+                        key: *k,
+                        write_seq: 0,
+                        old_mode: c.mode,
+                        new_mode: LockMode::Null,
+                    }
+                })
+                .collect();
+            st.stats.shrinks += msgs.len() as u64;
+            st.stats.requests += msgs.len() as u64;
+            msgs
+        };
+        for nl in &msgs {
+            self.send(ClientMsg::Request(*nl));
+        }
+        msgs.len()
     }
 
     /// The mode this node holds on the cluster lock of `name`.
@@ -585,6 +657,13 @@ impl LockTable {
         if mode.can_write() {
             c.wrote = true;
         }
+        st.use_clock += 1;
+        let now = st.use_clock;
+        let c = st
+            .clusters
+            .get_mut(&key)
+            .expect("a used lock is in the table");
+        c.last_used = now;
         if !c.invalidations.is_empty() {
             st.wake_worker();
         }

@@ -20,6 +20,14 @@ use super::super::{
     LockTable,
 };
 
+/// Property test cases: `default`, or `PROPTEST_CASES` for a soak.
+pub(crate) fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Run `f` on a fresh reactor thread and return its result.
 pub(crate) fn on_reactor<T, Fut, F>(f: F) -> T
 where

@@ -24,7 +24,7 @@ use super::super::{
     LockMode, LockName, LockServer, LockSet, LockTable, LockTableHandle, ServerMsg,
 };
 use super::harness::{
-    check_fifo, on_reactor, random_more, random_set, wait_until, yields, Model, SharedModel,
+    cases, check_fifo, on_reactor, random_more, random_set, wait_until, yields, Model, SharedModel,
 };
 
 use LockMode::{Null, Read, Write};
@@ -425,6 +425,9 @@ async fn random_tasks_on_nodes(
             let mut rng = SimRng::new(rng.next_u64());
             local.spawn(async move {
                 for _ in 0..rounds {
+                    if rng.chance(1, 10) {
+                        t.shrink_unused(rng.below(3) as usize);
+                    }
                     let set: LockSet = random_set(&mut rng);
                     let mut g = match t.lock_set(set).await {
                         Ok(g) => g,
@@ -493,7 +496,7 @@ async fn random_tasks_on_nodes(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(cases(24)))]
 
     #[test]
     fn random_sets_on_several_nodes_never_conflict_read_the_latest_and_all_finish(

@@ -17,8 +17,8 @@ use super::super::{
     NetLock, NoCache, ServerMsg,
 };
 use super::harness::{
-    check_fifo, on_reactor, poll_once_then_drop, random_more, random_set, wait_until, yields,
-    Model, Recorder,
+    cases, check_fifo, on_reactor, poll_once_then_drop, random_more, random_set, wait_until,
+    yields, Model, Recorder,
 };
 
 use LockMode::{Read, Write, WriteOnly};
@@ -274,6 +274,53 @@ fn shutdown_fails_waiting_and_new_acquisitions() {
     });
 }
 
+#[test]
+fn unused_grants_beyond_a_count_are_given_back_least_recently_used_first() {
+    on_reactor(|local| {
+        let local = local.clone();
+        async move {
+            let rec = Rc::new(Recorder::default());
+            let t = LockTable::new_local(1, rec.clone());
+            let worker = spawn_worker(&local, &t);
+            for group in 0..5u64 {
+                drop(t.lock(Inode(group * 1024), Write).await.unwrap());
+            }
+            // Group 0 used again: the most recent.
+            let held = t.lock(Inode(1), Read).await.unwrap();
+            drop(t.lock(Inode(0), Read).await.unwrap());
+            assert_eq!(t.len(), 5);
+            assert_eq!(t.shrink_unused(5), 0);
+            // Group 0's read is still held: not a candidate.
+            assert_eq!(t.shrink_unused(1), 3);
+            assert!(wait_until(&local, Duration::from_secs(5), || t.len() == 2).await);
+            let seen: Vec<_> = rec.seen.borrow().iter().map(|i| i.range).collect();
+            assert_eq!(
+                seen,
+                vec![
+                    Inode(1024).range(),
+                    Inode(2048).range(),
+                    Inode(3072).range()
+                ]
+            );
+            assert!(rec
+                .seen
+                .borrow()
+                .iter()
+                .all(|i| i.must_write_back() && i.must_drop()));
+            assert_eq!(t.granted(&Inode(4096)), Write);
+            assert_eq!(t.granted(&Inode(1024)), LockMode::Null);
+            drop(held);
+            // A shrunk lock is simply asked for again.
+            drop(t.lock(Inode(1024), Read).await.unwrap());
+            assert_eq!(t.granted(&Inode(1024)), Read);
+            assert_eq!(t.stats().shrinks, 3);
+            t.check_invariants().unwrap();
+            t.shutdown();
+            worker.await;
+        }
+    });
+}
+
 /// A source that keeps what the table sends, for a test to answer by hand.
 #[derive(Default)]
 struct Sink(RefCell<Vec<ClientMsg>>);
@@ -413,6 +460,9 @@ async fn random_tasks_on_one_node(
                     let _ = poll_once_then_drop(t.lock_set(set)).await;
                     continue;
                 }
+                if rng.chance(1, 10) {
+                    t.shrink_unused(rng.below(3) as usize);
+                }
                 let mut g = match t.lock_set(set).await {
                     Ok(g) => g,
                     Err(e) => {
@@ -470,7 +520,7 @@ async fn random_tasks_on_one_node(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(cases(32)))]
 
     #[test]
     fn random_sets_on_one_node_never_conflict_are_fifo_and_all_finish(
