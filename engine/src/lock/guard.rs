@@ -9,6 +9,8 @@
 //! and never waits on a cluster lock it already uses, so the waits of all
 //! tasks on all nodes go one way along the order: no deadlock.
 
+use std::future::Future;
+
 use crate::format::Key;
 
 use super::mode::LockMode;
@@ -33,6 +35,22 @@ impl LockTable {
         };
         guard.lock_more(set).await?;
         Ok(guard)
+    }
+
+    /// Take `set` only if that needs no wait (scoutfs's
+    /// `SCOUTFS_LKF_NONBLOCK`): `None` if some name is held by another
+    /// task in a conflicting mode, or this node's grant doesn't cover it
+    /// yet (the request then stays in flight, so a later try may find the
+    /// grant). For a task that holds names sorting after `set` and can
+    /// back out and retry in order if this fails.
+    pub fn try_lock_set(&self, set: LockSet) -> Option<Result<LockGuard, LockError>> {
+        let fut = std::pin::pin!(self.lock_set(set));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match fut.poll(&mut cx) {
+            std::task::Poll::Ready(r) => Some(r),
+            // Dropping the future gives back what it had taken.
+            std::task::Poll::Pending => None,
+        }
     }
 }
 

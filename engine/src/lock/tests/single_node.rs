@@ -432,6 +432,46 @@ fn by_hand_the_table_waits_for_grants_reports_locks_for_recovery_and_answers_inv
     });
 }
 
+#[test]
+fn try_lock_takes_what_needs_no_wait_and_leaves_nothing_otherwise() {
+    on_reactor(|local| {
+        let local = local.clone();
+        async move {
+            let t = LockTable::new_local(1, Rc::new(NoCache));
+            let worker = spawn_worker(&local, &t);
+            let g = t
+                .try_lock_set(LockSet::new().write(Inode(5)))
+                .unwrap()
+                .unwrap();
+            assert!(t
+                .try_lock_set(LockSet::new().read(Inode(4)).read(Inode(5)))
+                .is_none());
+            let r = t
+                .try_lock_set(LockSet::new().read(Inode(4)))
+                .unwrap()
+                .unwrap();
+            drop((g, r));
+            assert!(idle(&t));
+            check_fifo(&t).unwrap();
+
+            // Over a server that hasn't answered, nothing is taken and the
+            // request stays in flight.
+            let sink = Rc::new(Sink::default());
+            let t2 = LockTable::new(sink.clone(), Rc::new(NoCache));
+            assert!(t2.try_lock_set(LockSet::new().read(Inode(5))).is_none());
+            assert_eq!(sink.0.borrow().len(), 1);
+            t2.deliver(ServerMsg::Grant(nl(
+                Inode(5).cluster_key(),
+                LockMode::Null,
+                Read,
+            )));
+            assert!(t2.try_lock_set(LockSet::new().read(Inode(5))).is_some());
+            t.shutdown();
+            worker.await;
+        }
+    });
+}
+
 /// Tasks on one node taking random sets over the local server.
 async fn random_tasks_on_one_node(
     local: Local,
