@@ -28,8 +28,8 @@
 //!   do under scoutfs's group lock.
 //!
 //! Acquisition ([`LockTable::lock_set`]) takes a whole [`LockSet`] in one
-//! global order (rename, inodes by number, then the other ranges in key
-//! order) and returns a [`LockGuard`] that releases it on drop. No lock is
+//! global order (rename, inodes by number, the orphan, quota and xattr tag
+//! zones, then inode index names by key) and returns a [`LockGuard`] that releases it on drop. No lock is
 //! ever upgraded in place: a guard can't take a stronger mode on a name
 //! or cluster lock it holds (scoutfs doesn't either: its callers take the
 //! mode they will need, and `scoutfs_lock_inodes` takes all of an

@@ -25,12 +25,14 @@
 //! the whole zone, which covers the same items.
 //!
 //! **The order.** Names sort by class, then key: the rename lock first,
-//! then inodes by inode number (so inode groups in key order), then every
-//! other name by its range's start key (inode index < orphan < quota <
-//! totl < indx, as the zones sort). This is scoutfs's own hierarchy: its
-//! rename takes the rename lock, then `scoutfs_lock_inodes` sorts inodes
-//! by number, then the tag, orphan and index locks come last, the index
-//! locks sorted by key (`scoutfs_inode_index_try_lock_hold`).
+//! then inodes by inode number (so inode groups in key order), then the
+//! orphan, quota, totl and indx zones (in key order), and last the inode
+//! index names by key. This is scoutfs's own hierarchy: its rename takes
+//! the rename lock, then `scoutfs_lock_inodes` sorts inodes by number,
+//! then the orphan and tag locks, and last the index locks, sorted by
+//! key, as it enters the transaction (`scoutfs_inode_index_try_lock_hold`).
+//! Index names come last because an operation learns them from the
+//! inodes it has locked, and retakes them when the transaction moves on.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -178,6 +180,7 @@ impl LockName {
         match *self {
             LockName::Rename => (0, RENAME_KEY),
             LockName::Inode(ino) => (1, Key::inode_first(ino)),
+            LockName::InodeIndex { .. } => (3, self.range().start),
             _ => (2, self.range().start),
         }
     }
@@ -372,7 +375,7 @@ mod tests {
     }
 
     #[test]
-    fn order_is_rename_then_inodes_then_the_other_zones_in_key_order() {
+    fn order_is_rename_inodes_zones_in_key_order_then_index_names() {
         let mut names = vec![
             LockName::XattrIndx,
             LockName::Inode(2000),
@@ -392,13 +395,13 @@ mod tests {
                 LockName::Rename,
                 LockName::Inode(3),
                 LockName::Inode(2000),
-                LockName::index(IndexKind::MetaSeq, 10),
-                LockName::index(IndexKind::MetaSeq, 5000),
-                LockName::index(IndexKind::DataSeq, 10),
                 LockName::Orphan,
                 LockName::Quota,
                 LockName::XattrTotl,
                 LockName::XattrIndx,
+                LockName::index(IndexKind::MetaSeq, 10),
+                LockName::index(IndexKind::MetaSeq, 5000),
+                LockName::index(IndexKind::DataSeq, 10),
             ]
         );
         // Inode order is group order: names of one group are adjacent.

@@ -175,13 +175,26 @@ fn lock_more_takes_only_what_sorts_after_and_unlock_gives_back() {
             )
             .await
             .unwrap();
-            let idx = LockName::index(crate::lock::IndexKind::MetaSeq, 7);
-            assert!(g.lock_more(LockSet::new().write_only(idx)).await.is_err());
+            // Index names come last: taken once the inodes are locked...
+            let meta = |seq| LockName::index(crate::lock::IndexKind::MetaSeq, seq);
+            g.lock_more(LockSet::new().write_only(meta(7)).write_only(meta(5000)))
+                .await
+                .unwrap();
+            assert!(g
+                .lock_more(LockSet::new().write_only(LockName::XattrTotl))
+                .await
+                .is_err());
+            // ...and taken again for a new transaction seq.
+            assert!(g.unlock(&meta(5000)));
+            assert!(!g.unlock(&meta(5000)));
+            assert!(g.unlock(&meta(7)));
+            g.lock_more(LockSet::new().write_only(meta(9000)))
+                .await
+                .unwrap();
+            assert_eq!(g.mode(&meta(9000)), Some(WriteOnly));
+            assert_eq!(g.mode(&meta(7)), None);
+            assert_eq!(g.mode(&LockName::Orphan), Some(WriteOnly));
             assert!(g.unlock(&LockName::Orphan));
-            assert!(!g.unlock(&LockName::Orphan));
-            g.lock_more(LockSet::new().write_only(idx)).await.unwrap();
-            assert_eq!(g.mode(&idx), Some(WriteOnly));
-            assert_eq!(g.mode(&LockName::Orphan), None);
             drop(g);
             assert!(idle(&t));
             t.shutdown();
