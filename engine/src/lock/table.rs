@@ -429,7 +429,8 @@ impl LockTable {
 
     /// scoutfs's `scoutfs_lock_grant_response`.
     fn grant_response(&self, nl: NetLock) {
-        let mut st = self.inner.st.borrow_mut();
+        let mut guard = self.inner.st.borrow_mut();
+        let st = &mut *guard;
         st.stats.grants += 1;
         let refresh = st.next_refresh_gen + 1;
         let Some(c) = st.clusters.get_mut(&nl.key) else {
@@ -452,15 +453,15 @@ impl LockTable {
         }
         if !counts_covered(nl.new_mode, &c.users) {
             // The server granted a mode that leaves users uncovered: it
-            // skipped an invalidation. Keep going; the cluster issue's
-            // simulation is what proves the server never does this.
+            // skipped an invalidation. Count it and keep going; the tests
+            // check that the server never does this.
+            st.stats.protocol_errors += 1;
             tracing::error!(
                 "lock grant of {} for {} while users hold {:?}",
                 nl.new_mode,
                 nl.key,
                 c.users
             );
-            debug_assert!(false, "grant leaves users uncovered");
         }
         c.mode = nl.new_mode;
         c.write_seq = nl.write_seq;

@@ -478,6 +478,11 @@ async fn random_tasks_on_nodes(
         problems.push(e);
     }
     let stats: Vec<_> = c.tables.iter().map(|t| t.stats()).collect();
+    for (node, s) in stats.iter().enumerate() {
+        if s.protocol_errors != 0 || s.invalidate_errors != 0 {
+            problems.push(format!("node {node}: {s:?}"));
+        }
+    }
     let (tables, store, net_errors) = c.stop().await;
     problems.extend(net_errors);
     problems.extend(model.borrow().violations.iter().cloned());

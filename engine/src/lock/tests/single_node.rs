@@ -559,6 +559,9 @@ async fn random_tasks_on_one_node(
     if let Err(e) = check_fifo(&t) {
         problems.push(e);
     }
+    if stats.protocol_errors != 0 || stats.invalidate_errors != 0 {
+        problems.push(format!("{stats:?}"));
+    }
     if !idle(&t) {
         problems.push(format!("left behind: {dump}"));
     }
