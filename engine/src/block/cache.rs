@@ -27,6 +27,10 @@ struct Cached {
     data: Box<[u8]>,
     seq: u64,
     dirty: bool,
+    /// Sealed by a commit whose writes are in flight
+    /// ([`BlockCache::begin_commit`]): read-only, and never evicted, until
+    /// [`BlockCache::end_commit`].
+    writing: bool,
     tick: u64,
 }
 
@@ -59,6 +63,8 @@ pub struct BlockCache {
     lru: BTreeMap<u64, u64>,
     tick: u64,
     nr_dirty: usize,
+    /// Blocks of the commit in flight.
+    nr_writing: usize,
     budget_blocks: usize,
     alloc: MetaAlloc,
     /// (reserve, fill) of the avail list; see `alloc::refill_meta`.
@@ -94,6 +100,7 @@ impl BlockCache {
             lru: BTreeMap::new(),
             tick: 0,
             nr_dirty: 0,
+            nr_writing: 0,
             budget_blocks: (budget_bytes / BLOCK_LG_SIZE).max(MIN_BUDGET_BLOCKS),
             alloc: MetaAlloc::default(),
             meta_targets: (crate::alloc::META_RESERVE, crate::alloc::META_FILL),
@@ -213,8 +220,9 @@ impl BlockCache {
         })?;
         let blkno = r.blkno.get();
         if let Some(c) = self.blocks.get(&blkno) {
-            if c.dirty {
-                // Never replace a dirty block with an older read.
+            if c.dirty || c.writing {
+                // Never replace a dirty block (or one being written) with
+                // an older read.
                 return Ok(());
             }
             self.lru.remove(&c.tick);
@@ -227,6 +235,7 @@ impl BlockCache {
                 data,
                 seq: r.seq.get(),
                 dirty: false,
+                writing: false,
                 tick: self.tick,
             },
         );
@@ -257,7 +266,7 @@ impl BlockCache {
     }
 
     fn evict(&mut self) {
-        while self.blocks.len() > self.budget_blocks + self.nr_dirty {
+        while self.blocks.len() > self.budget_blocks + self.nr_dirty + self.nr_writing {
             let Some((&tick, &blkno)) = self.lru.iter().next() else {
                 break;
             };
@@ -271,7 +280,7 @@ impl BlockCache {
         let Some(c) = self.blocks.get_mut(&blkno) else {
             return;
         };
-        if c.dirty {
+        if c.dirty || c.writing {
             return;
         }
         self.lru.remove(&c.tick);
@@ -288,10 +297,12 @@ impl BlockCache {
                 data,
                 seq: self.txn_seq,
                 dirty: true,
+                writing: false,
                 tick: self.tick,
             },
         ) {
             debug_assert!(!old.dirty, "allocated block {blkno} was dirty");
+            debug_assert!(!old.writing, "allocated block {blkno} is being written");
             self.lru.remove(&old.tick);
         }
         self.nr_dirty += 1;
@@ -308,7 +319,12 @@ impl BlockCache {
 
     fn alloc_blkno(&mut self) -> Result<u64, BlockError> {
         let blkno = self.alloc.avail.pop().ok_or(BlockError::NoSpace)?;
-        if !self.valid_blknos.contains(&blkno) || self.blocks.get(&blkno).is_some_and(|c| c.dirty) {
+        if !self.valid_blknos.contains(&blkno)
+            || self
+                .blocks
+                .get(&blkno)
+                .is_some_and(|c| c.dirty || c.writing)
+        {
             return Err(BlockError::Io {
                 device: self.device.clone(),
                 blkno,
@@ -359,11 +375,60 @@ impl BlockCache {
         self.evict();
     }
 
-    /// Throw away every dirty block (a transaction that failed to commit).
-    /// The caller must also forget the roots that referenced them.
+    /// Throw away every dirty block, and those of a commit in flight (a
+    /// transaction that failed to commit). The caller must also forget the
+    /// roots that referenced them.
     pub fn discard_dirty(&mut self) {
-        self.blocks.retain(|_, c| !c.dirty);
+        self.blocks.retain(|_, c| !c.dirty && !c.writing);
         self.nr_dirty = 0;
+        self.nr_writing = 0;
+    }
+
+    /// A commit begins while the next transaction goes on: seal every
+    /// dirty block (crc computed) and keep it, unchanged and cached, until
+    /// [`BlockCache::end_commit`]; the next transaction copies any it
+    /// changes, as it would a committed block. Returns their numbers in
+    /// block order. The caller moves on to the next seq.
+    pub fn begin_commit(&mut self) -> Vec<u64> {
+        assert_eq!(self.nr_writing, 0, "a commit is already in flight");
+        let mut blknos: Vec<u64> = self.dirty_blocks().iter().map(|(b, _)| *b).collect();
+        blknos.sort_unstable();
+        for b in &blknos {
+            let c = self.blocks.get_mut(b).expect("dirty block is cached");
+            c.dirty = false;
+            c.writing = true;
+        }
+        self.nr_writing = blknos.len();
+        self.nr_dirty = 0;
+        blknos
+    }
+
+    /// The sealed bytes of block `blkno` of the commit in flight.
+    pub fn writing_block(&self, blkno: u64) -> &[u8] {
+        let c = &self.blocks[&blkno];
+        assert!(c.writing, "block {blkno} is not being written");
+        &c.data
+    }
+
+    /// The commit begun by [`BlockCache::begin_commit`] is durable: its
+    /// blocks are clean from now on. (A failed one is thrown away with
+    /// [`BlockCache::discard_dirty`].)
+    pub fn end_commit(&mut self) {
+        for (blkno, c) in self.blocks.iter_mut() {
+            if c.writing {
+                c.writing = false;
+                self.tick += 1;
+                c.tick = self.tick;
+                self.lru.insert(self.tick, *blkno);
+            }
+        }
+        self.nr_writing = 0;
+        self.evict();
+    }
+
+    /// Blocks of the commit in flight.
+    pub fn nr_writing(&self) -> usize {
+        self.nr_writing
     }
 
     /// For tests and simulation without a device: commit everything dirty

@@ -71,9 +71,14 @@ const MAX_MISSES_PER_OP: usize = 100_000;
 pub struct Store {
     pub cache: BlockCache,
     pub io: MetaIo,
+    /// Blocks read inline, synchronously, on the calling thread.
     pub reads: u64,
     /// Corrupt blocks met by operations run through [`Store::retry`].
     pub corruption: CorruptionLog,
+    /// Return misses instead of reading inline (see [`Store::defer_misses`]).
+    defer: bool,
+    /// Misses returned to the caller while deferring.
+    pub deferred: u64,
 }
 
 impl Store {
@@ -83,7 +88,23 @@ impl Store {
             io,
             reads: 0,
             corruption: CorruptionLog::default(),
+            defer: false,
+            deferred: 0,
         }
+    }
+
+    /// Whether a block that isn't cached is returned as
+    /// [`BlockError::Miss`] (`true`: the engine's request task reads it
+    /// through the reactor and reruns the operation) or read inline on
+    /// this thread (`false`, the default: tools, tests, and the parts of
+    /// an operation that may not restart because they have changed
+    /// something).
+    pub fn defer_misses(&mut self, defer: bool) {
+        self.defer = defer;
+    }
+
+    pub fn deferring(&self) -> bool {
+        self.defer
     }
 
     /// Read `r` from the device into the cache.
@@ -93,10 +114,28 @@ impl Store {
         self.cache.insert_read_any(r, &data)
     }
 
+    /// Cache `data`, block `r` read by someone else (the engine's request
+    /// task, through the reactor): verified as [`Store::load`] does, and a
+    /// corrupt block reported. A block cached meanwhile is left as it is.
+    pub fn insert_fetched(&mut self, r: &BlockRef, data: &[u8]) -> Result<(), BlockError> {
+        if self.cache.is_cached(r) {
+            return Ok(());
+        }
+        let e = match self.cache.insert_read_any(r, data) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if let Some((blkno, what)) = e.corrupt_block() {
+            self.corruption.report(self.io.device_name(), blkno, &what);
+        }
+        Err(e)
+    }
+
     /// Run `op` over the store. Misses are read inline by `get`, so a miss
     /// only surfaces from code that inspects the cache directly; it is read
-    /// and `op` rerun. A corrupt block that ends the operation is reported
-    /// (counted, and logged once per block: [`CorruptionLog`]).
+    /// and `op` rerun. While deferring, a miss is returned instead. A
+    /// corrupt block that ends the operation is reported (counted, and
+    /// logged once per block: [`CorruptionLog`]).
     pub fn retry<T, E: MissError>(
         &mut self,
         mut op: impl FnMut(&mut Store) -> Result<T, E>,
@@ -104,6 +143,10 @@ impl Store {
         for _ in 0..MAX_MISSES_PER_OP {
             let e = match op(self) {
                 Err(e) => match e.miss() {
+                    Some(_) if self.defer => {
+                        self.deferred += 1;
+                        return Err(e);
+                    }
                     Some(r) => match self.load(&r) {
                         Ok(()) => continue,
                         Err(e) => E::from(e),
@@ -128,6 +171,9 @@ impl BlockAccess for Store {
 
     fn get(&mut self, r: &BlockRef, magic: BlockMagic) -> Result<&[u8], BlockError> {
         if !self.cache.is_cached(r) && !self.cache.has_blkno(r.blkno.get()) {
+            if self.defer {
+                return Err(BlockError::Miss(*r));
+            }
             self.load(r)?;
         }
         self.cache.get(r, magic)

@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use crate::format::inode::{Inode, Timespec};
 use crate::format::Key;
 
-use super::error::Result;
+use super::error::{FsError, Result};
 use super::{Fs, ItemStore};
 
 /// Which accesses update atime.
@@ -170,15 +170,15 @@ impl<S: ItemStore> Fs<S> {
     /// it is logged and the access stands.
     pub async fn touch_atime(&mut self, ino: u64) -> Result<()> {
         let inode = self.read_inode(ino).await?;
-        self.accessed(ino, inode).await;
-        Ok(())
+        self.accessed(ino, inode).await
     }
 
-    /// [`Fs::touch_atime`] with the inode already read.
-    pub(super) async fn accessed(&mut self, ino: u64, inode: Inode) {
+    /// [`Fs::touch_atime`] with the inode already read. Its only error is
+    /// a deferred miss ([`FsError::NeedBlocks`]): the access runs again.
+    pub(super) async fn accessed(&mut self, ino: u64, inode: Inode) -> Result<()> {
         let now = self.now();
         if !atime_due(&self.opts.atime, &inode, now) || self.store.read_only() {
-            return;
+            return Ok(());
         }
         if self.opts.atime.lazytime {
             self.lazy_atimes.keep(ino, now, now);
@@ -190,16 +190,23 @@ impl<S: ItemStore> Fs<S> {
             } else {
                 self.write_aged_atimes().await
             };
-            if let Err(e) = r {
-                tracing::debug!("kept atimes not written: {e}");
+            match r {
+                Err(e @ FsError::NeedBlocks(_)) => return Err(e),
+                Err(e) => tracing::debug!("kept atimes not written: {e}"),
+                Ok(()) => {}
             }
-            return;
+            return Ok(());
         }
         let mut b = self.batch();
         b.track(ino, inode);
         b.inode_mut(ino).atime = now;
-        if let Err(e) = self.apply(b).await {
-            tracing::debug!("inode {ino}: atime not updated: {e}");
+        match self.apply(b).await {
+            Err(e @ FsError::NeedBlocks(_)) => Err(e),
+            Err(e) => {
+                tracing::debug!("inode {ino}: atime not updated: {e}");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
         }
     }
 

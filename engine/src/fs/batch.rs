@@ -64,6 +64,9 @@ pub struct Batch {
     /// Data extents whose items this batch deletes: freed once it is
     /// written.
     freed: Vec<Extent>,
+    /// Unlinked inodes too large to delete in this batch: deleted over
+    /// later transactions once it is written (orphan.rs).
+    purge_later: Vec<u64>,
 }
 
 impl Batch {
@@ -75,7 +78,19 @@ impl Batch {
             items: BTreeMap::new(),
             inodes: BTreeMap::new(),
             freed: Vec::new(),
+            purge_later: Vec::new(),
         }
+    }
+
+    /// Delete `ino` (orphaned by this batch) over later transactions,
+    /// once this batch is written.
+    pub fn purge_later(&mut self, ino: u64) {
+        self.purge_later.push(ino);
+    }
+
+    /// The inodes [`Batch::purge_later`] named, taken out.
+    pub fn take_purge_later(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.purge_later)
     }
 
     pub fn put(&mut self, key: Key, val: Vec<u8>) {
@@ -165,7 +180,9 @@ impl Batch {
             mut items,
             inodes,
             freed,
+            purge_later,
         } = self;
+        debug_assert!(purge_later.is_empty(), "purge_later not taken");
         let set = |items: &mut BTreeMap<Key, Option<Vec<u8>>>, k: Key, v: Option<Vec<u8>>| {
             items.insert(k, v);
         };

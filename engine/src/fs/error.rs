@@ -51,6 +51,20 @@ pub enum FsError {
     IllegalSeek,
     #[error("no such device (fallocate on a special file)")]
     NoDevice,
+    /// Metadata blocks the operation needs that aren't cached: it changed
+    /// nothing, and runs again once they are read. Only the engine's
+    /// request task sees it (it is EIO should it ever escape).
+    #[error("{} metadata blocks are not cached", .0.len())]
+    NeedBlocks(Vec<crate::format::BlockRef>),
+    /// The operation needs commit `seq` durable (fsync, a grant of inode
+    /// numbers): the engine waits for it and runs the operation again.
+    /// Only the engine's request task sees it.
+    #[error("waiting for commit {0}")]
+    WaitCommit(u64),
+    /// The operation, which has changed nothing, waits for commit `seq`
+    /// (too much is dirty while it is written) and runs again.
+    #[error("throttled until commit {0}")]
+    Throttled(u64),
 }
 
 impl FsError {
@@ -79,6 +93,16 @@ impl FsError {
             FsError::NoSuchAddress => libc::ENXIO,
             FsError::IllegalSeek => libc::ESPIPE,
             FsError::NoDevice => libc::ENODEV,
+            FsError::NeedBlocks(_) | FsError::WaitCommit(_) | FsError::Throttled(_) => libc::EIO,
+        }
+    }
+
+    /// The blocks to read before running the operation again, if this is
+    /// a deferred miss.
+    pub fn needed(&self) -> Option<&[crate::format::BlockRef]> {
+        match self {
+            FsError::NeedBlocks(v) => Some(v),
+            _ => None,
         }
     }
 
@@ -93,6 +117,14 @@ impl FsError {
 /// without a POSIX meaning of its own is EIO.
 impl From<TxnError> for FsError {
     fn from(e: TxnError) -> Self {
+        if let Some(need) = e.needed() {
+            return FsError::NeedBlocks(need);
+        }
+        match e {
+            TxnError::WaitCommit(seq) => return FsError::WaitCommit(seq),
+            TxnError::Throttle(seq) => return FsError::Throttled(seq),
+            _ => {}
+        }
         match e.errno() {
             libc::ENOSPC => FsError::NoSpace(e.to_string()),
             libc::EROFS => FsError::ReadOnly(e.to_string()),

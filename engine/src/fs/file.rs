@@ -119,7 +119,7 @@ impl<S: ItemStore> Fs<S> {
             return Ok(Vec::new());
         }
         if offset >= size {
-            self.accessed(ino, inode).await;
+            self.accessed(ino, inode).await?;
             return Ok(Vec::new());
         }
         let n = (len as u64).min(size - offset) as usize;
@@ -129,7 +129,7 @@ impl<S: ItemStore> Fs<S> {
         } else {
             data::read(&mut self.store, ino, offset, n).await?
         };
-        self.accessed(ino, inode).await;
+        self.accessed(ino, inode).await?;
         Ok(out)
     }
 

@@ -160,6 +160,9 @@ pub struct Fs<S: ItemStore> {
     /// Inode numbers granted and not yet used: `ino_next..ino_end`.
     ino_next: u64,
     ino_end: u64,
+    /// A grant of inode numbers `(first, end)` made in transaction `seq`,
+    /// not used before that commit is durable (handle.rs).
+    ino_grant: Option<(u64, u64, u64)>,
     /// Handles held on each inode (open files, and whatever else a
     /// frontend pins); an unlinked inode lives while its count is non-zero.
     open_counts: HashMap<u64, u32>,
@@ -190,6 +193,7 @@ impl<S: ItemStore> Fs<S> {
             format_version,
             ino_next: 0,
             ino_end: 0,
+            ino_grant: None,
             open_counts: HashMap::new(),
             kernel_refs: Default::default(),
             pending_purge: Vec::new(),
@@ -290,8 +294,19 @@ impl<S: ItemStore> Fs<S> {
     /// runs out.
     async fn alloc_ino(&mut self) -> Result<u64> {
         if self.ino_next == self.ino_end {
-            let (first, end) = self.grant_inos().await?;
-            self.store.commit().await?;
+            // Kept until its commit is durable: an operation that waits
+            // for that commit runs again and finds it here.
+            let (first, end, seq) = match self.ino_grant {
+                Some(g) => g,
+                None => {
+                    let (first, end) = self.grant_inos().await?;
+                    let g = (first, end, self.store.txn_seq());
+                    self.ino_grant = Some(g);
+                    g
+                }
+            };
+            self.store.commit_until(seq).await?;
+            self.ino_grant = None;
             (self.ino_next, self.ino_end) = (first, end);
         }
         let ino = self.ino_next;
@@ -322,8 +337,9 @@ impl<S: ItemStore> Fs<S> {
     }
 
     /// Write a batch: the only place operations write items.
-    async fn apply(&mut self, batch: Batch) -> Result<()> {
+    async fn apply(&mut self, mut batch: Batch) -> Result<()> {
         let inodes = batch.inode_count_delta();
+        let purge_later = batch.take_purge_later();
         let (writes, freed) = batch.into_writes();
         if writes.is_empty() {
             debug_assert!(freed.is_empty());
@@ -339,6 +355,11 @@ impl<S: ItemStore> Fs<S> {
                 .map(|(k, _)| k.first)
                 .collect()
         };
+        // Every block the writes can need, read before the first: the
+        // operation has changed nothing yet, so a miss here runs it again
+        // rather than stopping it half-way (docs/ARCHITECTURE.md).
+        let keys: Vec<(Key, bool)> = writes.iter().map(|(k, v)| (*k, v.is_none())).collect();
+        self.store.prefetch(&keys).await?;
         self.store
             .hold_trans(writes.len(), deletes * 2 > writes.len())
             .await?;
@@ -357,6 +378,7 @@ impl<S: ItemStore> Fs<S> {
             if inodes != 0 {
                 self.store.add_inode_count(inodes);
             }
+            self.pending_purge.extend(purge_later);
         }
         self.store.release_trans();
         if let Err(e) = &r {

@@ -56,15 +56,20 @@ impl<S: ItemStore> Fs<S> {
         let Some(count) = self.open_counts.get_mut(&ino) else {
             return Err(FsError::Invalid);
         };
-        *count -= 1;
-        if *count > 0 {
+        if *count > 1 {
+            *count -= 1;
             return Ok(());
         }
+        // The last handle. The inode is read before the count goes, so a
+        // deferred miss (the release runs again) leaves the count as it was.
+        let inode = match self.read_inode(ino).await {
+            Err(FsError::NotFound) => None,
+            r => Some(r?),
+        };
         self.open_counts.remove(&ino);
         self.linkable.remove(&ino);
-        let inode = match self.read_inode(ino).await {
-            Err(FsError::NotFound) => return Ok(()),
-            r => r?,
+        let Some(inode) = inode else {
+            return Ok(());
         };
         if inode.nlink.get() > 0 || self.kernel_refs.keep_if_referenced(ino) {
             // Linked, or the kernel still references it (refs.rs): its
@@ -91,7 +96,9 @@ impl<S: ItemStore> Fs<S> {
         let items = self.inode_items(ino, PURGE_CHUNK + 1).await?;
         if items.len() > PURGE_CHUNK {
             b.put(orphan_key(self.opts.rid, ino), Vec::new());
-            self.pending_purge.push(ino);
+            // Only once `b` is written: an operation that doesn't get
+            // that far (a deferred miss runs it again) unlinked nothing.
+            b.purge_later(ino);
             return Ok(());
         }
         for item in items {

@@ -88,6 +88,16 @@ pub trait ItemStore {
     /// Commit the open transaction; the seq now durable.
     fn commit(&mut self) -> impl Future<Output = Result<u64>>;
 
+    /// Make commit `seq` durable if it isn't yet; the seq now durable.
+    fn commit_until(&mut self, seq: u64) -> impl Future<Output = Result<u64>> {
+        async move {
+            if seq <= self.committed_seq() {
+                return Ok(self.committed_seq());
+            }
+            self.commit().await
+        }
+    }
+
     fn statfs(&mut self) -> impl Future<Output = Result<Statfs>>;
 
     /// Free data blocks as statfs counts them (blocks freed by the open
@@ -121,9 +131,25 @@ pub trait ItemStore {
     }
 
     fn release_trans(&mut self) {}
+
+    /// Read every block writing these items (key, and whether it is a
+    /// deletion) can need, before the first is written: see
+    /// [`Volume::prefetch`]. The default has nothing to read.
+    fn prefetch(&mut self, keys: &[(Key, bool)]) -> impl Future<Output = Result<()>> {
+        let _ = keys;
+        std::future::ready(Ok(()))
+    }
 }
 
 impl ItemStore for Volume {
+    async fn prefetch(&mut self, keys: &[(Key, bool)]) -> Result<()> {
+        if !self.deferring() {
+            // Read inline as the writes go: nothing to gain ahead of them.
+            return Ok(());
+        }
+        Ok(Volume::prefetch(self, keys)?)
+    }
+
     async fn lookup(&mut self, key: &Key) -> Result<Option<Item>> {
         Ok(Volume::lookup(self, key)?)
     }
@@ -191,6 +217,10 @@ impl ItemStore for Volume {
 
     async fn commit(&mut self) -> Result<u64> {
         Ok(Volume::commit(self)?)
+    }
+
+    async fn commit_until(&mut self, seq: u64) -> Result<u64> {
+        Ok(Volume::commit_until(self, seq)?)
     }
 
     async fn statfs(&mut self) -> Result<Statfs> {

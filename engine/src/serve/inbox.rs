@@ -10,8 +10,12 @@
 //! its own ops (sessions, stats), itself, records its latency and calls
 //! its completion.
 //!
-//! Ordering: requests run in the order they were pushed; one that a
-//! submitter makes after another's completion sees its effect.
+//! Filesystem requests each run as a task of their own (`fetch.rs`: an
+//! attempt that misses the cache, or needs a commit, waits for it while
+//! the others go on), so they start in the order they were pushed but may
+//! finish in any order; a request a submitter makes after another's
+//! completion sees its effect. Session and stats requests run in the
+//! dispatcher itself.
 
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
@@ -22,6 +26,10 @@ use std::time::Instant;
 
 use crossbeam_queue::ArrayQueue;
 
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use crate::fs::FsError;
 use crate::reactor::Local;
 
 use super::errno::Errno;
@@ -168,7 +176,61 @@ impl Dispatcher {
         }
     }
 
-    /// Run one submission and deliver its result.
+    /// Run one submission and deliver its result: a filesystem request
+    /// as a task of its own, the dispatcher's own requests here.
+    fn start(d: &Rc<RefCell<Dispatcher>>, local: &Local, sub: Submission) {
+        let own = matches!(
+            sub.req.op,
+            Op::OpenSession | Op::CloseSession | Op::Stats | Op::ResetStats
+        );
+        if own || !d.borrow().sessions.contains_key(&sub.req.session) {
+            d.borrow_mut().run(sub);
+            return;
+        }
+        let Submission {
+            req,
+            done,
+            submitted,
+        } = sub;
+        let kind = req.op.kind();
+        let (d, task_local) = (d.clone(), local.clone());
+        RUNNING.with(|r| r.set(r.get() + 1));
+        drop(local.spawn(async move {
+            let Request {
+                session,
+                caller,
+                op,
+            } = req;
+            let parts = (
+                super::FETCH.with(|c| c.borrow().clone()),
+                super::COMMITTER.with(|c| c.borrow().clone()),
+            );
+            let r = match parts {
+                (Some(fetch), Some(committer)) => {
+                    super::fetch::run_attempts(&task_local, &fetch, &committer, |fs| {
+                        let mut d = d.borrow_mut();
+                        // Closed while this request waited.
+                        let s = d.sessions.get_mut(&session).ok_or(FsError::Invalid)?;
+                        execute(fs, &caller, s, &op)
+                    })
+                    .await
+                }
+                _ => None,
+            };
+            let r = match r {
+                Some(r) => r.map_err(Errno::from),
+                None => Err(Errno::SHUTDOWN),
+            };
+            d.borrow_mut().stats.record(kind, submitted.elapsed(), r.is_err());
+            done(r);
+            RUNNING.with(|r| r.set(r.get() - 1));
+            for w in DONE_WAITERS.with(|w| std::mem::take(&mut *w.borrow_mut())) {
+                w.wake();
+            }
+        }));
+    }
+
+    /// Run one submission here and deliver its result.
     fn run(&mut self, sub: Submission) {
         let Submission {
             req,
@@ -230,19 +292,26 @@ impl Dispatcher {
 /// The dispatcher task: runs until the reactor shuts down, then answers
 /// what is left with ESHUTDOWN.
 pub(super) async fn dispatch(local: Local, inbox: Arc<Inbox>) {
-    let mut d = Dispatcher::new();
+    let d = Rc::new(RefCell::new(Dispatcher::new()));
     let mut stop = std::pin::pin!(local.shutdown_signal());
+    // Whether `stop` holds this task's waker: registered once (a poll of
+    // it keeps another waker each time), woken at shutdown.
+    let mut watching = false;
     poll_fn(|cx| {
         for _ in 0..DISPATCH_BATCH {
             let Some(sub) = inbox.queue.pop() else { break };
-            d.run(sub);
+            Dispatcher::start(&d, &local, sub);
         }
         if !inbox.queue.is_empty() {
             // More than a batch: the rest next turn, after the devices.
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        if stop.as_mut().poll(cx).is_ready() {
+        if !watching {
+            watching = true;
+            let _ = stop.as_mut().poll(cx);
+        }
+        if local.shutdown_requested() {
             inbox.close();
             return Poll::Ready(());
         }
@@ -252,6 +321,26 @@ pub(super) async fn dispatch(local: Local, inbox: Arc<Inbox>) {
         if !inbox.queue.is_empty() {
             cx.waker().wake_by_ref();
         }
+        Poll::Pending
+    })
+    .await
+}
+
+thread_local! {
+    /// Request tasks running on this reactor.
+    static RUNNING: Cell<usize> = const { Cell::new(0) };
+    /// Tasks waiting for them all to finish.
+    static DONE_WAITERS: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Wait until no request task is running (an unmount, after the
+/// frontends have stopped submitting).
+pub(super) async fn wait_requests_done() {
+    poll_fn(|cx| {
+        if RUNNING.with(Cell::get) == 0 {
+            return Poll::Ready(());
+        }
+        DONE_WAITERS.with(|w| w.borrow_mut().push(cx.waker().clone()));
         Poll::Pending
     })
     .await

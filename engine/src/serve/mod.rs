@@ -51,9 +51,49 @@ pub use stats::OpStats;
 /// The mounted filesystem, as work on the reactor sees it.
 pub type Mounted = Fs<Volume>;
 
+mod commit;
+mod fetch;
+
 thread_local! {
     /// The volume mounted by the engine whose reactor runs on this thread.
     static MOUNTED: RefCell<Option<Mounted>> = const { RefCell::new(None) };
+    /// Its queue for request tasks' metadata reads.
+    static FETCH: RefCell<Option<std::rc::Rc<fetch::MetaFetch>>> = const { RefCell::new(None) };
+    /// Its committer (commit.rs).
+    static COMMITTER: RefCell<Option<std::rc::Rc<commit::Committer>>> = const { RefCell::new(None) };
+}
+
+/// Run `f` over the mounted filesystem, on the reactor thread; `None`
+/// once it is unmounted. Never held across an await.
+pub(crate) fn with_mounted<R>(f: impl FnOnce(&mut Mounted) -> R) -> Option<R> {
+    MOUNTED.with(|cell| cell.borrow_mut().as_mut().map(f))
+}
+
+/// What the committer did (see `commit.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Commits written while requests went on.
+    pub commits: u64,
+    /// Metadata blocks they wrote.
+    pub blocks: u64,
+    /// Requests that finished while a commit was being written.
+    pub requests_during_commits: u64,
+}
+
+/// How request tasks met cache misses (see `fetch.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MissStats {
+    /// Metadata blocks read through the reactor for request tasks.
+    pub fetched_blocks: u64,
+    /// Attempts run again after those reads.
+    pub restarts: u64,
+    /// Requests that ran out of attempts and read inline.
+    pub gave_up: u64,
+    /// Misses attempts deferred.
+    pub deferred: u64,
+    /// Metadata blocks read inline on the reactor thread since mount
+    /// (mount itself, commits, and operations past their first change).
+    pub inline_reads: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -184,7 +224,14 @@ impl Engine {
             if read_only {
                 vol.set_read_only("mounted read-only");
             }
-            let fs = ready(Fs::open(vol, fs_opts))?;
+            let mut fs = ready(Fs::open(vol, fs_opts))?;
+            let fetch = std::rc::Rc::new(fetch::MetaFetch::open(local, &*m)?);
+            let committer = std::rc::Rc::new(commit::Committer::default());
+            fs.store_mut().set_deferred_reads(true);
+            fs.store_mut().set_async_commits(Some(committer.kick_handle()));
+            FETCH.with(|cell| *cell.borrow_mut() = Some(fetch.clone()));
+            COMMITTER.with(|cell| *cell.borrow_mut() = Some(committer.clone()));
+            local.spawn(commit::run(local.clone(), fetch, committer));
             let mounted = (
                 fs.store().super_block().fsid(),
                 fs.kernel_refs(),
@@ -227,9 +274,84 @@ impl Engine {
     ) -> Result<T, EngineError> {
         self.reactor
             .remote()
-            .call(move |_: &Local| {
-                let r = MOUNTED.with(|cell| cell.borrow_mut().as_mut().map(f));
-                async move { r }
+            .call(move |_: &Local| async move {
+                // `f` runs once, so it can't wait for a commit: it runs
+                // once none is in flight, with commits written inline.
+                if let Some(c) = COMMITTER.with(|cell| cell.borrow().clone()) {
+                    c.wait_idle().await;
+                }
+                with_mounted(|fs| {
+                    let kick = fs.store_mut().take_async_commits();
+                    let r = f(fs);
+                    fs.store_mut().set_async_commits(kick);
+                    r
+                })
+            })?
+            .ok_or(EngineError::NotMounted)
+    }
+
+    /// Run the operation `op` over the mounted filesystem as a task on the
+    /// reactor and wait for its result. `op` may run several times: each
+    /// run is an attempt that, if it needs metadata blocks that aren't
+    /// cached before it has changed anything, ends with
+    /// [`FsError::NeedBlocks`]; the task reads them through the reactor
+    /// (other requests go on meanwhile) and runs `op` again. So `op` must
+    /// change nothing outside the filesystem before it returns.
+    pub fn run<T: Send + 'static>(
+        &self,
+        op: impl FnMut(&mut Mounted) -> Result<T, FsError> + Send + 'static,
+    ) -> Result<Result<T, FsError>, EngineError> {
+        self.reactor
+            .remote()
+            .call(move |local: &Local| {
+                let local = local.clone();
+                async move {
+                    let fetch = FETCH.with(|cell| cell.borrow().clone())?;
+                    let committer = COMMITTER.with(|cell| cell.borrow().clone())?;
+                    fetch::run_attempts(&local, &fetch, &committer, op).await
+                }
+            })?
+            .ok_or(EngineError::NotMounted)
+    }
+
+    /// How request tasks met cache misses so far.
+    pub fn miss_stats(&self) -> Result<MissStats, EngineError> {
+        self.reactor
+            .remote()
+            .call(|_: &Local| {
+                let f = FETCH.with(|cell| cell.borrow().clone());
+                let r = with_mounted(|fs| {
+                    let store = fs.store_mut().store_mut();
+                    (store.deferred, store.reads)
+                });
+                async move {
+                    let (f, (deferred, inline_reads)) = (f?, r?);
+                    Some(MissStats {
+                        fetched_blocks: f.blocks.get(),
+                        restarts: f.restarts.get(),
+                        gave_up: f.gave_up.get(),
+                        deferred,
+                        inline_reads,
+                    })
+                }
+            })?
+            .ok_or(EngineError::NotMounted)
+    }
+
+    /// What the committer has done so far.
+    pub fn commit_stats(&self) -> Result<CommitStats, EngineError> {
+        self.reactor
+            .remote()
+            .call(|_: &Local| {
+                let c = COMMITTER.with(|cell| cell.borrow().clone());
+                async move {
+                    let c = c?;
+                    Some(CommitStats {
+                        commits: c.commits.get(),
+                        blocks: c.blocks.get(),
+                        requests_during_commits: c.overlapped.get(),
+                    })
+                }
             })?
             .ok_or(EngineError::NotMounted)
     }
@@ -241,17 +363,21 @@ impl Engine {
         // runs in order, so this one completes after them.
         let barrier = Request::new(SessionId::ENGINE, Caller::root(), Op::FreeSpace);
         let _ = self.call_op(barrier);
-        let r = self.reactor.remote().call(|_: &Local| {
+        let r = self.reactor.remote().call(|_: &Local| async move {
+            inbox::wait_requests_done().await;
+            if let Some(c) = COMMITTER.with(|cell| cell.borrow().clone()) {
+                c.wait_idle().await;
+            }
             let m = MOUNTED.with(|cell| cell.borrow_mut().take());
-            let r = m.map(|mut fs| {
+            m.map(|mut fs| {
+                fs.store_mut().set_async_commits(None);
                 // What the fs keeps in memory (lazytime's atimes) goes
                 // into the last commit.
                 if let Err(e) = ready(fs.end_mount()) {
                     tracing::error!("unmount: kept atimes not written: {e}");
                 }
                 fs.into_store().unmount()
-            });
-            async move { r }
+            })
         })?;
         self.reactor.shutdown();
         drop((self.meta, self.data));

@@ -167,6 +167,24 @@ pub struct Server {
     read_only_requested: bool,
     last_commit_blocks: u64,
     merge_commit_dirty_blocks: usize,
+    /// The super block of the commit whose writes are in flight
+    /// ([`Server::prepare_log_commit`]).
+    in_flight: Option<SuperBlock>,
+}
+
+/// A commit prepared while the next transaction goes on: its blocks
+/// sealed in the cache (`BlockCache::begin_commit`), to be written with
+/// the super block that makes them durable (after the data device is
+/// flushed), then [`Server::finish_commit`].
+#[derive(Debug)]
+pub struct PreparedCommit {
+    pub seq: u64,
+    /// Metadata blocks to write, in block order (their bytes:
+    /// `BlockCache::writing_block`).
+    pub blknos: Vec<u64>,
+    /// The super block, [`BLOCK_SM_SIZE`] bytes, written at
+    /// `SUPER_OFFSET_BYTES` once every block is durable.
+    pub super_block: Vec<u8>,
 }
 
 /// Items merged between top-ups of the blocks in hand (each item's change
@@ -234,6 +252,7 @@ impl Server {
             read_only_requested: false,
             last_commit_blocks: 0,
             merge_commit_dirty_blocks: MERGE_COMMIT_DIRTY_BLOCKS,
+            in_flight: None,
         })
     }
 
@@ -251,6 +270,7 @@ impl Server {
             read_only_requested: false,
             last_commit_blocks: 0,
             merge_commit_dirty_blocks: MERGE_COMMIT_DIRTY_BLOCKS,
+            in_flight: None,
         }
     }
 
@@ -488,6 +508,66 @@ impl Server {
         self.commit(store, data_freed)
     }
 
+    /// The first half of a mount's commit of its log tree (what
+    /// `CommitLogTrees` does, without the writes): record the tree, return
+    /// freed space to the allocators, seal the transaction's blocks and
+    /// move on to the next seq. The caller writes the blocks, flushes,
+    /// writes the super block, flushes, and calls
+    /// [`Server::finish_commit`]; changes go on in the next transaction
+    /// meanwhile. An error here makes the volume read-only.
+    pub fn prepare_log_commit(
+        &mut self,
+        store: &mut Store,
+        mut log: LogTrees,
+        data_freed: Vec<Extent>,
+    ) -> Result<PreparedCommit, ServerError> {
+        if let Some(why) = &self.read_only {
+            return Err(ServerError::ReadOnly(why.clone()));
+        }
+        assert!(self.in_flight.is_none(), "a commit is already in flight");
+        log.commit_trans_seq.set(store.cache.txn_seq());
+        let r = self
+            .put_log_trees(store, &log)
+            .and_then(|()| self.prepare(store, data_freed));
+        if let Err(e) = &r {
+            self.go_read_only(store, e);
+        }
+        r
+    }
+
+    /// The second half: `written` says whether the blocks and the super
+    /// block of `p` are durable. Returns the seq now durable; a failure
+    /// makes the volume read-only at the last durable commit (the next
+    /// transaction's changes are thrown away with it).
+    pub fn finish_commit(
+        &mut self,
+        store: &mut Store,
+        p: &PreparedCommit,
+        written: Result<(), ServerError>,
+    ) -> Result<u64, ServerError> {
+        let sb = self
+            .in_flight
+            .take()
+            .expect("finish_commit without a commit in flight");
+        match written {
+            Ok(()) => {
+                store.cache.end_commit();
+                self.committed = sb;
+                self.last_commit_blocks = p.blknos.len() as u64;
+                Ok(p.seq)
+            }
+            Err(e) => {
+                self.go_read_only(store, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// The seq of the commit in flight, if any.
+    pub fn commit_in_flight(&self) -> Option<u64> {
+        self.in_flight.map(|sb| sb.seq.get())
+    }
+
     fn merge_log_trees(&mut self, store: &mut Store, rid: u64) -> Result<(u64, u64), ServerError> {
         // Finalize the mount's open tree.
         for mut lt in self.log_trees(store)? {
@@ -566,6 +646,25 @@ impl Server {
     /// persist the metadata blocks in hand, write every dirty block, flush,
     /// write the super block, flush.
     fn commit(&mut self, store: &mut Store, data_freed: Vec<Extent>) -> Result<u64, ServerError> {
+        let p = self.prepare(store, data_freed)?;
+        let written = (|| {
+            let Store { cache, io, .. } = &mut *store;
+            io.write_blocks(p.blknos.iter().map(|&b| (b, cache.writing_block(b))))?;
+            io.flush()?;
+            io.write_super_block(&p.super_block)?;
+            io.flush()?;
+            Ok(())
+        })();
+        self.finish_commit(store, &p, written)
+    }
+
+    /// Everything of a commit but the writes: see
+    /// [`Server::prepare_log_commit`].
+    fn prepare(
+        &mut self,
+        store: &mut Store,
+        data_freed: Vec<Extent>,
+    ) -> Result<PreparedCommit, ServerError> {
         for ext in data_freed {
             let sb = &mut self.sb;
             store.retry(|c| alloc::free_extent(c, &mut sb.data_alloc, ext))?;
@@ -620,28 +719,29 @@ impl Server {
         };
         self.sb.seq.set(seq);
 
-        // Written straight from the cache: the DMA buffers are the only copy.
-        let Store { cache, io, .. } = &mut *store;
-        self.last_commit_blocks = io.write_blocks(cache.dirty_blocks())?;
-        store.io.flush()?;
-        let mut sblk = vec![0u8; BLOCK_SM_SIZE];
-        self.sb.to_block(&mut sblk);
-        store.io.write_super_block(&sblk)?;
-        store.io.flush()?;
-
-        store.cache.commit_done();
+        let blknos = store.cache.begin_commit();
+        let mut super_block = vec![0u8; BLOCK_SM_SIZE];
+        self.sb.to_block(&mut super_block);
+        self.in_flight = Some(self.sb);
         store.cache.set_txn_seq(seq + 1);
-        // The list block is referenced by the super just written.
+        // The list block is referenced by the super about to be written:
+        // reusable once the next transaction commits.
         store.cache.free(&list_ref);
-        self.committed = self.sb;
-        Ok(seq)
+        Ok(PreparedCommit {
+            seq,
+            blknos,
+            super_block,
+        })
     }
 
     fn go_read_only(&mut self, store: &mut Store, e: &ServerError) {
-        tracing::error!("commit failed, volume is now read-only: {e}");
-        self.read_only = Some(e.to_string());
-        self.read_only_requested = false;
+        if self.read_only.is_none() || self.read_only_requested {
+            tracing::error!("commit failed, volume is now read-only: {e}");
+            self.read_only = Some(e.to_string());
+            self.read_only_requested = false;
+        }
         store.cache.discard_dirty();
+        self.in_flight = None;
         self.sb = self.committed;
     }
 }

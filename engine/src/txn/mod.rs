@@ -28,7 +28,7 @@ use crate::forest::{self, ForestRoots};
 use crate::format::alloc::Extent;
 use crate::format::btree::ITEM_FLAG_DELETION;
 use crate::format::super_block::{DeviceKind, SuperError};
-use crate::format::{Key, LogTrees, SuperBlock};
+use crate::format::{BlockRef, Key, LogTrees, SuperBlock};
 use crate::server::{Request, Response, Server, ServerError, Statfs};
 
 pub mod check;
@@ -53,6 +53,19 @@ pub enum TxnError {
     ValueTooLarge(usize),
     #[error("{0}")]
     Invalid(String),
+    /// The operation needs commit `seq` durable (an fsync, inode numbers
+    /// granted) or must wait for it (too much is dirty while it is being
+    /// written): the engine waits for it, then runs the operation again.
+    #[error("waiting for commit {0}")]
+    WaitCommit(u64),
+    /// Too much is dirty while commit `seq` is written: the operation,
+    /// which has changed nothing, runs again once it is durable.
+    #[error("throttled until commit {0}")]
+    Throttle(u64),
+    /// Blocks to read before the operation is run again: misses deferred
+    /// while the operation had changed nothing ([`Volume::begin_attempt`]).
+    #[error("{} metadata blocks are not cached", .0.len())]
+    Need(Vec<BlockRef>),
     /// A device that is not what the volume says it is.
     #[error("{} device {device}: {problem}", devices::role_name(*role))]
     Device {
@@ -69,6 +82,16 @@ impl From<AllocError> for TxnError {
 }
 
 impl TxnError {
+    /// The blocks a deferred miss asks for, if this is one.
+    pub fn needed(&self) -> Option<Vec<BlockRef>> {
+        match self {
+            TxnError::Need(v) => Some(v.clone()),
+            TxnError::Block(BlockError::Miss(r))
+            | TxnError::Btree(BtreeError::Block(BlockError::Miss(r))) => Some(vec![*r]),
+            _ => None,
+        }
+    }
+
     /// The errno a frontend reports.
     pub fn errno(&self) -> i32 {
         match self {
@@ -83,6 +106,8 @@ impl TxnError {
             TxnError::Server(e) => e.errno(),
             TxnError::ReadOnly(_) => libc::EROFS,
             TxnError::Invalid(_) => libc::EINVAL,
+            // Resolved by the engine; a frontend never sees it.
+            TxnError::Need(_) | TxnError::WaitCommit(_) | TxnError::Throttle(_) => libc::EIO,
             TxnError::Device { problem, .. } => problem.errno(),
         }
     }
@@ -159,6 +184,33 @@ pub struct Volume {
     txn_writes: u64,
     commits: u64,
     commits_since_merge: u64,
+    /// Operations may defer their misses (see [`Volume::begin_attempt`]).
+    defer_reads: bool,
+    /// Commits are written by the engine's committer task while the next
+    /// transaction goes on ([`Volume::set_async_commits`]).
+    async_commits: bool,
+    /// A commit is wanted (a trigger was reached, or someone waits).
+    commit_wanted: bool,
+    /// The commit in flight: its log tree as sent, and the data extents it
+    /// freed (discarded once it is durable).
+    in_flight: Option<(LogTrees, Vec<Extent>)>,
+    /// The log tree as the server has it (sent by the last commit begun).
+    sent_log: LogTrees,
+    /// A request that already waited for commit `n` this many: it asks no
+    /// more ([`Volume::commit`] in async mode).
+    waited_commit: u64,
+    /// Woken when a commit is wanted (the engine's committer).
+    commit_kick: Option<CommitKick>,
+}
+
+/// What wakes the engine's committer when a commit is wanted.
+#[derive(Clone)]
+pub struct CommitKick(pub std::sync::Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for CommitKick {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitKick")
+    }
 }
 
 /// Read and check the metadata device's super block (see `devices`).
@@ -222,13 +274,90 @@ impl Volume {
             txn_writes: 0,
             commits: 0,
             commits_since_merge: 0,
+            defer_reads: false,
+            async_commits: false,
+            commit_wanted: false,
+            in_flight: None,
+            sent_log: log,
+            waited_commit: 0,
+            commit_kick: None,
         };
         v.refresh_roots()?;
         Ok(v)
     }
 
     fn call(&mut self, req: Request) -> Result<Response, TxnError> {
+        // The server's requests change allocators and trees in several
+        // steps, and its errors lose the miss: it reads inline.
+        self.no_restart();
         Ok(self.server.handle(&mut self.store, req)?)
+    }
+
+    /// Let operations defer their misses from now on: the engine that
+    /// runs them on the reactor reads what they need there and runs them
+    /// again (docs/ARCHITECTURE.md, "Miss and restart"). Off by default:
+    /// tools and tests read inline.
+    pub fn set_deferred_reads(&mut self, on: bool) {
+        self.defer_reads = on;
+    }
+
+    /// An operation begins: until it changes something, a block it needs
+    /// that isn't cached ends it with [`TxnError::Need`] rather than being
+    /// read on this thread. Once it has changed anything (an item write,
+    /// an allocation, a server request, a commit) it may not be run again,
+    /// so from there its misses are read inline and counted in
+    /// [`Volume::device_reads`].
+    pub fn begin_attempt(&mut self) {
+        self.store.defer_misses(self.defer_reads);
+    }
+
+    /// The operation ended (however it ended).
+    pub fn end_attempt(&mut self) {
+        self.store.defer_misses(false);
+    }
+
+    /// The operation is about to change something: no more restarts.
+    fn no_restart(&mut self) {
+        self.store.defer_misses(false);
+    }
+
+    /// Whether misses are deferred now (the operation has changed nothing).
+    pub fn deferring(&self) -> bool {
+        self.store.deferring()
+    }
+
+    /// Read every block a change of each key can need (the log tree's
+    /// path and siblings; for a deletion, the versions other trees hold),
+    /// so an operation's writes, applied after this, don't miss. While
+    /// deferring, every missing block is gathered into one
+    /// [`TxnError::Need`]; else they are read inline.
+    pub fn prefetch(&mut self, keys: &[(Key, bool)]) -> Result<(), TxnError> {
+        let roots = self.roots();
+        let mut need = Vec::new();
+        for (key, delete) in keys {
+            let log_root = self.log.item_root;
+            let r = self
+                .store
+                .retry(|c| btree::prefetch(c, &log_root, key))
+                .and_then(|()| match delete {
+                    true => self
+                        .store
+                        .retry(|c| forest::lookup(c, &roots, key))
+                        .map(drop),
+                    false => Ok(()),
+                });
+            match r {
+                Ok(()) => {}
+                Err(BtreeError::Block(BlockError::Miss(r))) => need.push(r),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if need.is_empty() {
+            return Ok(());
+        }
+        need.sort_by_key(|r| r.blkno.get());
+        need.dedup_by_key(|r| r.blkno.get());
+        Err(TxnError::Need(need))
     }
 
     fn refresh_roots(&mut self) -> Result<(), TxnError> {
@@ -247,6 +376,7 @@ impl Volume {
     }
 
     fn server_copy_of_own_root(&mut self) -> Result<Option<crate::format::BtreeRoot>, TxnError> {
+        self.no_restart();
         let logs = self.server.log_trees(&mut self.store)?;
         Ok(logs
             .iter()
@@ -341,6 +471,7 @@ impl Volume {
 
     fn write_item(&mut self, key: Key, flags: u8, val: Vec<u8>) -> Result<(), TxnError> {
         self.check_writable()?;
+        self.no_restart();
         if val.len() > crate::format::btree::BTREE_MAX_VAL_LEN {
             return Err(TxnError::ValueTooLarge(val.len()));
         }
@@ -390,6 +521,7 @@ impl Volume {
         let elsewhere = self
             .store
             .retry(|c| forest::holds_any_version(c, &others, key))?;
+        self.no_restart();
         if !elsewhere {
             self.call(Request::GetMetaAvail {
                 for_commit: self.holds > 0,
@@ -431,6 +563,7 @@ impl Volume {
     /// Data extents freed in this transaction become allocatable once it
     /// has committed.
     pub fn free_data(&mut self, ext: Extent) {
+        self.no_restart();
         self.data_freed.push(ext);
         self.note_write();
     }
@@ -480,8 +613,8 @@ impl Volume {
         match self.call(Request::Statfs)? {
             Response::Statfs(mut s) => {
                 s.free_data_blocks += self.pending_data_free_blocks();
-                // The server counted this mount's tree as last committed.
-                let open = self.log.inode_count_delta() - self.committed_log.inode_count_delta();
+                // The server counted this mount's tree as last sent.
+                let open = self.log.inode_count_delta() - self.sent_log.inode_count_delta();
                 s.inode_count = s.inode_count.wrapping_add_signed(open);
                 Ok(s)
             }
@@ -497,6 +630,7 @@ impl Volume {
     /// `inode_count_delta`), and merging the tree moves it into the super
     /// block's `inode_count`.
     pub fn add_inode_count(&mut self, delta: i64) {
+        self.no_restart();
         let d = self.log.inode_count_delta() + delta;
         self.log.set_inode_count_delta(d);
     }
@@ -540,6 +674,12 @@ impl Volume {
     /// commit reserve, so that a full device can still delete.
     pub fn hold_trans(&mut self, nr_items: usize, frees_space: bool) -> Result<(), TxnError> {
         self.check_writable()?;
+        if self.store.deferring() {
+            if let Some(seq) = self.too_dirty() {
+                return Err(TxnError::Throttle(seq));
+            }
+        }
+        self.no_restart();
         if self.holds == 0 {
             // Each item change copies at most a root-to-leaf path and splits.
             let (reserve, fill) = self.store.cache.meta_targets();
@@ -578,8 +718,12 @@ impl Volume {
         if self.holds > 0 {
             return Ok(());
         }
+        if self.should_commit() && self.async_commits {
+            self.want_commit();
+            return Ok(());
+        }
         if self.should_commit() {
-            self.commit()?;
+            self.commit_sync()?;
             let every = self.opts.merge_every_commits;
             if every > 0 && self.commits_since_merge >= every {
                 // The write is durable already; a failed background merge
@@ -593,19 +737,227 @@ impl Volume {
         Ok(())
     }
 
-    /// Commit the open transaction; returns the seq now durable.
+    /// Commit the open transaction; returns the seq now durable. With
+    /// async commits (the engine) this asks the committer for the commit
+    /// and ends the operation with [`TxnError::WaitCommit`]; run again
+    /// once that commit is durable, it returns at once.
     pub fn commit(&mut self) -> Result<u64, TxnError> {
+        if !self.async_commits {
+            return self.commit_sync();
+        }
         self.check_writable()?;
+        let committed = self.committed_seq();
+        if self.waited_commit > 0 && committed >= self.waited_commit {
+            return Ok(committed);
+        }
+        let target = self.durable_target();
+        if target <= committed {
+            return Ok(committed);
+        }
+        self.want_commit();
+        Err(TxnError::WaitCommit(target))
+    }
+
+    /// Make commit `seq` durable (a grant of inode numbers made in it,
+    /// say): inline, or with async commits by asking for it and ending the
+    /// operation with [`TxnError::WaitCommit`] until it is.
+    pub fn commit_until(&mut self, seq: u64) -> Result<u64, TxnError> {
+        let committed = self.committed_seq();
+        if seq <= committed {
+            return Ok(committed);
+        }
+        if !self.async_commits {
+            return self.commit_sync();
+        }
+        self.check_writable()?;
+        self.want_commit();
+        Err(TxnError::WaitCommit(seq))
+    }
+
+    /// The seq that, once durable, holds every change made so far: the
+    /// open transaction's if it holds any, else the one in flight, else
+    /// the last committed.
+    pub fn durable_target(&self) -> u64 {
+        if self.has_changes() {
+            self.txn_seq()
+        } else {
+            self.server
+                .commit_in_flight()
+                .unwrap_or_else(|| self.committed_seq())
+        }
+    }
+
+    /// Let the engine's committer write commits while the next
+    /// transaction goes on: commit triggers then only call `kick` (on the
+    /// reactor thread), and the committer calls [`Volume::begin_commit`]
+    /// and [`Volume::finish_commit`]. Off (the default): commits are
+    /// written inline, as tools and tests want.
+    pub fn set_async_commits(&mut self, kick: Option<CommitKick>) {
+        self.async_commits = kick.is_some();
+        self.commit_kick = kick;
+    }
+
+    /// Turn async commits off, returning what [`Volume::set_async_commits`]
+    /// takes to turn them on again.
+    pub fn take_async_commits(&mut self) -> Option<CommitKick> {
+        self.async_commits = false;
+        self.commit_kick.take()
+    }
+
+    /// Whether commits are the committer's (see [`Volume::set_async_commits`]).
+    pub fn async_commits(&self) -> bool {
+        self.async_commits
+    }
+
+    fn want_commit(&mut self) {
+        // Kicked every time: a want the committer found nothing for (no
+        // changes yet) must not swallow the next one.
+        self.commit_wanted = true;
+        if let Some(k) = &self.commit_kick {
+            (k.0)();
+        }
+    }
+
+    /// Whether the committer has work: a commit was asked for or a
+    /// trigger reached, and the open transaction holds changes.
+    pub fn wants_commit(&self) -> bool {
+        (self.commit_wanted || self.should_commit()) && self.has_changes() && self.holds == 0
+    }
+
+    /// The seq of the commit in flight, if any.
+    pub fn commit_in_flight(&self) -> Option<u64> {
+        self.server.commit_in_flight()
+    }
+
+    /// A request that waited for commit `seq` runs again: its own
+    /// `commit` calls are satisfied by that one (0: a new request).
+    pub fn set_waited_commit(&mut self, seq: u64) {
+        self.waited_commit = seq;
+    }
+
+    /// Whether an operation that may still restart should wait for the
+    /// commit in flight before adding more: the next transaction is
+    /// already four triggers' worth of dirty blocks.
+    fn too_dirty(&self) -> Option<u64> {
+        let limit = self.opts.commit_dirty_blocks.saturating_mul(4);
+        match self.server.commit_in_flight() {
+            Some(seq) if self.store.cache.nr_dirty() >= limit => Some(seq),
+            _ => None,
+        }
+    }
+
+    /// Begin the commit of the open transaction while the next one goes
+    /// on (the committer, async commits). Flushes the data device, records
+    /// the log tree with the server and seals its blocks; the transaction
+    /// seq moves on. `Ok(None)`: nothing to commit. A transaction that
+    /// freed data extents is committed whole here instead (returns
+    /// `Ok(None)` after writing it inline): its freed extents become
+    /// allocatable at once, so nothing may write over them before that
+    /// commit is durable.
+    pub fn begin_commit(&mut self) -> Result<Option<crate::server::PreparedCommit>, TxnError> {
+        self.commit_wanted = false;
+        if !self.has_changes() || self.holds > 0 {
+            return Ok(None);
+        }
+        self.check_writable()?;
+        assert!(self.in_flight.is_none(), "a commit is already in flight");
+        if !self.data_freed.is_empty() {
+            self.commit_sync()?;
+            return Ok(None);
+        }
+        self.no_restart();
+        self.flush_data()?;
+        self.call(Request::GetMetaAvail { for_commit: true })?;
+        let data_freed = std::mem::take(&mut self.data_freed);
+        let to_discard = if self.opts.discard {
+            data_freed.clone()
+        } else {
+            Vec::new()
+        };
+        let log = self.log;
+        let r = {
+            let Volume { server, store, .. } = self;
+            server.prepare_log_commit(store, log, data_freed)
+        };
+        match r {
+            Ok(p) => {
+                self.in_flight = Some((log, to_discard));
+                self.sent_log = log;
+                self.txn_writes = 0;
+                Ok(Some(p))
+            }
+            Err(e) => {
+                self.log = self.committed_log;
+                self.sent_log = self.committed_log;
+                let _ = self.refresh_roots();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The commit begun by [`Volume::begin_commit`] was written (`Ok`) or
+    /// failed. Returns the seq now durable; a failure leaves the volume
+    /// read-only at the last durable commit, the open transaction's
+    /// changes thrown away with it.
+    pub fn finish_commit(
+        &mut self,
+        p: &crate::server::PreparedCommit,
+        written: Result<(), String>,
+    ) -> Result<u64, TxnError> {
+        let (log, to_discard) = self.in_flight.take().expect("no commit in flight");
+        let r = {
+            let Volume { server, store, .. } = self;
+            server.finish_commit(store, p, written.map_err(ServerError::Io))
+        };
+        match r {
+            Ok(seq) => {
+                if let (false, Some(d)) = (to_discard.is_empty(), self.data.as_mut()) {
+                    if let Err(e) = d.discard(&to_discard) {
+                        tracing::warn!("discarding freed data blocks: {e}");
+                    }
+                }
+                self.committed_log = log;
+                self.commits += 1;
+                self.commits_since_merge += 1;
+                Ok(seq)
+            }
+            Err(e) => {
+                self.log = self.committed_log;
+                self.sent_log = self.committed_log;
+                let _ = self.refresh_roots();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Merge the log tree if it is due (after a commit), inline.
+    pub fn merge_if_due(&mut self) {
+        let every = self.opts.merge_every_commits;
+        if every > 0 && self.commits_since_merge >= every && self.read_only().is_none() {
+            if let Err(e) = self.merge() {
+                tracing::error!("merging the log tree failed: {e}");
+            }
+        }
+    }
+
+    /// File data written so far made durable before the extents that
+    /// point at it are. If it can't be, nothing may commit any more.
+    fn flush_data(&mut self) -> Result<(), TxnError> {
         if let Some(d) = self.data.as_mut() {
-            // File data written in this transaction must be durable before
-            // the extents that point at it are. If it can't be, nothing
-            // may commit any more.
             if let Err(e) = d.flush() {
                 self.server
                     .force_read_only(format!("writing file data to the data device: {e}"));
                 return Err(e.into());
             }
         }
+        Ok(())
+    }
+
+    /// Commit the open transaction inline: write it and wait.
+    fn commit_sync(&mut self) -> Result<u64, TxnError> {
+        self.check_writable()?;
+        self.no_restart();
+        self.flush_data()?;
         self.call(Request::GetMetaAvail { for_commit: true })?;
         let data_freed = std::mem::take(&mut self.data_freed);
         let to_discard = if self.opts.discard {
@@ -627,6 +979,7 @@ impl Volume {
                     }
                 }
                 self.committed_log = self.log;
+                self.sent_log = self.log;
                 self.commits += 1;
                 self.commits_since_merge += 1;
                 self.txn_writes = 0;
@@ -638,6 +991,7 @@ impl Volume {
             Err(e) => {
                 // The server went read-only at the last commit: so do we.
                 self.log = self.committed_log;
+                self.sent_log = self.committed_log;
                 let _ = self.refresh_roots();
                 Err(e)
             }
@@ -648,7 +1002,7 @@ impl Volume {
     /// the fs root, then commit. The mount continues in a new log tree.
     pub fn merge(&mut self) -> Result<(u64, u64), TxnError> {
         self.check_writable()?;
-        self.commit()?;
+        self.commit_sync()?;
         self.call(Request::GetMetaAvail { for_commit: false })?;
         let merged = self.call(Request::MergeLogTrees {
             rid: self.log.rid.get(),
@@ -666,11 +1020,12 @@ impl Volume {
             Err(e) => {
                 // The server is read-only at its last commit: read from there.
                 self.log = self.committed_log;
+                self.sent_log = self.committed_log;
                 let _ = self.refresh_roots();
                 return Err(e);
             }
         };
-        self.commit()?;
+        self.commit_sync()?;
         self.refresh_roots()?;
         self.commits_since_merge = 0;
         Ok((trees, items))
@@ -679,7 +1034,7 @@ impl Volume {
     /// Commit what is open and stop.
     pub fn unmount(mut self) -> Result<u64, TxnError> {
         if self.txn_writes > 0 {
-            self.commit()?;
+            self.commit_sync()?;
         }
         Ok(self.committed_seq())
     }
@@ -690,6 +1045,7 @@ impl Volume {
     }
 
     pub fn log_trees(&mut self) -> Result<Vec<LogTrees>, TxnError> {
+        self.no_restart();
         Ok(self.server.log_trees(&mut self.store)?)
     }
 }

@@ -1,0 +1,187 @@
+//! The committer: a reactor task that writes commits while the next
+//! transaction goes on. A commit trigger (dirty blocks, age, an fsync)
+//! only kicks it. It begins the commit (`Volume::begin_commit`: the data
+//! device flushed, the log tree recorded, its blocks sealed, the seq moved
+//! on: the only pause for other requests), writes the sealed blocks
+//! through the reactor's metadata queue, flushes, writes the super block,
+//! flushes, and finishes it (`Volume::finish_commit`). Requests that need
+//! a commit durable ([`FsError::WaitCommit`]) or that must not add to a
+//! transaction already four triggers' worth of dirty blocks
+//! ([`FsError::Throttled`]) wait on it, then run again.
+
+use std::cell::Cell;
+use std::future::{poll_fn, Future};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+
+use crate::fs::FsError;
+use crate::reactor::Local;
+use crate::server::PreparedCommit;
+use crate::txn::CommitKick;
+
+use super::fetch::MetaFetch;
+use super::with_mounted;
+
+#[derive(Default)]
+struct Kick {
+    wanted: bool,
+    waker: Option<Waker>,
+}
+
+/// The committer's state, shared by the reactor's tasks.
+#[derive(Default)]
+pub(crate) struct Committer {
+    kick: Arc<Mutex<Kick>>,
+    /// A commit's writes are in flight.
+    busy: Cell<bool>,
+    /// Tasks waiting for a commit to finish.
+    waiters: std::cell::RefCell<Vec<Waker>>,
+    /// Commits written by this task, and their metadata blocks.
+    pub(crate) commits: Cell<u64>,
+    pub(crate) blocks: Cell<u64>,
+    /// Requests that finished while a commit's writes were in flight.
+    pub(crate) overlapped: Cell<u64>,
+}
+
+impl Committer {
+    /// What the volume calls when a commit is wanted.
+    pub(crate) fn kick_handle(&self) -> CommitKick {
+        let k = self.kick.clone();
+        CommitKick(Arc::new(move || {
+            let mut k = k.lock().unwrap_or_else(|e| e.into_inner());
+            k.wanted = true;
+            if let Some(w) = k.waker.take() {
+                w.wake();
+            }
+        }))
+    }
+
+    fn wait_kick(&self) -> impl Future<Output = ()> + '_ {
+        poll_fn(move |cx| {
+            let mut k = self.kick.lock().unwrap_or_else(|e| e.into_inner());
+            if k.wanted {
+                k.wanted = false;
+                return Poll::Ready(());
+            }
+            k.waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+    }
+
+    fn wake_waiters(&self) {
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Wait until commit `seq` is durable; the volume's error if it went
+    /// read-only first (or was unmounted).
+    pub(crate) async fn wait_durable(&self, seq: u64) -> Result<(), FsError> {
+        poll_fn(|cx| {
+            let state = with_mounted(|fs| {
+                let v = fs.store();
+                (v.committed_seq(), v.read_only().map(str::to_string))
+            });
+            match state {
+                None => Poll::Ready(Err(FsError::ReadOnly("the volume is unmounted".into()))),
+                Some((committed, _)) if committed >= seq => Poll::Ready(Ok(())),
+                Some((_, Some(why))) => Poll::Ready(Err(FsError::ReadOnly(why))),
+                Some(_) => {
+                    self.waiters.borrow_mut().push(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// A request finished: counted if a commit was being written.
+    pub(crate) fn note_request(&self) {
+        if self.busy.get() {
+            self.overlapped.set(self.overlapped.get() + 1);
+        }
+    }
+
+    /// Wait until no commit is in flight.
+    pub(crate) async fn wait_idle(&self) {
+        poll_fn(|cx| {
+            if !self.busy.get() {
+                return Poll::Ready(());
+            }
+            self.waiters.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// The committer task: runs until shutdown (or the volume is unmounted).
+pub(crate) async fn run(local: Local, queue: Rc<MetaFetch>, c: Rc<Committer>) {
+    let mut stop = std::pin::pin!(local.shutdown_signal());
+    loop {
+        let mut kicked = std::pin::pin!(c.wait_kick());
+        let stopped = poll_fn(|cx| {
+            if stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(true);
+            }
+            kicked.as_mut().poll(cx).map(|()| false)
+        })
+        .await;
+        if stopped {
+            return;
+        }
+        // Commit while there is something to commit: a transaction that
+        // reached its trigger while the last one was written goes next.
+        loop {
+            let begun = with_mounted(|fs| {
+                let v = fs.store_mut();
+                if v.read_only().is_some() || !v.wants_commit() {
+                    return Ok(None);
+                }
+                v.begin_commit()
+            });
+            let p = match begun {
+                None => return,
+                Some(Ok(Some(p))) => p,
+                Some(Ok(None)) => {
+                    c.wake_waiters();
+                    break;
+                }
+                Some(Err(e)) => {
+                    tracing::error!("beginning a commit failed: {e}");
+                    c.wake_waiters();
+                    break;
+                }
+            };
+            c.busy.set(true);
+            let written = write(&local, &queue, &p).await;
+            let finished = with_mounted(|fs| {
+                let v = fs.store_mut();
+                let r = v.finish_commit(&p, written);
+                if r.is_ok() {
+                    v.merge_if_due();
+                }
+                r
+            });
+            c.busy.set(false);
+            match finished {
+                None => return,
+                Some(Ok(_)) => {
+                    c.commits.set(c.commits.get() + 1);
+                    c.blocks.set(c.blocks.get() + p.blknos.len() as u64);
+                }
+                Some(Err(e)) => tracing::error!("commit {} failed: {e}", p.seq),
+            }
+            c.wake_waiters();
+        }
+    }
+}
+
+/// Write a prepared commit: its blocks, a flush, the super block, a flush.
+async fn write(local: &Local, queue: &MetaFetch, p: &PreparedCommit) -> Result<(), String> {
+    queue.write_blocks(local, &p.blknos).await?;
+    queue.flush(local).await?;
+    queue.write_super(local, &p.super_block).await?;
+    queue.flush(local).await
+}
