@@ -200,3 +200,44 @@ fn fsyncs_and_inode_grants_never_wait_forever() {
     let names = ready(fs.readdir(ROOT_INO, 0, 10_000)).unwrap();
     assert_eq!(names.len(), 2 + 4 * 200);
 }
+
+/// fsync waits only for the commit that covers the file's changes: a
+/// file unchanged since the last commit costs no commit at all, and a
+/// changed one is durable when fsync returns.
+#[test]
+fn fsync_commits_only_what_the_file_needs() {
+    let (meta, data) = devices();
+    let e = start(&meta, &data);
+    let old = e
+        .run(|fs| ready(fs.create(&Creds::root(), ROOT_INO, b"old", 0o644)))
+        .unwrap()
+        .unwrap()
+        .ino;
+    let durable = e.run(move |fs| ready(fs.fsync(old))).unwrap().unwrap();
+    let commits = e.commit_stats().unwrap().commits;
+    // Another file changes; fsync of the old one has nothing to wait for.
+    let new = e
+        .run(|fs| ready(fs.create(&Creds::root(), ROOT_INO, b"new", 0o644)))
+        .unwrap()
+        .unwrap()
+        .ino;
+    assert_eq!(
+        e.run(move |fs| ready(fs.fsync(old))).unwrap().unwrap(),
+        durable
+    );
+    assert_eq!(e.commit_stats().unwrap().commits, commits);
+    e.run(move |fs| ready(fs.write(&Creds::root(), new, 0, b"kept")))
+        .unwrap()
+        .unwrap();
+    let after = e.run(move |fs| ready(fs.fsync(new))).unwrap().unwrap();
+    assert!(after > durable);
+    meta.power_cut(3);
+    data.power_cut(3);
+    let _ = Arc::try_unwrap(e).unwrap().shutdown();
+    meta.restart();
+    data.restart();
+    let (mut fs, problems) = remount(&meta, &data);
+    assert!(problems.is_empty(), "{problems:?}");
+    let a = ready(fs.lookup(&Creds::root(), ROOT_INO, b"new")).unwrap();
+    assert_eq!(ready(fs.read(a.ino, 0, 10)).unwrap(), b"kept");
+}

@@ -234,7 +234,7 @@ impl<S: ItemStore> Fs<S> {
     }
 
     /// Write these inodes' kept atimes, a few inodes per batch.
-    async fn write_atimes(&mut self, inos: &[u64]) -> Result<()> {
+    pub(super) async fn write_atimes(&mut self, inos: &[u64]) -> Result<()> {
         for chunk in inos.chunks(LAZY_WRITE_CHUNK) {
             let mut b = self.batch();
             for &ino in chunk {

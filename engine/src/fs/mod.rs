@@ -262,6 +262,22 @@ impl<S: ItemStore> Fs<S> {
         self.store.commit().await
     }
 
+    /// fsync(2) of `ino`: make its changes durable, and nothing more than
+    /// needed. An inode's meta_seq and data_seq name the transactions that
+    /// last changed it (its items, its data extents), so the commit that
+    /// covers them is the later of the two: an inode unchanged since the
+    /// last commit returns at once, and one changed in the commit in
+    /// flight waits only for that. Its lazytime atime is written first.
+    /// Returns the seq now durable.
+    pub async fn fsync(&mut self, ino: u64) -> Result<u64> {
+        if self.lazy_atimes.get(ino).is_some() {
+            self.write_atimes(&[ino]).await?;
+        }
+        let inode = self.read_inode(ino).await?;
+        let seq = inode.meta_seq.get().max(inode.data_seq.get());
+        self.store.commit_until(seq).await
+    }
+
     /// The mount ends, every frontend gone: write what is kept in memory
     /// (lazytime's atimes) before the unmount commits, and end every
     /// handle and kernel reference with the mount, deleting the unlinked

@@ -263,7 +263,10 @@ pub fn execute(
             offset,
             want_data,
         } => Reply::Position(ready(fs.seek_data(ino, offset, want_data))?),
-        Op::Fsync { .. } | Op::Syncfs => Reply::Synced {
+        Op::Fsync { ino, .. } => Reply::Synced {
+            seq: ready(fs.fsync(ino))?,
+        },
+        Op::Syncfs => Reply::Synced {
             seq: ready(fs.sync())?,
         },
         Op::Release { handle } => release_handle(fs, session, handle, OpenKind::File)?,
