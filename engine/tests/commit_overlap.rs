@@ -149,7 +149,13 @@ fn a_failed_commit_stops_writes_and_leaves_the_last_durable_one() {
         .run(|fs| ready(fs.create(&Creds::root(), ROOT_INO, b"later", 0o644)))
         .unwrap();
     assert!(matches!(later, Err(FsError::ReadOnly(_))), "{later:?}");
-    let _ = Arc::try_unwrap(e).unwrap().shutdown();
+    // The unmount says so, though nothing is left to commit.
+    let unmounted = Arc::try_unwrap(e).unwrap().shutdown();
+    assert_eq!(
+        unmounted.as_ref().map_err(|e| e.errno()),
+        Err(libc::EROFS),
+        "{unmounted:?}"
+    );
     meta.clear_faults();
     let (mut fs, problems) = remount(&meta, &data);
     assert!(problems.is_empty(), "{problems:?}");

@@ -300,6 +300,15 @@ impl Server {
         self.read_only.as_deref()
     }
 
+    /// Why the volume went read-only after an error (a failed commit or
+    /// data device), if it did; not a read-only mount's own request.
+    pub fn failed(&self) -> Option<&str> {
+        match self.read_only_requested {
+            true => None,
+            false => self.read_only.as_deref(),
+        }
+    }
+
     /// Stop accepting changes: the mount's data could not be made durable
     /// (a failed data device), so nothing more may commit.
     pub fn force_read_only(&mut self, why: String) {

@@ -1031,8 +1031,17 @@ impl Volume {
         Ok((trees, items))
     }
 
-    /// Commit what is open and stop.
+    /// Commit what is open and stop. A volume that went read-only after
+    /// an error while mounted fails here too (EROFS, with why), even with
+    /// nothing left to commit: what was changed after the last durable
+    /// commit is lost, and the unmount must say so.
     pub fn unmount(mut self) -> Result<u64, TxnError> {
+        if let Some(why) = self.server.failed() {
+            return Err(TxnError::ReadOnly(format!(
+                "{why}; changes after commit {} were not written",
+                self.committed_seq()
+            )));
+        }
         if self.txn_writes > 0 {
             self.commit_sync()?;
         }
