@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use scoutfs_engine::dev::nvme::{open_any, NvmeAddr};
+use scoutfs_engine::dev::nvme::NvmeAddr;
+use scoutfs_engine::dev::open_any;
 use scoutfs_engine::dev::uring::UringOptions;
 use scoutfs_engine::dev::{open_queue, BlockDev, IoRequest, QueueConfig};
 use scoutfs_engine::dma::DmaPool;

@@ -7,7 +7,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
-use scoutfs_engine::dev::nvme::{open_any, NvmeAddr};
+use scoutfs_engine::dev::nvme::NvmeAddr;
+use scoutfs_engine::dev::open_any;
 use scoutfs_engine::dev::uring::UringOptions;
 use scoutfs_engine::dev::{open_queue_with_pool, BlockDev, IoRequest};
 use scoutfs_engine::format::super_block::{read_super, SuperExpect, SUPER_OFFSET_BYTES};

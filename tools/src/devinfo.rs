@@ -6,7 +6,8 @@
 
 use std::os::unix::fs::FileTypeExt;
 
-use scoutfs_engine::dev::nvme::{open_any, NvmeAddr};
+use scoutfs_engine::dev::nvme::NvmeAddr;
+use scoutfs_engine::dev::open_any;
 use scoutfs_engine::dev::uring::UringOptions;
 use scoutfs_engine::dev::{open_queue, Discard, IoRequest, QueueConfig};
 use scoutfs_engine::dma::DmaPool;

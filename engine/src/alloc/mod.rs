@@ -285,13 +285,9 @@ pub fn free_extents(
     Ok(out)
 }
 
-/// How many metadata blocks a transaction keeps in hand by default: below
-/// `META_RESERVE` the transaction refills to `META_FILL` before its next
-/// operation (the block cache holds the targets; simulation lowers them to
-/// make refills frequent). The reserve covers the worst case of one operation (COW of
-/// a full path in a few trees, splits at every level).
-pub const META_RESERVE: usize = 256;
-pub const META_FILL: usize = 1024;
+/// How many metadata blocks a transaction keeps in hand by default (the
+/// block cache holds the targets, so they are defined with it).
+pub use crate::block::cache::{META_FILL, META_RESERVE};
 
 /// Top up the cache's avail list from the metadata allocators when it has
 /// fallen under the reserve: from `primary`, then `fallback` if given. When
@@ -348,6 +344,39 @@ impl MetaAvail for crate::block::cache::BlockCache {
     fn push_avail(&mut self, blknos: std::ops::Range<u64>) {
         // Lowest first out: the list pops from the end.
         self.add_avail(blknos.rev());
+    }
+
+    fn as_access(&mut self) -> &mut dyn BlockAccess {
+        self
+    }
+}
+
+/// An allocator error as [`Store::retry`](crate::block::store::Store::retry) sees it.
+impl crate::block::store::MissError for AllocError {
+    fn miss(&self) -> Option<crate::format::BlockRef> {
+        AllocError::miss(self)
+    }
+
+    fn corrupt_block(&self) -> Option<(u64, String)> {
+        match self {
+            AllocError::Btree(e) => e.corrupt_block(),
+            _ => None,
+        }
+    }
+}
+
+/// The transaction's blocks in hand, kept by the store's cache.
+impl MetaAvail for crate::block::store::Store {
+    fn avail_len(&self) -> usize {
+        self.cache.meta_alloc().avail.len()
+    }
+
+    fn avail_targets(&self) -> (usize, usize) {
+        self.cache.meta_targets()
+    }
+
+    fn push_avail(&mut self, blknos: std::ops::Range<u64>) {
+        self.cache.add_avail(blknos.rev());
     }
 
     fn as_access(&mut self) -> &mut dyn BlockAccess {

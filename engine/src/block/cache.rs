@@ -19,6 +19,14 @@ use super::{BlockAccess, BlockError};
 use crate::format::block::{seal_block, BlockHeader, BLOCK_LG_SIZE};
 use crate::format::{check_block, BlockMagic, BlockRef, Expected, Le32, Le64};
 
+/// How many metadata blocks a transaction keeps in hand by default: below
+/// `META_RESERVE` the transaction refills to `META_FILL` before its next
+/// operation (`alloc::refill_meta`; simulation lowers them to make refills
+/// frequent). The reserve covers the worst case of one operation (COW of
+/// a full path in a few trees, splits at every level).
+pub const META_RESERVE: usize = 256;
+pub const META_FILL: usize = 1024;
+
 /// The smallest budget: enough clean blocks for any one operation's paths
 /// to stay cached while it resolves its misses.
 pub const MIN_BUDGET_BLOCKS: usize = 256;
@@ -103,7 +111,7 @@ impl BlockCache {
             nr_writing: 0,
             budget_blocks: (budget_bytes / BLOCK_LG_SIZE).max(MIN_BUDGET_BLOCKS),
             alloc: MetaAlloc::default(),
-            meta_targets: (crate::alloc::META_RESERVE, crate::alloc::META_FILL),
+            meta_targets: (META_RESERVE, META_FILL),
             valid_blknos: 0..u64::MAX,
             stats: CacheStats::default(),
         }

@@ -37,32 +37,6 @@ impl MissError for BlockError {
     }
 }
 
-impl MissError for crate::btree::BtreeError {
-    fn miss(&self) -> Option<BlockRef> {
-        match self {
-            crate::btree::BtreeError::Block(BlockError::Miss(r)) => Some(*r),
-            _ => None,
-        }
-    }
-
-    fn corrupt_block(&self) -> Option<(u64, String)> {
-        crate::btree::BtreeError::corrupt_block(self)
-    }
-}
-
-impl MissError for crate::alloc::AllocError {
-    fn miss(&self) -> Option<BlockRef> {
-        crate::alloc::AllocError::miss(self)
-    }
-
-    fn corrupt_block(&self) -> Option<(u64, String)> {
-        match self {
-            crate::alloc::AllocError::Btree(e) => e.corrupt_block(),
-            _ => None,
-        }
-    }
-}
-
 /// Most misses one operation may resolve: a bound on the retry loop (an
 /// operation touches at most a few root-to-leaf paths).
 const MAX_MISSES_PER_OP: usize = 100_000;
@@ -198,23 +172,5 @@ impl BlockAccess for Store {
 
     fn is_dirty(&self, r: &BlockRef) -> bool {
         self.cache.is_dirty(r)
-    }
-}
-
-impl crate::alloc::MetaAvail for Store {
-    fn avail_len(&self) -> usize {
-        self.cache.meta_alloc().avail.len()
-    }
-
-    fn avail_targets(&self) -> (usize, usize) {
-        self.cache.meta_targets()
-    }
-
-    fn push_avail(&mut self, blknos: std::ops::Range<u64>) {
-        self.cache.add_avail(blknos.rev());
-    }
-
-    fn as_access(&mut self) -> &mut dyn BlockAccess {
-        self
     }
 }

@@ -511,3 +511,17 @@ pub fn range(
     }
     Ok(out)
 }
+
+/// A btree error as [`Store::retry`](crate::block::store::Store::retry) sees it.
+impl crate::block::store::MissError for BtreeError {
+    fn miss(&self) -> Option<crate::format::BlockRef> {
+        match self {
+            BtreeError::Block(BlockError::Miss(r)) => Some(*r),
+            _ => None,
+        }
+    }
+
+    fn corrupt_block(&self) -> Option<(u64, String)> {
+        BtreeError::corrupt_block(self)
+    }
+}

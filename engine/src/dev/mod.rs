@@ -347,6 +347,25 @@ pub fn open_queue_with_pool(
     Ok((qp, pool))
 }
 
+/// Open a device as a user names it: `nvme://BDF/NSID` through VFIO,
+/// `spdk://BDF/NSID` through SPDK (with feature `spdk`), any other name as
+/// a file or block device through io_uring. For the tools and benchmarks
+/// that accept any of them wherever a device path goes.
+pub fn open_any(
+    spec: &str,
+    uring: uring::UringOptions,
+) -> Result<std::sync::Arc<dyn BlockDev>, DevError> {
+    #[cfg(feature = "spdk")]
+    if spec.starts_with(spdk::SCHEME) {
+        return Ok(std::sync::Arc::new(spdk::SpdkDev::open(spec)?));
+    }
+    if nvme::NvmeAddr::is_nvme(spec) {
+        Ok(std::sync::Arc::new(nvme::NvmeDev::open(spec)?))
+    } else {
+        Ok(std::sync::Arc::new(uring::UringDev::open(spec, uring)?))
+    }
+}
+
 /// Check a request against a device's geometry.
 pub fn check_request(geom: &Geometry, req: &IoRequest) -> Result<(), DevError> {
     let lbs = u64::from(geom.logical_block_size);

@@ -105,25 +105,6 @@ pub fn normalize_bdf(s: &str) -> Option<String> {
     ))
 }
 
-/// Open a device as a user names it: `nvme://BDF/NSID` through VFIO,
-/// `spdk://BDF/NSID` through SPDK (with feature `spdk`), any other name as
-/// a file or block device through io_uring. For the tools and benchmarks
-/// that accept any of them wherever a device path goes.
-pub fn open_any(
-    spec: &str,
-    uring: super::uring::UringOptions,
-) -> Result<Arc<dyn BlockDev>, DevError> {
-    #[cfg(feature = "spdk")]
-    if spec.starts_with(super::spdk::SCHEME) {
-        return Ok(Arc::new(super::spdk::SpdkDev::open(spec)?));
-    }
-    if NvmeAddr::is_nvme(spec) {
-        Ok(Arc::new(NvmeDev::open(spec)?))
-    } else {
-        Ok(Arc::new(super::uring::UringDev::open(spec, uring)?))
-    }
-}
-
 /// Controllers opened by this process, by PCI address, so namespaces of
 /// one controller (metadata and data, say) share it.
 static CONTROLLERS: Mutex<Option<HashMap<String, Weak<Controller>>>> = Mutex::new(None);
