@@ -909,15 +909,20 @@ fn run_into_closed_pipe(args: &[&OsStr]) -> (std::process::ExitStatus, String) {
     )
 }
 
-/// A stand-in for a mount's admin socket: answers each connection with
-/// many counter lines, as `scoutfs mount` does.
+/// A stand-in for a mount's admin socket: answers a connection's request
+/// line with many counter lines, as `scoutfs mount` does.
 fn fake_admin_socket(path: &Path) -> std::thread::JoinHandle<()> {
     let l = std::os::unix::net::UnixListener::bind(path).unwrap();
     std::thread::spawn(move || {
-        if let Ok((mut c, _)) = l.accept() {
-            use std::io::Write;
+        if let Ok((c, _)) = l.accept() {
+            use std::io::{BufRead, Write};
+            let mut c = std::io::BufReader::new(c);
+            let mut request = String::new();
+            let _ = c.read_line(&mut request);
+            let mut c = c.into_inner();
+            // The admin protocol's reply: a status line, then counters.
             let lines: String = (0..10_000).map(|i| format!("counter_{i} {i}\n")).collect();
-            let _ = c.write_all(lines.as_bytes());
+            let _ = c.write_all(format!("ok\n{lines}").as_bytes());
         }
     })
 }

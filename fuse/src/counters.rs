@@ -1,10 +1,11 @@
-//! Operation counters of a mount, read by `scoutfs counters` through the
-//! admin socket. Plain relaxed atomics: handler threads bump them without
-//! coordinating.
+//! The FUSE frontend's own counters (per opcode, bytes, failures), read
+//! by `scoutfs counters` through the admin socket beside the engine's
+//! per-op counts and latencies. Plain relaxed atomics: handler threads
+//! bump them without coordinating.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use scoutfs_engine::fs::FsError;
+use scoutfs_engine::serve::Errno;
 
 macro_rules! counters {
     ($($name:ident => $text:literal),* $(,)?) => {
@@ -80,16 +81,19 @@ impl Counters {
 
     /// An operation failed with `e`. Answers that are the caller's
     /// (ENOENT from a lookup, EEXIST, ENODATA, EACCES, ...) count as
-    /// `refused`; failures of the volume (no space, I/O errors, read-only)
-    /// as `errors` and by kind.
-    pub fn error(&self, e: &FsError) {
-        let kind = match e.errno() {
+    /// `refused`; failures of the volume (no space, I/O errors, read-only,
+    /// the engine stopped) as `errors`, and the first three by kind.
+    pub fn error(&self, e: Errno) {
+        if !e.is_volume_failure() {
+            return self.bump(Counter::Refused);
+        }
+        self.bump(Counter::Errors);
+        let kind = match e.get() {
             libc::ENOSPC => Counter::ErrorsNoSpace,
             libc::EIO => Counter::ErrorsIo,
             libc::EROFS => Counter::ErrorsReadOnly,
-            _ => return self.bump(Counter::Refused),
+            _ => return,
         };
-        self.bump(Counter::Errors);
         self.bump(kind);
     }
 

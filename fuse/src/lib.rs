@@ -1,20 +1,24 @@
 //! The FUSE request handler: [`ScoutFuse`] implements fuse-backend-rs's
-//! `FileSystem` trait once, over the [`Engine`]. Every request becomes one
-//! `Engine::call` (a closure run on the reactor that owns the mounted
-//! `Fs`); handler threads never touch the btree. The same type serves
-//! /dev/fuse here ([`mount`]) and virtio descriptor chains in the virtiofs
-//! endpoint, unchanged: fuse-backend-rs's `Server` decodes either
-//! transport into the same trait calls.
+//! `FileSystem` trait once, as a translator into the engine's front door:
+//! each trait call becomes one or more typed requests (`serve::Op`, with
+//! the caller from the request header and the mount's session), submitted
+//! with `Engine::call_op` from the handler thread, and each reply becomes
+//! the kernel's. Handler threads never touch the btree. What is FUSE's own
+//! stays here: the per-opcode counters, the handle bits, the writeback
+//! cache's decisions, the ACL notes, readdir passes per handle and the
+//! kernel's lookup counts. The same type serves /dev/fuse here ([`mount`])
+//! and virtio descriptor chains in the virtiofs endpoint, unchanged:
+//! fuse-backend-rs's `Server` decodes either transport into the same trait
+//! calls.
 //!
 //! Permission checks: the kernel mounts with `default_permissions` (the
 //! session always asks for it), so it checks mode bits with the caller's
 //! full credentials before a request arrives; the engine checks again with
 //! uid, gid and the supplementary groups read from /proc (cached briefly
-//! per pid), which other frontends rely on.
+//! per pid, `serve::GroupCache`), which other frontends rely on.
 
 mod acl_notes;
 mod counters;
-mod creds;
 mod dir_pass;
 mod mount_flags;
 mod mount_watch;
@@ -24,7 +28,6 @@ mod writeback;
 
 use std::ffi::CStr;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,11 +39,10 @@ use fuse_backend_rs::api::filesystem::{
     ZeroCopyReader, ZeroCopyWriter,
 };
 use scoutfs_engine::format::inode::Timespec;
-use scoutfs_engine::fs::{
-    handle_generation, Attr, Creds, FsError, KernelRefs, SetAttr, MAY_EXEC, MAY_READ, MAY_WRITE,
+use scoutfs_engine::fs::{handle_generation, Attr, KernelRefs, SetAttr};
+use scoutfs_engine::serve::{
+    Caller, Engine, Errno, GroupCache, Handle, Op, Reply, Request, SessionId,
 };
-use scoutfs_engine::serve::{Engine, Mounted};
-use scoutfs_engine::util::ready;
 
 pub use counters::{Counter, Counters};
 pub use mount_flags::{MountFlags, MountState, STANDARD_OPTIONS};
@@ -103,13 +105,15 @@ impl Default for FuseOptions {
 #[derive(Debug)]
 pub struct ScoutFuse {
     engine: Arc<Engine>,
+    /// The mount's session in the engine: its open files and directories
+    /// are the handles this mount gave the kernel.
+    session: SessionId,
     opts: FuseOptions,
     /// The writeback cache's headroom, cached writers and failed
     /// write-backs (writeback.rs).
     wb: writeback::State,
     counters: Arc<Counters>,
-    groups: creds::GroupCache,
-    next_handle: AtomicU64,
+    groups: GroupCache,
     acl_notes: acl_notes::AclNotes,
     /// The kernel's lookup counts, shared with the engine (every entry
     /// reply counts one; FORGET gives them back): an unlinked inode stays
@@ -125,8 +129,12 @@ pub struct ScoutFuse {
     fsid: u64,
 }
 
-/// A handle's number carries the open's access mode in its low bits, so
-/// no table is needed to know whether a handle may write.
+/// The kernel's handle for an open: the engine's handle shifted left
+/// [`HANDLE_SHIFT`] bits, under the open's access mode (bits 0-1) and
+/// [`CACHED_WRITER`] (bit 2), so that FUSE's own decisions need no table.
+const HANDLE_SHIFT: u32 = 3;
+
+/// A handle's access mode says whether it may write.
 fn handle_writable(h: u64) -> bool {
     matches!(h as i32 & libc::O_ACCMODE, libc::O_WRONLY | libc::O_RDWR)
 }
@@ -137,6 +145,17 @@ const CACHED_WRITER: u64 = 1 << 2;
 
 fn handle_cached_writer(h: u64) -> bool {
     h & CACHED_WRITER != 0
+}
+
+/// The kernel's handle for the engine's handle `h` of an open with `flags`.
+fn kernel_handle(h: Handle, flags: u32) -> u64 {
+    debug_assert!(h.0 < 1 << (64 - HANDLE_SHIFT));
+    (h.0 << HANDLE_SHIFT) | (flags as u64 & libc::O_ACCMODE as u64)
+}
+
+/// The engine's handle inside the kernel's.
+fn engine_handle(kernel: u64) -> Handle {
+    Handle(kernel >> HANDLE_SHIFT)
 }
 
 /// The xattr holding a file's SELinux label (see
@@ -159,10 +178,6 @@ fn check_io_size(size: u32) -> io::Result<()> {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
     Ok(())
-}
-
-fn errno(e: FsError) -> io::Error {
-    io::Error::from_raw_os_error(e.errno())
 }
 
 fn name_bytes(name: &CStr) -> Vec<u8> {
@@ -205,32 +220,24 @@ impl ScoutFuse {
         } else {
             Duration::ZERO
         });
-        // Read from memory on the reactor: fails only if the engine has
-        // stopped, and then nothing is served anyway.
-        let fsid = engine
-            .call(|fs| fs.store().super_block().fsid())
-            .unwrap_or_else(|e| {
-                tracing::error!("reading the volume's fsid: {e}");
-                0
-            });
-        let refs = engine.call(|fs| fs.kernel_refs()).unwrap_or_else(|e| {
-            // Every request fails the same way; unlinked inodes then go
-            // at once, as without references.
-            tracing::error!("no mounted filesystem to share lookup counts with: {e}");
-            Arc::default()
+        let session = engine.open_session().unwrap_or_else(|e| {
+            // Fails only if the engine has stopped, and then nothing is
+            // served anyway.
+            tracing::error!("opening the mount's session: {e}");
+            SessionId::ENGINE
         });
         ScoutFuse {
+            fsid: engine.fsid(),
+            refs: engine.kernel_refs(),
+            session,
             engine,
             wb: writeback::State::new(opts.writeback_headroom),
             opts,
             counters,
-            groups: creds::GroupCache::default(),
-            next_handle: AtomicU64::new(1),
+            groups: GroupCache::default(),
             acl_notes,
-            refs,
             passes: dir_pass::DirPasses::default(),
             mount_sync: None,
-            fsid,
         }
     }
 
@@ -238,41 +245,35 @@ impl ScoutFuse {
         &self.counters
     }
 
-    /// Run `f` on the reactor; count it and map errors to errnos.
-    fn call<T: Send + 'static>(
-        &self,
-        what: Counter,
-        f: impl FnOnce(&mut Mounted) -> Result<T, FsError> + Send + 'static,
-    ) -> io::Result<T> {
+    /// The mount's session in the engine.
+    pub fn session(&self) -> SessionId {
+        self.session
+    }
+
+    /// Submit `op` for `caller` in the mount's session and wait for its
+    /// reply; count it as `what` and its failure by kind.
+    fn op(&self, what: Counter, caller: Caller, op: Op) -> io::Result<Reply> {
         self.counters.bump(what);
         if let Some(m) = &self.mount_sync {
             // A remount to read-write the engine has not heard of yet.
             m.catch_up();
         }
-        match self.engine.call(f) {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                self.counters.error(&e);
-                Err(errno(e))
-            }
-            Err(e) => {
-                self.counters.bump(Counter::Errors);
-                tracing::error!("engine call failed: {e}");
-                Err(io::Error::from_raw_os_error(e.errno()))
-            }
-        }
+        self.engine
+            .call_op(Request::new(self.session, caller, op))
+            .map_err(|e| {
+                self.counters.error(e);
+                io::Error::from(e)
+            })
     }
 
-    fn creds(&self, ctx: &Context) -> Creds {
-        self.groups.creds(ctx.uid, ctx.gid, ctx.pid)
+    /// [`ScoutFuse::op`] for the caller of the request `ctx`.
+    fn ask(&self, what: Counter, ctx: &Context, op: Op) -> io::Result<Reply> {
+        self.op(what, self.caller(ctx), op)
     }
 
-    /// The caller's credentials for a request that creates an inode.
-    fn creds_umask(&self, ctx: &Context, umask: u32) -> Creds {
-        Creds {
-            umask,
-            ..self.creds(ctx)
-        }
+    /// The caller of a request, from its header and /proc.
+    fn caller(&self, ctx: &Context) -> Caller {
+        self.groups.caller(ctx.uid, ctx.gid, ctx.pid)
     }
 
     /// The reply to a lookup, create, mkdir, mknod, symlink, link or
@@ -293,11 +294,6 @@ impl ScoutFuse {
             attr_timeout: self.opts.attr_timeout,
             entry_timeout: self.opts.entry_timeout,
         }
-    }
-
-    fn new_handle(&self, flags: u32) -> u64 {
-        let n = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        (n << 3) | (flags as u64 & libc::O_ACCMODE as u64)
     }
 
     /// Whether an open with `flags` needs the free space to choose between
@@ -326,10 +322,11 @@ impl ScoutFuse {
         }
     }
 
-    /// A handle for an open of `inode` with `flags` and `options`; one that
-    /// may write into the writeback cache is counted until its release.
-    fn open_handle(&self, inode: u64, flags: u32, options: OpenOptions) -> u64 {
-        let h = self.new_handle(flags);
+    /// The kernel's handle for the engine's handle `h` on `inode`, opened
+    /// with `flags` and `options`; one that may write into the writeback
+    /// cache is counted until its release.
+    fn open_handle(&self, h: Handle, inode: u64, flags: u32, options: OpenOptions) -> u64 {
+        let h = kernel_handle(h, flags);
         if self.opts.writeback_cache
             && handle_writable(h)
             && !options.contains(OpenOptions::DIRECT_IO)
@@ -354,15 +351,15 @@ impl ScoutFuse {
     /// kernel's attributes are stale: after a failed write-back of the
     /// inode, a write-only handle's is that failure while space stays
     /// below the headroom, and the write(2) fails with it (writeback.rs).
-    fn refuse_cached_write(&self, inode: u64, handle: u64) -> io::Result<()> {
+    fn refuse_cached_write(&self, ctx: &Context, inode: u64, handle: u64) -> io::Result<()> {
         if !handle_cached_writer(handle) || handle as i32 & libc::O_ACCMODE != libc::O_WRONLY {
             return Ok(());
         }
         let Some(errno) = self.wb.failed(inode) else {
             return Ok(());
         };
-        let free = self.call(Counter::Getattr, |fs| ready(fs.free_data_bytes()))?;
-        if free >= self.wb.headroom.bytes() {
+        let free = self.ask(Counter::Getattr, ctx, Op::FreeSpace)?;
+        if free.into_free_bytes()? >= self.wb.headroom.bytes() {
             self.wb.forget_failure(inode);
             return Ok(());
         }
@@ -390,19 +387,22 @@ impl ScoutFuse {
     /// umask or by the parent's default ACL. It lives until its last close
     /// unless `linkat` names it first; after a crash, recovery deletes it.
     pub fn tmpfile(&self, ctx: &Context, parent: u64, args: CreateIn) -> io::Result<(Entry, u64)> {
-        let c = self.creds_umask(ctx, args.umask);
-        let mode = args.mode;
+        let c = self.caller(ctx).with_umask(args.umask);
+        let op = Op::Tmpfile {
+            parent,
+            mode: args.mode,
+            flags: args.flags,
+        };
         // The engine holds the new inode open for this handle.
-        let a = self.call(Counter::Create, move |fs| {
-            ready(fs.tmpfile(&c, parent, mode))
-        })?;
-        let handle = self.open_handle(a.ino, args.flags, OpenOptions::empty());
+        let (h, a, _) = self.op(Counter::Create, c, op)?.into_opened()?;
+        let handle = self.open_handle(h, a.ino, args.flags, OpenOptions::empty());
         Ok((self.entry(&a), handle))
     }
 
     /// FORGET and BATCH_FORGET: the kernel gives lookup counts back; the
     /// unlinked inodes it no longer references are deleted (refs.rs in the
-    /// engine). No reply goes back, so a failure is only logged.
+    /// engine). No reply goes back, so a failure is only logged (by the
+    /// engine) and counted.
     fn forget_all(&self, requests: Vec<(u64, u64)>) {
         self.counters.add(Counter::Forget, requests.len() as u64);
         let gone: Vec<u64> = requests
@@ -413,64 +413,51 @@ impl ScoutFuse {
         if gone.is_empty() {
             return;
         }
-        let counters = self.counters.clone();
-        let r = self.engine.call(move |fs| {
-            for ino in gone {
-                if let Err(e) = ready(fs.forgotten(ino)) {
-                    counters.error(&e);
-                    tracing::warn!("deleting unlinked inode {ino} at its last FORGET: {e}");
+        let req = Request::new(self.session, Caller::root(), Op::Forgotten { inos: gone });
+        match self.engine.call_op(req).and_then(Reply::into_forgotten) {
+            Ok(failed) => {
+                for (_, e) in failed {
+                    self.counters.error(e);
                 }
             }
-        });
-        if let Err(e) = r {
-            self.counters.bump(Counter::Errors);
-            tracing::error!("engine call failed: {e}");
+            Err(e) => {
+                self.counters.error(e);
+                tracing::error!("deleting forgotten inodes: {e}");
+            }
         }
     }
 
     /// The end of the readdir pass of `handle` that a read at `offset`
     /// belongs to (dir_pass.rs): asked of the engine when a pass begins
     /// other than at opendir.
-    fn pass_end(&self, inode: u64, handle: u64, offset: u64) -> io::Result<u64> {
+    fn pass_end(&self, ctx: &Context, inode: u64, handle: u64, offset: u64) -> io::Result<u64> {
         if let Some(end) = self.passes.end_for(handle, offset) {
             return Ok(end);
         }
-        let end = self.call(Counter::Readdir, move |fs| {
-            ready(fs.readdir_pass_end(inode))
-        })?;
+        let op = Op::ReaddirPassEnd { ino: inode };
+        let end = self.ask(Counter::Readdir, ctx, op)?.into_position()?;
         self.passes.begin(handle, end);
         Ok(end)
     }
+
+    /// Leave the engine: every handle the kernel still holds is released
+    /// with the session (an unmount's last RELEASEs may never be read).
+    fn end_session(&self) {
+        if self.session == SessionId::ENGINE {
+            return;
+        }
+        if let Err(e) = self.engine.close_session(self.session) {
+            if e != Errno::SHUTDOWN {
+                tracing::warn!("closing the mount's session: {e}");
+            }
+        }
+    }
 }
 
-/// The data device's free bytes, for an open choosing its caching; 0 (so
-/// written through, the safe choice) if the engine can't say.
-fn free_bytes(fs: &mut Mounted) -> u64 {
-    ready(fs.free_data_bytes()).unwrap_or(0)
-}
-
-/// `__FMODE_EXEC` in an open's flags: the kernel opening a file to
-/// execute it (execve, binfmt interpreters). Set only by the kernel:
-/// open(2) drops bits outside VALID_OPEN_FLAGS.
-const FMODE_EXEC: i32 = 0o40;
-
-/// The access an open with these flags needs. An open for execution
-/// needs execute permission only, as the VFS's `do_open_execat`: the
-/// kernel reads the image itself, so a file that is x but not r runs.
-fn open_mask(flags: u32) -> u32 {
-    let f = flags as i32;
-    if f & FMODE_EXEC != 0 {
-        return MAY_EXEC;
+impl Drop for ScoutFuse {
+    fn drop(&mut self) {
+        self.end_session();
     }
-    let mut mask = match f & libc::O_ACCMODE {
-        libc::O_RDONLY => MAY_READ,
-        libc::O_WRONLY => MAY_WRITE,
-        _ => MAY_READ | MAY_WRITE,
-    };
-    if f & libc::O_TRUNC != 0 {
-        mask |= MAY_WRITE;
-    }
-    mask
 }
 
 impl FileSystem for ScoutFuse {
@@ -514,16 +501,18 @@ impl FileSystem for ScoutFuse {
     }
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
-        let (c, n) = (self.creds(ctx), name_bytes(name));
         // The VFS resolves "." and ".." itself: only a file handle's
         // decoding sends them (handle.rs in the engine).
-        let r = self.call(Counter::Lookup, move |fs| match n.as_slice() {
-            b"." => ready(fs.handle_inode(parent)),
-            b".." => ready(fs.handle_parent(parent)),
-            _ => ready(fs.lookup(&c, parent, &n)),
-        });
-        match r {
-            Ok(a) => Ok(self.entry(&a)),
+        let op = match name.to_bytes() {
+            b"." => Op::LookupHandle { ino: parent },
+            b".." => Op::LookupHandleParent { dir: parent },
+            _ => Op::Lookup {
+                parent,
+                name: name_bytes(name),
+            },
+        };
+        match self.ask(Counter::Lookup, ctx, op) {
+            Ok(r) => Ok(self.entry(&r.into_attr()?)),
             Err(e)
                 if e.raw_os_error() == Some(libc::ENOENT)
                     && !self.opts.negative_timeout.is_zero() =>
@@ -553,15 +542,15 @@ impl FileSystem for ScoutFuse {
 
     fn getattr(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         inode: u64,
         handle: Option<u64>,
     ) -> io::Result<(stat64, Duration)> {
         if let Some(h) = handle {
-            self.refuse_cached_write(inode, h)?;
+            self.refuse_cached_write(ctx, inode, h)?;
         }
-        let a = self.call(Counter::Getattr, move |fs| ready(fs.getattr(inode)))?;
-        Ok((stat_of(&a), self.opts.attr_timeout))
+        let r = self.ask(Counter::Getattr, ctx, Op::Getattr { ino: inode })?;
+        Ok((stat_of(&r.into_attr()?), self.opts.attr_timeout))
     }
 
     fn setattr(
@@ -572,7 +561,6 @@ impl FileSystem for ScoutFuse {
         handle: Option<u64>,
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
-        let c = self.creds(ctx);
         let now = scoutfs_engine::fs::system_time();
         let mut set = SetAttr::default();
         if valid.contains(SetattrValid::MODE) {
@@ -586,7 +574,6 @@ impl FileSystem for ScoutFuse {
         }
         if valid.contains(SetattrValid::SIZE) {
             set.size = Some(attr.st_size as u64);
-            set.handle_writable = handle.is_some_and(handle_writable);
         }
         if valid.contains(SetattrValid::ATIME_NOW) {
             set.atime = Some(now);
@@ -615,16 +602,23 @@ impl FileSystem for ScoutFuse {
         set.times_now = (valid.contains(SetattrValid::ATIME_NOW)
             || !valid.contains(SetattrValid::ATIME))
             && (valid.contains(SetattrValid::MTIME_NOW) || !valid.contains(SetattrValid::MTIME));
-        let a = self.call(Counter::Setattr, move |fs| {
-            ready(fs.setattr(&c, inode, &set))
-        })?;
+        // A truncate through a handle open for writing (ftruncate,
+        // O_TRUNC) was checked at open: the engine's session knows the
+        // handle.
+        let op = Op::Setattr {
+            ino: inode,
+            set,
+            handle: handle.map(engine_handle),
+        };
+        let a = self.ask(Counter::Setattr, ctx, op);
         // chmod rewrites an access ACL; chown may too.
         self.acl_notes.forget(inode);
-        Ok((stat_of(&a), self.opts.attr_timeout))
+        Ok((stat_of(&a?.into_attr()?), self.opts.attr_timeout))
     }
 
-    fn readlink(&self, _ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
-        self.call(Counter::Readlink, move |fs| ready(fs.readlink(inode)))
+    fn readlink(&self, ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
+        let r = self.ask(Counter::Readlink, ctx, Op::Readlink { ino: inode })?;
+        Ok(r.into_data()?)
     }
 
     fn symlink(
@@ -634,10 +628,12 @@ impl FileSystem for ScoutFuse {
         parent: u64,
         name: &CStr,
     ) -> io::Result<Entry> {
-        let (c, n, t) = (self.creds(ctx), name_bytes(name), name_bytes(linkname));
-        let a = self.call(Counter::Create, move |fs| {
-            ready(fs.symlink(&c, parent, &n, &t))
-        })?;
+        let op = Op::Symlink {
+            parent,
+            name: name_bytes(name),
+            target: name_bytes(linkname),
+        };
+        let a = self.ask(Counter::Create, ctx, op)?.into_attr()?;
         Ok(self.entry(&a))
     }
 
@@ -650,10 +646,14 @@ impl FileSystem for ScoutFuse {
         rdev: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        let (c, n) = (self.creds_umask(ctx, umask), name_bytes(name));
-        let a = self.call(Counter::Create, move |fs| {
-            ready(fs.mknod(&c, parent, &n, mode, rdev))
-        })?;
+        let op = Op::Mknod {
+            parent,
+            name: name_bytes(name),
+            mode,
+            rdev,
+        };
+        let c = self.caller(ctx).with_umask(umask);
+        let a = self.op(Counter::Create, c, op)?.into_attr()?;
         Ok(self.entry(&a))
     }
 
@@ -665,21 +665,30 @@ impl FileSystem for ScoutFuse {
         mode: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        let (c, n) = (self.creds_umask(ctx, umask), name_bytes(name));
-        let a = self.call(Counter::Create, move |fs| {
-            ready(fs.mkdir(&c, parent, &n, mode))
-        })?;
+        let op = Op::Mkdir {
+            parent,
+            name: name_bytes(name),
+            mode,
+        };
+        let c = self.caller(ctx).with_umask(umask);
+        let a = self.op(Counter::Create, c, op)?.into_attr()?;
         Ok(self.entry(&a))
     }
 
     fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
-        let (c, n) = (self.creds(ctx), name_bytes(name));
-        self.call(Counter::Remove, move |fs| ready(fs.unlink(&c, parent, &n)))
+        let op = Op::Unlink {
+            parent,
+            name: name_bytes(name),
+        };
+        Ok(self.ask(Counter::Remove, ctx, op)?.done()?)
     }
 
     fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
-        let (c, n) = (self.creds(ctx), name_bytes(name));
-        self.call(Counter::Remove, move |fs| ready(fs.rmdir(&c, parent, &n)))
+        let op = Op::Rmdir {
+            parent,
+            name: name_bytes(name),
+        };
+        Ok(self.ask(Counter::Remove, ctx, op)?.done()?)
     }
 
     fn rename(
@@ -691,17 +700,23 @@ impl FileSystem for ScoutFuse {
         newname: &CStr,
         flags: u32,
     ) -> io::Result<()> {
-        let (c, o, n) = (self.creds(ctx), name_bytes(oldname), name_bytes(newname));
-        self.call(Counter::Rename, move |fs| {
-            ready(fs.rename(&c, olddir, &o, newdir, &n, flags))
-        })
+        let op = Op::Rename {
+            parent: olddir,
+            name: name_bytes(oldname),
+            new_parent: newdir,
+            new_name: name_bytes(newname),
+            flags,
+        };
+        Ok(self.ask(Counter::Rename, ctx, op)?.done()?)
     }
 
     fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
-        let (c, n) = (self.creds(ctx), name_bytes(newname));
-        let a = self.call(Counter::Create, move |fs| {
-            ready(fs.link(&c, inode, newparent, &n))
-        })?;
+        let op = Op::Link {
+            ino: inode,
+            parent: newparent,
+            name: name_bytes(newname),
+        };
+        let a = self.ask(Counter::Create, ctx, op)?.into_attr()?;
         Ok(self.entry(&a))
     }
 
@@ -712,15 +727,18 @@ impl FileSystem for ScoutFuse {
         flags: u32,
         _fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
-        let c = self.creds(ctx);
-        let mask = open_mask(flags);
-        let ask_free = self.asks_free_space(flags);
-        let free = self.call(Counter::Open, move |fs| {
-            ready(fs.open_ino(&c, inode, mask))?;
-            Ok(ask_free.then(|| free_bytes(fs)))
-        })?;
+        let op = Op::Open {
+            ino: inode,
+            flags,
+            report_free: self.asks_free_space(flags),
+        };
+        let (h, _, free) = self.ask(Counter::Open, ctx, op)?.into_opened()?;
         let options = self.open_options(flags, free);
-        Ok((Some(self.open_handle(inode, flags, options)), options, None))
+        Ok((
+            Some(self.open_handle(h, inode, flags, options)),
+            options,
+            None,
+        ))
     }
 
     fn create(
@@ -730,23 +748,23 @@ impl FileSystem for ScoutFuse {
         name: &CStr,
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
-        let (c, n) = (self.creds_umask(ctx, args.umask), name_bytes(name));
-        let mode = args.mode;
-        let ask_free = self.asks_free_space(args.flags);
-        let (a, free) = self.call(Counter::Create, move |fs| {
-            let a = ready(fs.create(&c, parent, &n, mode))?;
-            // The new file is open: hold it in the same reactor turn.
-            fs.hold_ino(a.ino);
-            Ok((a, ask_free.then(|| free_bytes(fs))))
-        })?;
+        let op = Op::Create {
+            parent,
+            name: name_bytes(name),
+            mode: args.mode,
+            flags: args.flags,
+            report_free: self.asks_free_space(args.flags),
+        };
+        let c = self.caller(ctx).with_umask(args.umask);
+        let (h, a, free) = self.op(Counter::Create, c, op)?.into_opened()?;
         let options = self.open_options(args.flags, free);
-        let handle = self.open_handle(a.ino, args.flags, options);
+        let handle = self.open_handle(h, a.ino, args.flags, options);
         Ok((self.entry(&a), Some(handle), options, None))
     }
 
     fn read(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         inode: u64,
         _handle: u64,
         w: &mut dyn ZeroCopyWriter,
@@ -756,9 +774,12 @@ impl FileSystem for ScoutFuse {
         _flags: u32,
     ) -> io::Result<usize> {
         check_io_size(size)?;
-        let data = self.call(Counter::Read, move |fs| {
-            ready(fs.read(inode, offset, size as usize))
-        })?;
+        let op = Op::Read {
+            ino: inode,
+            offset,
+            len: size,
+        };
+        let data = self.ask(Counter::Read, ctx, op)?.into_data()?;
         self.counters.add(Counter::BytesRead, data.len() as u64);
         io::Write::write_all(w, &data)?;
         Ok(data.len())
@@ -778,16 +799,21 @@ impl FileSystem for ScoutFuse {
         _fuse_flags: u32,
     ) -> io::Result<usize> {
         check_io_size(size)?;
-        let mut buf = vec![0u8; size as usize];
-        io::Read::read_exact(r, &mut buf)?;
+        let mut data = vec![0u8; size as usize];
+        io::Read::read_exact(r, &mut data)?;
         // FUSE_WRITE_CACHE: pages written back (stores through a shared
         // mapping, or the writeback cache), sent by the kernel as uid 0.
         // What a write(2) drops went when it entered the cache; a store
         // through a mapping drops nothing, as on ext4.
         let n = if delayed_write {
-            let r = self.call(Counter::Write, move |fs| {
-                ready(fs.write_back(inode, offset, &buf))
-            });
+            let op = Op::WriteBack {
+                ino: inode,
+                offset,
+                data,
+            };
+            let r = self
+                .ask(Counter::Write, ctx, op)
+                .and_then(|r| r.into_written().map_err(io::Error::from));
             // The kernel keeps a failure for fsync and close; the next
             // cached write(2) hears of it too (writeback.rs).
             let errno = match &r {
@@ -797,10 +823,12 @@ impl FileSystem for ScoutFuse {
             self.wb.written_back(inode, errno);
             r?
         } else {
-            let c = self.creds(ctx);
-            self.call(Counter::Write, move |fs| {
-                ready(fs.write(&c, inode, offset, &buf))
-            })?
+            let op = Op::Write {
+                ino: inode,
+                offset,
+                data,
+            };
+            self.ask(Counter::Write, ctx, op)?.into_written()?
         };
         self.counters.add(Counter::BytesWritten, n);
         Ok(n as usize)
@@ -810,8 +838,12 @@ impl FileSystem for ScoutFuse {
         Ok(())
     }
 
-    fn fsync(&self, _ctx: &Context, inode: u64, _datasync: bool, _handle: u64) -> io::Result<()> {
-        self.call(Counter::Fsync, move |fs| ready(fs.sync()).map(|_| ()))?;
+    fn fsync(&self, ctx: &Context, inode: u64, datasync: bool, _handle: u64) -> io::Result<()> {
+        let op = Op::Fsync {
+            ino: inode,
+            datasync,
+        };
+        self.ask(Counter::Fsync, ctx, op)?.into_synced()?;
         // The kernel wrote the file's pages back first; with the writeback
         // cache it keeps the st_blocks it had: have it ask again.
         self.wb.inval_attrs_now(inode);
@@ -827,15 +859,18 @@ impl FileSystem for ScoutFuse {
         offset: u64,
         length: u64,
     ) -> io::Result<()> {
-        let c = self.creds(ctx);
-        self.call(Counter::Write, move |fs| {
-            ready(fs.fallocate(&c, inode, mode, offset, length))
-        })
+        let op = Op::Fallocate {
+            ino: inode,
+            mode,
+            offset,
+            len: length,
+        };
+        Ok(self.ask(Counter::Write, ctx, op)?.done()?)
     }
 
     fn release(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         inode: u64,
         _flags: u32,
         handle: u64,
@@ -847,11 +882,14 @@ impl FileSystem for ScoutFuse {
         if handle_cached_writer(handle) {
             self.wb.released_writer(inode);
         }
-        self.call(Counter::Release, move |fs| ready(fs.release(inode)))
+        let op = Op::Release {
+            handle: engine_handle(handle),
+        };
+        Ok(self.ask(Counter::Release, ctx, op)?.done()?)
     }
 
-    fn statfs(&self, _ctx: &Context, _inode: u64) -> io::Result<statvfs64> {
-        let s = self.call(Counter::Statfs, move |fs| ready(fs.statfs()))?;
+    fn statfs(&self, ctx: &Context, _inode: u64) -> io::Result<statvfs64> {
+        let s = self.ask(Counter::Statfs, ctx, Op::Statfs)?.into_statfs()?;
         // SAFETY: statvfs64 is plain data; all-zero is a valid value.
         let mut st: statvfs64 = unsafe { std::mem::zeroed() };
         st.f_bsize = 4096;
@@ -884,12 +922,15 @@ impl FileSystem for ScoutFuse {
         flags: u32,
     ) -> io::Result<()> {
         self.refuse_selinux_label(name)?;
-        let (c, n, v) = (self.creds(ctx), name_bytes(name), value.to_vec());
-        let r = self.call(Counter::Xattr, move |fs| {
-            ready(fs.set_xattr(&c, inode, &n, &v, flags))
-        });
+        let op = Op::SetXattr {
+            ino: inode,
+            name: name_bytes(name),
+            value: value.to_vec(),
+            flags,
+        };
+        let r = self.ask(Counter::Xattr, ctx, op);
         self.acl_notes.forget(inode);
-        r
+        Ok(r?.done()?)
     }
 
     fn getxattr(
@@ -904,8 +945,11 @@ impl FileSystem for ScoutFuse {
             self.counters.bump(Counter::XattrNoted);
             return Err(io::Error::from_raw_os_error(libc::ENODATA));
         }
-        let (c, n) = (self.creds(ctx), name_bytes(name));
-        let v = self.call(Counter::Xattr, move |fs| ready(fs.get_xattr(&c, inode, &n)))?;
+        let op = Op::GetXattr {
+            ino: inode,
+            name: name_bytes(name),
+        };
+        let v = self.ask(Counter::Xattr, ctx, op)?.into_data()?;
         if size == 0 {
             Ok(GetxattrReply::Count(v.len() as u32))
         } else if v.len() > size as usize {
@@ -916,8 +960,8 @@ impl FileSystem for ScoutFuse {
     }
 
     fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
-        let c = self.creds(ctx);
-        let names = self.call(Counter::Xattr, move |fs| ready(fs.list_xattrs(&c, inode)))?;
+        let op = Op::ListXattrs { ino: inode };
+        let names = self.ask(Counter::Xattr, ctx, op)?.into_names()?;
         let mut buf = Vec::new();
         for n in names.into_iter().filter(|n| n != SELINUX_LABEL) {
             buf.extend_from_slice(&n);
@@ -939,14 +983,16 @@ impl FileSystem for ScoutFuse {
             // asking, and asks itself, as the writer, before a write,
             // truncate or fallocate changes the file (killpriv): that
             // removal needs no privilege.
-            return self.call(Counter::Xattr, move |fs| ready(fs.kill_capability(inode)));
+            let op = Op::KillCapability { ino: inode };
+            return Ok(self.ask(Counter::Xattr, ctx, op)?.done()?);
         }
-        let (c, n) = (self.creds(ctx), name_bytes(name));
-        let r = self.call(Counter::Xattr, move |fs| {
-            ready(fs.remove_xattr(&c, inode, &n))
-        });
+        let op = Op::RemoveXattr {
+            ino: inode,
+            name: name_bytes(name),
+        };
+        let r = self.ask(Counter::Xattr, ctx, op);
         self.acl_notes.forget(inode);
-        r
+        Ok(r?.done()?)
     }
 
     fn opendir(
@@ -955,31 +1001,25 @@ impl FileSystem for ScoutFuse {
         inode: u64,
         flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
-        let c = self.creds(ctx);
-        let end = self.call(Counter::Open, move |fs| {
-            let a = ready(fs.open_ino(&c, inode, MAY_READ))?;
-            if a.kind != scoutfs_engine::fs::FileType::Directory {
-                ready(fs.release(inode))?;
-                return Err(FsError::NotDir);
-            }
-            // The handle's first readdir pass ends here (dir_pass.rs).
-            ready(fs.readdir_pass_end(inode))
-        })?;
-        let handle = self.new_handle(flags);
+        let op = Op::Opendir { ino: inode, flags };
+        let r = self.ask(Counter::Open, ctx, op)?;
+        let (h, end) = r.into_opened_dir()?;
+        let handle = kernel_handle(h, flags);
+        // The handle's first readdir pass ends where the engine said.
         self.passes.open(handle, end);
         Ok((Some(handle), OpenOptions::empty()))
     }
 
     fn readdir(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         inode: u64,
         handle: u64,
         size: u32,
         offset: u64,
         add_entry: &mut dyn FnMut(FuseDirEntry<'_>) -> io::Result<usize>,
     ) -> io::Result<()> {
-        let end = self.pass_end(inode, handle, offset)?;
+        let end = self.pass_end(ctx, inode, handle, offset)?;
         // Each entry takes at least 32 bytes of the reply: fetch about as
         // many as fit, and more if the names were short.
         let mut pos = offset;
@@ -988,12 +1028,15 @@ impl FileSystem for ScoutFuse {
         // getdents), as the VFS's iterate_dir.
         let mut touch = true;
         loop {
-            let entries = self.call(Counter::Readdir, move |fs| {
-                if touch {
-                    ready(fs.touch_atime(inode))?;
-                }
-                ready(fs.readdir_until(inode, pos, end, per_call))
-            })?;
+            let op = Op::Readdir {
+                ino: inode,
+                from: pos,
+                end,
+                max: per_call,
+                touch_atime: touch,
+            };
+            let r = self.ask(Counter::Readdir, ctx, op)?;
+            let entries = r.into_entries()?;
             touch = false;
             if entries.is_empty() {
                 return Ok(());
@@ -1015,45 +1058,31 @@ impl FileSystem for ScoutFuse {
 
     fn readdirplus(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         inode: u64,
         handle: u64,
         size: u32,
         offset: u64,
         add_entry: &mut dyn FnMut(FuseDirEntry<'_>, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        let end = self.pass_end(inode, handle, offset)?;
+        let end = self.pass_end(ctx, inode, handle, offset)?;
         let mut pos = offset;
         let per_call = (size as usize / 160).clamp(4, 256);
-        let note_acls = self.opts.posix_acl;
         let mut touch = true;
         loop {
             let (generation, asked) = (self.acl_notes.generation(), Instant::now());
-            let (entries, no_acl) = self.call(Counter::Readdir, move |fs| {
-                if touch {
-                    ready(fs.touch_atime(inode))?;
-                }
-                let list = ready(fs.readdir_until(inode, pos, end, per_call))?;
-                let mut out = Vec::with_capacity(list.len());
-                let mut no_acl = Vec::new();
-                for e in list {
-                    // An entry removed since the listing is skipped.
-                    match ready(fs.getattr(e.ino)) {
-                        Ok(a) => out.push((e, Some(a))),
-                        Err(FsError::NotFound) => out.push((e, None)),
-                        Err(err) => return Err(err),
-                    }
-                }
-                // `ls -l` asks each of them for its access ACL next.
-                for (e, _) in out.iter().filter(|(_, a)| note_acls && a.is_some()) {
-                    if let Err(FsError::NoData) =
-                        ready(fs.get_xattr(&Creds::root(), e.ino, ACL_ACCESS))
-                    {
-                        no_acl.push(e.ino);
-                    }
-                }
-                Ok((out, no_acl))
-            })?;
+            // `ls -l` asks each entry for its access ACL next: the engine
+            // says which have none in the same turn.
+            let op = Op::ReaddirPlus {
+                ino: inode,
+                from: pos,
+                end,
+                max: per_call,
+                touch_atime: touch,
+                note_no_acl: self.opts.posix_acl,
+            };
+            let r = self.ask(Counter::Readdir, ctx, op)?;
+            let (entries, no_acl) = r.into_entries_plus()?;
             touch = false;
             self.acl_notes.note_absent(generation, no_acl, asked);
             if entries.is_empty() {
@@ -1087,20 +1116,22 @@ impl FileSystem for ScoutFuse {
         self.fsync(ctx, inode, datasync, handle)
     }
 
-    fn releasedir(&self, _ctx: &Context, inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
+    fn releasedir(&self, ctx: &Context, _inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
         self.passes.close(handle);
-        self.call(Counter::Release, move |fs| ready(fs.release(inode)))
+        let op = Op::Releasedir {
+            handle: engine_handle(handle),
+        };
+        Ok(self.ask(Counter::Release, ctx, op)?.done()?)
     }
 
     fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
-        let c = self.creds(ctx);
-        let m = mask & (MAY_READ | MAY_WRITE | MAY_EXEC);
-        self.call(Counter::Getattr, move |fs| ready(fs.access(&c, inode, m)))
+        let op = Op::Access { ino: inode, mask };
+        Ok(self.ask(Counter::Getattr, ctx, op)?.done()?)
     }
 
     fn lseek(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         inode: u64,
         _handle: u64,
         offset: u64,
@@ -1117,9 +1148,12 @@ impl FileSystem for ScoutFuse {
         if self.wb.has_writers(inode) {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        self.call(Counter::Read, move |fs| {
-            ready(fs.seek_data(inode, offset, want_data))
-        })
+        let op = Op::SeekData {
+            ino: inode,
+            offset,
+            want_data,
+        };
+        Ok(self.ask(Counter::Read, ctx, op)?.into_position()?)
     }
 }
 
@@ -1128,17 +1162,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_open_to_execute_needs_only_execute_permission() {
-        // What Linux 6.18 sends for execve: O_RDONLY | O_LARGEFILE |
-        // __FMODE_EXEC.
-        let exec = (libc::O_RDONLY | libc::O_LARGEFILE | FMODE_EXEC) as u32;
-        assert_eq!(open_mask(exec), MAY_EXEC);
-        assert_eq!(open_mask(libc::O_RDONLY as u32), MAY_READ);
-        assert_eq!(open_mask(libc::O_WRONLY as u32), MAY_WRITE);
-        assert_eq!(
-            open_mask((libc::O_RDONLY | libc::O_TRUNC) as u32),
-            MAY_READ | MAY_WRITE
-        );
-        assert_eq!(open_mask(libc::O_RDWR as u32), MAY_READ | MAY_WRITE);
+    fn the_kernels_handle_carries_the_engines_and_fuses_bits() {
+        let h = Handle(12345);
+        let k = kernel_handle(h, libc::O_WRONLY as u32);
+        assert!(handle_writable(k));
+        assert!(!handle_cached_writer(k));
+        assert_eq!(engine_handle(k | CACHED_WRITER), h);
+        let r = kernel_handle(h, (libc::O_RDONLY | libc::O_TRUNC) as u32);
+        assert!(!handle_writable(r));
+        assert_eq!(engine_handle(r), h);
     }
 }

@@ -22,9 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use scoutfs_engine::fs::{AtimeMode, FsError};
-use scoutfs_engine::serve::Engine;
-use scoutfs_engine::util::ready;
+use scoutfs_engine::fs::AtimeMode;
+use scoutfs_engine::serve::{Caller, Engine, Errno, Op, Request, SessionId};
 
 use crate::mount_flags::{MountFlags, MountState};
 use crate::session::unescape_octal;
@@ -209,7 +208,15 @@ fn follow(sync: &MountSync, mut table: File, wake: &OwnedFd) {
 fn tell_engine(engine: &Engine, state: &MountState, remount: bool, point: &Path) {
     let policy = state.atime_policy();
     let read_only = state.sb_read_only;
-    let r = engine.call(move |fs| ready(fs.remount(policy, read_only)));
+    // The engine process acts for the kernel here: its own session, as
+    // root (a remount is an admin op).
+    let op = Op::Remount {
+        atime: policy,
+        read_only,
+    };
+    let r = engine
+        .call_op(Request::new(SessionId::ENGINE, Caller::root(), op))
+        .and_then(|r| r.done());
     let mode = match policy.mode {
         AtimeMode::Relatime => "relatime",
         AtimeMode::Strict => "strictatime",
@@ -232,21 +239,20 @@ fn tell_engine(engine: &Engine, state: &MountState, remount: bool, point: &Path)
     .join(",");
     let what = if remount { "remounted" } else { "mounted" };
     match r {
-        Ok(Ok(())) => tracing::info!("{}: {what} {desc}", point.display()),
-        Ok(Err(FsError::ReadOnly(why))) if !read_only => {
+        Ok(()) => tracing::info!("{}: {what} {desc}", point.display()),
+        Err(Errno(libc::EROFS)) if !read_only => {
             // The mount is read-write already (nobody asked us): put it
             // back, as a kernel filesystem refuses to be remounted
             // read-write on a write-protected device.
             tracing::error!(
-                "{}: {what} read-write, but the volume stays read-only ({why}); \
-                 making the mount read-only again",
+                "{}: {what} read-write, but the volume stays read-only (its \
+                 error is logged above); making the mount read-only again",
                 point.display()
             );
             if let Err(e) = remount_read_only(point, state) {
                 tracing::error!("{}: {e}", point.display());
             }
         }
-        Ok(Err(e)) => tracing::error!("{}: {what} {desc}: {e}", point.display()),
         Err(e) => tracing::error!("{}: {what} {desc}: {e}", point.display()),
     }
 }

@@ -1,7 +1,8 @@
 //! Fuzz target bodies: one ordinary function per kind of bytes the
 //! project takes from outside (metadata blocks and item values read from
-//! the device, FUSE requests), each `fn(&[u8])` that must return (never
-//! panic, hang or allocate without bound) whatever the bytes are.
+//! the device, FUSE requests, the admin socket's protocol), each
+//! `fn(&[u8])` that must return (never panic, hang or allocate without
+//! bound) whatever the bytes are.
 //!
 //! They are built by stable Rust as part of the workspace: `cargo test`
 //! replays every target's corpus (`fuzz/corpus/<target>/`) plus a seeded,
@@ -10,6 +11,7 @@
 //! them under libFuzzer. `fuzz/README.md` says how to run them and what
 //! the coverage-guided runs found.
 
+pub mod admin;
 pub mod fuse_req;
 pub mod input;
 pub mod items;
@@ -70,6 +72,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "fuse_request",
         run: fuse_req::fuse_request,
+    },
+    Target {
+        name: "admin",
+        run: admin::admin,
     },
 ];
 

@@ -221,6 +221,7 @@ pub fn make_seeds() -> Seeds {
     }
     seeds.insert("volume", crate::volume::seed_inputs());
     seeds.insert("fuse_request", crate::fuse_req::seed_requests());
+    seeds.insert("admin", crate::admin::seed_inputs());
     seeds
 }
 

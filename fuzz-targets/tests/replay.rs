@@ -167,7 +167,8 @@ replay_tests!(
     xattr,
     symlink,
     volume,
-    fuse_request
+    fuse_request,
+    admin
 );
 
 #[test]
@@ -184,6 +185,7 @@ fn every_target_is_replayed() {
         "symlink",
         "volume",
         "fuse_request",
+        "admin",
     ];
     for t in scoutfs_fuzz_targets::TARGETS {
         assert!(named.contains(&t.name), "{} has no replay test", t.name);

@@ -4,8 +4,8 @@
 //! outside), then unmounts, commits and exits. `scoutfs counters` reads
 //! its counters through the admin socket.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -14,7 +14,9 @@ use std::time::Duration;
 use scoutfs_engine::dev::BlockDev;
 use scoutfs_engine::fs::FsOptions;
 use scoutfs_engine::reactor::{CorePin, IdlePolicy, ReactorConfig};
-use scoutfs_engine::serve::{Engine, EngineError, EngineOptions};
+use scoutfs_engine::serve::admin::proto::AdminRequest;
+use scoutfs_engine::serve::admin::{AdminError, AdminServer, CounterSource};
+use scoutfs_engine::serve::{Caller, Engine, EngineError, EngineOptions, Op, Request, SessionId};
 use scoutfs_engine::txn::devices::{check_data_device, check_meta_size};
 use scoutfs_engine::txn::{read_meta_super, TxnError, TxnOptions};
 use scoutfs_fuse::{Counters, FuseOptions, MountFlags, ScoutFuse, STANDARD_OPTIONS};
@@ -493,9 +495,9 @@ fn serve(a: &Args) -> Result<(), String> {
     drop(devs);
     let engine = Arc::new(engine);
     let statfs = engine
-        .call(|fs| scoutfs_engine::util::ready(fs.statfs()))
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        .call_op(Request::new(SessionId::ENGINE, Caller::root(), Op::Statfs))
+        .and_then(|r| r.into_statfs())
+        .map_err(|e| format!("statfs of the recovered volume: {e}"))?;
     tracing::info!(
         "volume {:#018x} recovered at seq {}",
         statfs.fsid,
@@ -503,7 +505,19 @@ fn serve(a: &Args) -> Result<(), String> {
     );
 
     let counters = Arc::new(Counters::default());
-    let admin = start_admin(&socket, engine.clone(), counters.clone())?;
+    let fuse_counters: CounterSource = {
+        let c = counters.clone();
+        Arc::new(move || {
+            c.snapshot()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect()
+        })
+    };
+    // `serve` refused a socket another mount answers on; what is left
+    // there is stale.
+    let admin =
+        AdminServer::start(&socket, &engine, vec![fuse_counters]).map_err(|e| e.to_string())?;
 
     let handler = ScoutFuse::new(engine.clone(), fuse_opts, counters);
     let fsname = a.source.clone().unwrap_or_else(|| source_name(&a.meta));
@@ -534,7 +548,6 @@ fn serve(a: &Args) -> Result<(), String> {
     notify(&format!("STOPPING=1\nSTATUS=stopping: {why}"));
     let unmounted = mount.unmount();
     drop(admin);
-    let _ = std::fs::remove_file(&socket);
     let seq = shutdown_engine(engine)?;
     say(&format!(
         "scoutfs: unmounted {} ({why}); committed seq {seq}",
@@ -597,93 +610,6 @@ fn shutdown_engine(engine: Arc<Engine>) -> Result<u64, String> {
     Err("the engine is still in use; not committed cleanly".into())
 }
 
-/// The admin socket: each connection gets the counters, one `name value`
-/// per line, and is closed.
-struct Admin {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    path: PathBuf,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Admin {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Release);
-        // Wake the accept.
-        let _ = UnixStream::connect(&self.path);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn start_admin(path: &Path, engine: Arc<Engine>, counters: Arc<Counters>) -> Result<Admin, String> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    // `serve` refused a socket another mount answers on; what is left
-    // there is stale.
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let weak = Arc::downgrade(&engine);
-    drop(engine);
-    let thread = std::thread::Builder::new()
-        .name("admin".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                if stop2.load(std::sync::atomic::Ordering::Acquire) {
-                    return;
-                }
-                let Ok(mut conn) = conn else { continue };
-                let mut lines: Vec<(String, u64)> = counters
-                    .snapshot()
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect();
-                if let Some(engine) = weak.upgrade() {
-                    if let Ok(stats) = engine.call(|fs| {
-                        let v = fs.store_mut();
-                        let c = v.cache_stats();
-                        [
-                            ("commits", v.commits()),
-                            ("committed_seq", v.committed_seq()),
-                            ("cache_hits", c.hits),
-                            ("cache_misses", c.misses),
-                            ("cache_evictions", c.evictions),
-                            ("meta_device_reads", v.device_reads()),
-                            (
-                                "data_readahead_hit_blocks",
-                                v.data_io().map_or(0, |d| d.ra_hits),
-                            ),
-                            // Metadata blocks that failed their checks:
-                            // every meeting, and the distinct blocks
-                            // logged (block/corrupt.rs).
-                            ("corrupt_block_reads", v.store_mut().corruption.met()),
-                            (
-                                "corrupt_blocks_logged",
-                                v.store_mut().corruption.logged() as u64,
-                            ),
-                        ]
-                    }) {
-                        lines.extend(stats.iter().map(|(k, v)| (k.to_string(), *v)));
-                    }
-                }
-                let mut out = String::new();
-                for (k, v) in lines {
-                    out.push_str(&format!("{k} {v}\n"));
-                }
-                let _ = conn.write_all(out.as_bytes());
-            }
-        })
-        .map_err(|e| e.to_string())?;
-    Ok(Admin {
-        stop,
-        path: path.to_path_buf(),
-        thread: Some(thread),
-    })
-}
-
 #[derive(Debug, clap::Args)]
 pub struct CountersArgs {
     /// The mount point (its admin socket is found from it) or the socket.
@@ -700,27 +626,26 @@ pub fn counters(a: &CountersArgs) -> i32 {
     } else {
         default_socket(&a.target)
     };
-    let conn = match UnixStream::connect(&path) {
-        Ok(c) => c,
-        Err(e) => {
+    match scoutfs_engine::serve::admin::ask(&path, AdminRequest::Counters) {
+        Ok(lines) => {
+            // Dies of SIGPIPE on a closed stdout, quietly, as coreutils.
+            for l in lines {
+                println!("{l}");
+            }
+            0
+        }
+        Err(e @ AdminError::Connect { .. }) => {
             eprintln!(
-                "scoutfs counters: {}: {e} (is a scoutfs mount serving {}?)",
-                path.display(),
+                "scoutfs counters: {e} (is a scoutfs mount serving {}?)",
                 a.target.display()
             );
-            return 1;
+            1
         }
-    };
-    for line in BufReader::new(conn).lines() {
-        match line {
-            Ok(l) => println!("{l}"),
-            Err(e) => {
-                eprintln!("scoutfs counters: {e}");
-                return 1;
-            }
+        Err(e) => {
+            eprintln!("scoutfs counters: {e}");
+            1
         }
     }
-    0
 }
 
 #[cfg(test)]
