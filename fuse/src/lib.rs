@@ -75,7 +75,9 @@ pub struct FuseOptions {
     /// Answer readdir with attributes (readdirplus), saving the lookups
     /// that `ls -l` and `find` would send.
     pub readdirplus: bool,
-    /// Handler threads reading /dev/fuse.
+    /// Handler threads reading /dev/fuse: each has one request in the
+    /// engine at a time, so this many requests can be in flight (8 by
+    /// default; the engine runs them as tasks that overlap their reads).
     pub threads: usize,
     /// Mount read-only.
     pub read_only: bool,
@@ -94,7 +96,7 @@ impl Default for FuseOptions {
             writeback_cache: true,
             writeback_headroom: None,
             readdirplus: true,
-            threads: 2,
+            threads: 8,
             read_only: false,
             posix_acl: true,
         }

@@ -88,8 +88,9 @@ pub struct Args {
     /// Don't answer directory reads with attributes (readdirplus).
     #[arg(long)]
     pub no_readdirplus: bool,
-    /// FUSE handler threads.
-    #[arg(long, default_value_t = 2)]
+    /// FUSE handler threads: how many requests can be in the engine at
+    /// once (each waits for its reply).
+    #[arg(long, default_value_t = 8)]
     pub fuse_threads: usize,
     /// The admin socket `scoutfs counters` talks to (default: derived
     /// from the mount point, under /run/scoutfs).
