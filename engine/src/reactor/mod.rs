@@ -295,7 +295,12 @@ impl Local {
             if inner.shared.shutdown.load(Ordering::Acquire) {
                 return Poll::Ready(());
             }
-            inner.shutdown_waiters.borrow_mut().push(cx.waker().clone());
+            // A long-lived task polls this at every turn of its loop:
+            // keep one waker per task, not one per poll.
+            let mut waiters = inner.shutdown_waiters.borrow_mut();
+            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                waiters.push(cx.waker().clone());
+            }
             Poll::Pending
         })
     }
