@@ -57,6 +57,10 @@ pub struct Common {
     /// default, 2).
     #[arg(long, default_value_t = 2)]
     pub floor_threads: usize,
+    /// The floor's threads all wait on /dev/fuse at once instead of
+    /// taking turns as the mount's threads do.
+    #[arg(long)]
+    pub floor_free_readers: bool,
     /// Let the benchmark's own processes use every CPU. By default they
     /// (and the servers they start, until the scoutfs reactor pins itself)
     /// stay off the last CPU, which is the reactor's, as in
@@ -132,7 +136,7 @@ impl Target {
         match kind {
             Kind::Ext4 => Target::ext4(dir, bytes),
             Kind::Scoutfs => Target::scoutfs(dir, bytes, &c.mount_args),
-            Kind::Floor => Target::floor(dir, c.floor_threads),
+            Kind::Floor => Target::floor(dir, c.floor_threads, c.floor_free_readers),
         }
     }
 
@@ -145,8 +149,13 @@ impl Target {
                 c.mount_args
             ),
             Kind::Floor => format!(
-                "FUSE floor (in-memory, fuse-backend-rs, {} threads)",
-                c.floor_threads
+                "FUSE floor (in-memory, fuse-backend-rs, {} threads {})",
+                c.floor_threads,
+                if c.floor_free_readers {
+                    "all waiting on /dev/fuse"
+                } else {
+                    "taking turns to read /dev/fuse"
+                }
             ),
         }
     }
@@ -214,7 +223,7 @@ impl Target {
     }
 
     /// The floor, served by `scoutfs-perf floor-serve` (this binary).
-    pub fn floor(dir: &Path, threads: usize) -> Result<Target, String> {
+    pub fn floor(dir: &Path, threads: usize, free_readers: bool) -> Result<Target, String> {
         let bin = std::env::current_exe().map_err(|e| e.to_string())?;
         let mnt = dir.join("floor");
         std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
@@ -224,6 +233,7 @@ impl Target {
             .arg(&mnt)
             .arg("--threads")
             .arg(threads.to_string())
+            .args(free_readers.then_some("--free-readers"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
