@@ -13,18 +13,18 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use crate::block::BlockError;
-use crate::dev::{open_queue_with_pool, BlockDev, DevError, IoRequest};
+use crate::dev::{open_queue_with_pool, BlockDev, Completion, DevError, IoRequest};
 use crate::dma::DmaPool;
 use crate::format::block::{BLOCK_LG_SHIFT, BLOCK_LG_SIZE};
 use crate::format::super_block::SUPER_OFFSET_BYTES;
 use crate::format::BlockRef;
 use crate::fs::FsError;
-use crate::reactor::{Local, QueueId};
+use crate::reactor::{IoFuture, Local, QueueId};
 
 use super::{with_mounted, Mounted};
 
-/// Metadata reads in flight at once for request tasks (one 64 KiB DMA
-/// buffer each).
+/// Requests in flight at once on the queue (request tasks' reads and the
+/// committer's writes), and the 64 KiB DMA buffers they share.
 const FETCH_DEPTH: u32 = 32;
 
 /// Attempts of one request before it runs once more with misses read
@@ -59,51 +59,110 @@ impl MetaFetch {
         })
     }
 
-    /// Read `refs` (at most [`FETCH_DEPTH`] at a time, waiting for DMA
-    /// buffers that other tasks hold) and give each block's bytes, or the
-    /// device's error for it.
+    /// Read `refs` and give each block's bytes, or the device's error for
+    /// it. All are in flight at once, as far as the queue's DMA buffers
+    /// go (see [`MetaFetch::batch`]).
     pub(crate) async fn read(
         &self,
         local: &Local,
         refs: &[BlockRef],
     ) -> Vec<(BlockRef, Result<Vec<u8>, BlockError>)> {
-        let mut out = Vec::with_capacity(refs.len());
-        for chunk in refs.chunks(FETCH_DEPTH as usize) {
-            let mut reads = Vec::with_capacity(chunk.len());
-            for r in chunk {
-                let buf = loop {
-                    match self.pool.try_get() {
-                        Some(b) => break b,
-                        None => yield_now().await,
+        let done = self
+            .batch(
+                local,
+                refs.iter().copied(),
+                |r, buf| {
+                    IoRequest::read(
+                        r.blkno.get() << BLOCK_LG_SHIFT,
+                        BLOCK_LG_SIZE as u32,
+                        buf,
+                        0,
+                    )
+                },
+                |r, c| {
+                    c.result
+                        .map_err(|e| BlockError::Io {
+                            device: self.device.clone(),
+                            blkno: r.blkno.get(),
+                            msg: e.to_string(),
+                        })
+                        .map(|()| {
+                            let buf = c.buf.expect("a read returns its buffer");
+                            buf.as_slice()[..BLOCK_LG_SIZE].to_vec()
+                        })
+                },
+            )
+            .await;
+        self.blocks.set(self.blocks.get() + refs.len() as u64);
+        done
+    }
+
+    /// Run one request per item, each with a DMA buffer of the queue's
+    /// pool, all in flight together. A task never waits for a buffer while
+    /// it holds buffers in requests not yet sent: when the pool is dry it
+    /// first finishes its own requests (so two tasks that each hold part
+    /// of the pool can't wait for each other forever), and only with none
+    /// of its own in flight does it wait for other tasks' to come back.
+    /// `finish` turns each completion into the caller's result as it is
+    /// collected, so its buffer goes back to the pool at once.
+    async fn batch<K: Copy, R>(
+        &self,
+        local: &Local,
+        items: impl IntoIterator<Item = K>,
+        mut request: impl FnMut(K, crate::dma::DmaBuf) -> IoRequest,
+        mut finish: impl FnMut(K, Completion) -> R,
+    ) -> Vec<(K, R)> {
+        let mut done = Vec::new();
+        let mut flying: Vec<(K, IoFuture)> = Vec::new();
+        for k in items {
+            let buf = loop {
+                if let Some(b) = self.pool.try_get() {
+                    break b;
+                }
+                if flying.is_empty() {
+                    yield_now().await;
+                } else {
+                    let ended = join_all(std::mem::take(&mut flying)).await;
+                    done.extend(ended.into_iter().map(|(k, c)| (k, finish(k, c))));
+                }
+            };
+            flying.push((k, local.io(self.queue, request(k, buf))));
+        }
+        let ended = join_all(flying).await;
+        done.extend(ended.into_iter().map(|(k, c)| (k, finish(k, c))));
+        done
+    }
+}
+
+/// Wait for every request of `ios`, polling them together so all are
+/// submitted at once.
+async fn join_all<K>(ios: Vec<(K, IoFuture)>) -> Vec<(K, Completion)> {
+    let mut slots: Vec<(K, Option<IoFuture>, Option<Completion>)> =
+        ios.into_iter().map(|(k, f)| (k, Some(f), None)).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (_, fut, out) in slots.iter_mut() {
+            if let Some(f) = fut {
+                match Pin::new(f).poll(cx) {
+                    Poll::Ready(c) => {
+                        *out = Some(c);
+                        *fut = None;
                     }
-                };
-                let req = IoRequest::read(
-                    r.blkno.get() << BLOCK_LG_SHIFT,
-                    BLOCK_LG_SIZE as u32,
-                    buf,
-                    0,
-                );
-                reads.push((*r, local.io(self.queue, req)));
-            }
-            for (r, io) in reads {
-                let c = io.await;
-                let got = c
-                    .result
-                    .map_err(|e| BlockError::Io {
-                        device: self.device.clone(),
-                        blkno: r.blkno.get(),
-                        msg: e.to_string(),
-                    })
-                    .map(|()| {
-                        let buf = c.buf.expect("a read returns its buffer");
-                        buf.as_slice()[..BLOCK_LG_SIZE].to_vec()
-                    });
-                out.push((r, got));
+                    Poll::Pending => all = false,
+                }
             }
         }
-        self.blocks.set(self.blocks.get() + refs.len() as u64);
-        out
-    }
+        if all {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    slots
+        .into_iter()
+        .map(|(k, _, c)| (k, c.expect("every request completed")))
+        .collect()
 }
 
 impl MetaFetch {
@@ -116,31 +175,37 @@ impl MetaFetch {
         }
     }
 
-    /// Write the sealed blocks `blknos` of the commit in flight, at most
-    /// [`FETCH_DEPTH`] at a time; the first error, after all have ended.
+    /// Write the sealed blocks `blknos` of the commit in flight, all in
+    /// flight together as far as the buffers go; the first error, after
+    /// all have ended.
     pub(crate) async fn write_blocks(&self, local: &Local, blknos: &[u64]) -> Result<(), String> {
-        let mut first_err = None;
-        for chunk in blknos.chunks(FETCH_DEPTH as usize) {
-            let mut writes = Vec::with_capacity(chunk.len());
-            for &blkno in chunk {
-                let mut buf = self.buffer().await;
-                let copied = with_mounted(|fs| {
-                    let cache = &fs.store_mut().store_mut().cache;
-                    buf.as_mut_slice()[..BLOCK_LG_SIZE].copy_from_slice(cache.writing_block(blkno));
-                });
-                if copied.is_none() {
-                    return Err("the volume was unmounted during a commit".into());
-                }
-                let req = IoRequest::write(blkno << BLOCK_LG_SHIFT, BLOCK_LG_SIZE as u32, buf, 0);
-                writes.push((blkno, local.io(self.queue, req)));
-            }
-            for (blkno, io) in writes {
-                if let Err(e) = io.await.result {
-                    first_err.get_or_insert(format!("{}: block {blkno}: {e}", self.device));
-                }
-            }
+        let mut unmounted = false;
+        let done = self
+            .batch(
+                local,
+                blknos.iter().copied(),
+                |blkno, mut buf| {
+                    let copied = with_mounted(|fs| {
+                        let cache = &fs.store_mut().store_mut().cache;
+                        buf.as_mut_slice()[..BLOCK_LG_SIZE]
+                            .copy_from_slice(cache.writing_block(blkno));
+                    });
+                    unmounted |= copied.is_none();
+                    IoRequest::write(blkno << BLOCK_LG_SHIFT, BLOCK_LG_SIZE as u32, buf, 0)
+                },
+                |_, c| c.result,
+            )
+            .await;
+        if unmounted {
+            return Err("the volume was unmounted during a commit".into());
         }
-        first_err.map_or(Ok(()), Err)
+        let first_err = done
+            .into_iter()
+            .find_map(|(blkno, r)| r.err().map(|e| (blkno, e)));
+        match first_err {
+            Some((blkno, e)) => Err(format!("{}: block {blkno}: {e}", self.device)),
+            None => Ok(()),
+        }
     }
 
     /// Flush the device's write cache.
@@ -236,4 +301,61 @@ fn yield_now() -> impl Future<Output = ()> {
         }
     }
     Yield(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dev::mem::MemDev;
+    use crate::reactor::{CorePin, Reactor, ReactorConfig};
+
+    /// Tasks reading more blocks than the queue has buffers, several at
+    /// once, all finish: none waits for buffers while holding its own in
+    /// requests not yet sent, and each completion gives its buffer back
+    /// as soon as it is collected.
+    #[test]
+    fn reads_larger_than_the_pool_from_several_tasks_all_finish() {
+        let dev = MemDev::new(64 << 20);
+        for b in 0..300u64 {
+            dev.write_at(b << BLOCK_LG_SHIFT, &[b as u8; 16]);
+        }
+        let reactor = Reactor::start(
+            ReactorConfig {
+                pin: CorePin::None,
+                ..ReactorConfig::default()
+            },
+            |_| Ok(()),
+        )
+        .unwrap();
+        let firsts = reactor
+            .remote()
+            .call(move |local: &Local| {
+                let local = local.clone();
+                async move {
+                    let fetch = std::rc::Rc::new(MetaFetch::open(&local, &dev).unwrap());
+                    let tasks: Vec<_> = (0..3u64)
+                        .map(|t| {
+                            let (local2, fetch) = (local.clone(), fetch.clone());
+                            local.spawn(async move {
+                                let refs: Vec<BlockRef> = (0..100u64)
+                                    .map(|i| BlockRef::new(t * 100 + i, 1))
+                                    .collect();
+                                fetch.read(&local2, &refs).await
+                            })
+                        })
+                        .collect();
+                    let mut firsts = Vec::new();
+                    for t in tasks {
+                        for (r, got) in t.await {
+                            firsts.push((r.blkno.get(), got.unwrap()[0]));
+                        }
+                    }
+                    firsts
+                }
+            })
+            .unwrap();
+        reactor.shutdown();
+        assert_eq!(firsts.len(), 300);
+        assert!(firsts.iter().all(|&(b, first)| first == b as u8));
+    }
 }
