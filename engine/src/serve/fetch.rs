@@ -337,9 +337,8 @@ mod tests {
                         .map(|t| {
                             let (local2, fetch) = (local.clone(), fetch.clone());
                             local.spawn(async move {
-                                let refs: Vec<BlockRef> = (0..100u64)
-                                    .map(|i| BlockRef::new(t * 100 + i, 1))
-                                    .collect();
+                                let refs: Vec<BlockRef> =
+                                    (0..100u64).map(|i| BlockRef::new(t * 100 + i, 1)).collect();
                                 fetch.read(&local2, &refs).await
                             })
                         })
