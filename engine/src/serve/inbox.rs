@@ -221,7 +221,9 @@ impl Dispatcher {
                 Some(r) => r.map_err(Errno::from),
                 None => Err(Errno::SHUTDOWN),
             };
-            d.borrow_mut().stats.record(kind, submitted.elapsed(), r.is_err());
+            d.borrow_mut()
+                .stats
+                .record(kind, submitted.elapsed(), r.is_err());
             done(r);
             RUNNING.with(|r| r.set(r.get() - 1));
             for w in DONE_WAITERS.with(|w| std::mem::take(&mut *w.borrow_mut())) {
