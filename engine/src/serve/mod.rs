@@ -228,7 +228,8 @@ impl Engine {
             let fetch = std::rc::Rc::new(fetch::MetaFetch::open(local, &*m)?);
             let committer = std::rc::Rc::new(commit::Committer::default());
             fs.store_mut().set_deferred_reads(true);
-            fs.store_mut().set_async_commits(Some(committer.kick_handle()));
+            fs.store_mut()
+                .set_async_commits(Some(committer.kick_handle()));
             FETCH.with(|cell| *cell.borrow_mut() = Some(fetch.clone()));
             COMMITTER.with(|cell| *cell.borrow_mut() = Some(committer.clone()));
             local.spawn(commit::run(local.clone(), fetch, committer));
