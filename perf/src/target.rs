@@ -53,10 +53,11 @@ pub struct Common {
     /// (default mount options otherwise).
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     pub mount_args: String,
-    /// FUSE handler threads of the floor (default: the scoutfs mount's
-    /// default, 2).
-    #[arg(long, default_value_t = 2)]
-    pub floor_threads: usize,
+    /// FUSE handler threads of the floor (default: as many as the scoutfs
+    /// mount has: --fuse-threads in --mount-args, else the mount's
+    /// default).
+    #[arg(long)]
+    pub floor_threads: Option<usize>,
     /// The floor's threads all wait on /dev/fuse at once instead of
     /// taking turns as the mount's threads do.
     #[arg(long)]
@@ -67,6 +68,35 @@ pub struct Common {
     /// `scoutfs-perf fs`.
     #[arg(long)]
     pub no_cpu_split: bool,
+}
+
+/// `scoutfs mount`'s default `--fuse-threads` (fuse/src/lib.rs,
+/// `FuseOptions::default().threads`; 2 before commit 26a5a8a).
+pub const MOUNT_DEFAULT_FUSE_THREADS: usize = 8;
+
+impl Common {
+    /// The floor's handler threads: as given, else as many as the mount
+    /// the benchmark starts has.
+    pub fn floor_threads(&self) -> usize {
+        self.floor_threads.unwrap_or_else(|| {
+            fuse_threads_in(&self.mount_args).unwrap_or(MOUNT_DEFAULT_FUSE_THREADS)
+        })
+    }
+}
+
+/// The value of `--fuse-threads N` or `--fuse-threads=N` in mount
+/// arguments (the last one given).
+fn fuse_threads_in(args: &str) -> Option<usize> {
+    let words: Vec<&str> = args.split_whitespace().collect();
+    let mut found = None;
+    for (i, w) in words.iter().enumerate() {
+        if *w == "--fuse-threads" {
+            found = words.get(i + 1).and_then(|v| v.parse().ok());
+        } else if let Some(v) = w.strip_prefix("--fuse-threads=") {
+            found = v.parse().ok();
+        }
+    }
+    found
 }
 
 pub fn run_cmd(cmd: &mut Command) -> Result<String, String> {
@@ -136,7 +166,7 @@ impl Target {
         match kind {
             Kind::Ext4 => Target::ext4(dir, bytes),
             Kind::Scoutfs => Target::scoutfs(dir, bytes, &c.mount_args),
-            Kind::Floor => Target::floor(dir, c.floor_threads, c.floor_free_readers),
+            Kind::Floor => Target::floor(dir, c.floor_threads(), c.floor_free_readers),
         }
     }
 
@@ -150,7 +180,7 @@ impl Target {
             ),
             Kind::Floor => format!(
                 "FUSE floor (in-memory, fuse-backend-rs, {} threads {})",
-                c.floor_threads,
+                c.floor_threads(),
                 if c.floor_free_readers {
                     "all waiting on /dev/fuse"
                 } else {
@@ -387,4 +417,21 @@ pub fn kill_group(child: &mut Child) {
     // its id is still ours.
     unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
     let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_floor_gets_the_mounts_fuse_threads() {
+        assert_eq!(fuse_threads_in(""), None);
+        assert_eq!(fuse_threads_in("--fuse-threads 3"), Some(3));
+        assert_eq!(fuse_threads_in("-o noatime --fuse-threads=5"), Some(5));
+        assert_eq!(
+            fuse_threads_in("--fuse-threads 3 --fuse-threads 4"),
+            Some(4)
+        );
+        assert_eq!(fuse_threads_in("--fuse-threads"), None);
+    }
 }
