@@ -58,13 +58,19 @@ pub fn sh(script: &str) -> String {
         .args(["-c", &format!("set -euo pipefail\n{script}")])
         .output()
         .unwrap();
+    stdout_of(out, &format!("script failed:\n{script}"))
+}
+
+/// A finished command's stdout; a panic naming `what`, the exit status
+/// and both outputs unless it succeeded.
+pub fn stdout_of(out: std::process::Output, what: &str) -> String {
     let (o, e) = (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     );
     assert!(
         out.status.success(),
-        "script failed ({}):\n{script}\n--- stdout\n{o}\n--- stderr\n{e}",
+        "{what} ({}):\n--- stdout\n{o}\n--- stderr\n{e}",
         out.status
     );
     o
@@ -295,16 +301,7 @@ pub fn py(script: &str, args: &[&str]) -> String {
         .args(args)
         .output()
         .unwrap();
-    let (o, e) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    assert!(
-        out.status.success(),
-        "python3 {args:?} failed ({}):\n--- stdout\n{o}\n--- stderr\n{e}",
-        out.status
-    );
-    o
+    stdout_of(out, &format!("python3 {args:?} failed"))
 }
 
 /// Unmount, and show that the kernel forgot every removed inode it had

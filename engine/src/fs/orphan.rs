@@ -160,16 +160,18 @@ impl<S: ItemStore> Fs<S> {
     /// part-way through deleting a large one) are deleted with their
     /// inodes, but for those it holds open. Returns how many.
     pub(super) async fn delete_orphans(&mut self) -> Result<usize> {
-        let rid = self.opts.rid;
-        let orphans = self
-            .store
-            .range(&orphan_key(rid, 0), &orphan_key(rid, u64::MAX), usize::MAX)
-            .await?;
-        if !orphans.is_empty() && self.store.read_only() {
-            tracing::info!(
-                "{} orphaned inodes are left for a read-write mount to delete",
-                orphans.len()
-            );
+        if self.store.read_only() {
+            let rid = self.opts.rid;
+            let orphans = self
+                .store
+                .range(&orphan_key(rid, 0), &orphan_key(rid, u64::MAX), usize::MAX)
+                .await?;
+            if !orphans.is_empty() {
+                tracing::info!(
+                    "{} orphaned inodes are left for a read-write mount to delete",
+                    orphans.len()
+                );
+            }
             return Ok(0);
         }
         let n = self.purge_orphans().await?;

@@ -10,7 +10,7 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::Poll;
 
 use crate::block::BlockError;
 use crate::dev::{open_queue_with_pool, BlockDev, Completion, DevError, IoRequest};
@@ -19,7 +19,7 @@ use crate::format::block::{BLOCK_LG_SHIFT, BLOCK_LG_SIZE};
 use crate::format::super_block::SUPER_OFFSET_BYTES;
 use crate::format::BlockRef;
 use crate::fs::FsError;
-use crate::reactor::{IoFuture, Local, QueueId};
+use crate::reactor::{yield_now, IoFuture, Local, QueueId};
 
 use super::{with_mounted, Mounted};
 
@@ -284,23 +284,6 @@ pub(crate) async fn run_attempts<T>(
             return Some(Err(crate::txn::TxnError::Block(e).into()));
         }
     }
-}
-
-/// Give the other ready tasks a turn.
-fn yield_now() -> impl Future<Output = ()> {
-    struct Yield(bool);
-    impl Future for Yield {
-        type Output = ();
-        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-            if self.0 {
-                return Poll::Ready(());
-            }
-            self.0 = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    }
-    Yield(false)
 }
 
 #[cfg(test)]

@@ -5,13 +5,12 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crate::format::Key;
-use crate::reactor::{CorePin, Local, Reactor, ReactorConfig};
+use crate::reactor::{yield_now, CorePin, Local, Reactor, ReactorConfig};
 use crate::util::rng::SimRng;
 
 use super::super::table::NameEvent;
@@ -44,23 +43,6 @@ where
     let out = r.remote().call(f).expect("reactor runs the test");
     r.shutdown();
     out
-}
-
-/// Let every other ready task run once.
-pub(crate) fn yield_now() -> impl Future<Output = ()> {
-    struct Yield(bool);
-    impl Future for Yield {
-        type Output = ();
-        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-            if self.0 {
-                return Poll::Ready(());
-            }
-            self.0 = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    }
-    Yield(false)
 }
 
 pub(crate) async fn yields(n: u64) {
