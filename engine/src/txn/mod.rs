@@ -887,9 +887,7 @@ impl Volume {
                 Ok(Some(p))
             }
             Err(e) => {
-                self.log = self.committed_log;
-                self.sent_log = self.committed_log;
-                let _ = self.refresh_roots();
+                self.back_to_committed();
                 Err(e.into())
             }
         }
@@ -911,23 +909,36 @@ impl Volume {
         };
         match r {
             Ok(seq) => {
-                if let (false, Some(d)) = (to_discard.is_empty(), self.data.as_mut()) {
-                    if let Err(e) = d.discard(&to_discard) {
-                        tracing::warn!("discarding freed data blocks: {e}");
-                    }
-                }
-                self.committed_log = log;
-                self.commits += 1;
-                self.commits_since_merge += 1;
+                self.committed(log, &to_discard);
                 Ok(seq)
             }
             Err(e) => {
-                self.log = self.committed_log;
-                self.sent_log = self.committed_log;
-                let _ = self.refresh_roots();
+                self.back_to_committed();
                 Err(e.into())
             }
         }
+    }
+
+    /// A commit of `log` is durable: discard the data extents it freed
+    /// (nothing has allocated them yet: a transaction that frees data is
+    /// committed before any other allocation), and count it.
+    fn committed(&mut self, log: LogTrees, to_discard: &[Extent]) {
+        if let (false, Some(d)) = (to_discard.is_empty(), self.data.as_mut()) {
+            if let Err(e) = d.discard(to_discard) {
+                tracing::warn!("discarding freed data blocks: {e}");
+            }
+        }
+        self.committed_log = log;
+        self.commits += 1;
+        self.commits_since_merge += 1;
+    }
+
+    /// A commit failed and the server is read-only at the last durable
+    /// one: the mount reads from there too.
+    fn back_to_committed(&mut self) {
+        self.log = self.committed_log;
+        self.sent_log = self.committed_log;
+        let _ = self.refresh_roots();
     }
 
     /// Merge the log tree if it is due (after a commit), inline.
@@ -971,18 +982,9 @@ impl Volume {
         });
         match r {
             Ok(Response::Committed { seq }) => {
-                // The frees are durable and nothing has allocated them yet
-                // (this thread allocates): discard them now, before any can.
-                if let (false, Some(d)) = (to_discard.is_empty(), self.data.as_mut()) {
-                    if let Err(e) = d.discard(&to_discard) {
-                        tracing::warn!("discarding freed data blocks: {e}");
-                    }
-                }
-                self.committed_log = self.log;
                 self.sent_log = self.log;
-                self.commits += 1;
-                self.commits_since_merge += 1;
                 self.txn_writes = 0;
+                self.committed(self.log, &to_discard);
                 Ok(seq)
             }
             Ok(other) => Err(TxnError::Invalid(format!(
@@ -990,9 +992,7 @@ impl Volume {
             ))),
             Err(e) => {
                 // The server went read-only at the last commit: so do we.
-                self.log = self.committed_log;
-                self.sent_log = self.committed_log;
-                let _ = self.refresh_roots();
+                self.back_to_committed();
                 Err(e)
             }
         }
@@ -1019,9 +1019,7 @@ impl Volume {
             }
             Err(e) => {
                 // The server is read-only at its last commit: read from there.
-                self.log = self.committed_log;
-                self.sent_log = self.committed_log;
-                let _ = self.refresh_roots();
+                self.back_to_committed();
                 return Err(e);
             }
         };
