@@ -1,70 +1,87 @@
-//! Block I/O on the data device: 4 KiB file blocks, with a bounded
-//! write-back buffer for small writes.
+//! File data blocks in memory and their I/O on the data device: 4 KiB
+//! blocks by device block number.
 //!
-//! - Writes of at least [`DIRECT_MIN_BYTES`] go to the device at once, in
-//!   runs of up to 256 KiB with several in flight.
-//! - Smaller writes are kept in the write-back buffer (whole blocks, by
-//!   device block number) and written later in sorted, coalesced runs:
-//!   when the buffer passes its limit, and always before the metadata
-//!   commit that makes their extents durable ([`DataIo::write_back`] is
-//!   called by the volume's commit before it flushes the device). Many
-//!   small files created in a row thus cost a few large writes instead of
-//!   one device round trip each.
-//! - Reads see buffered blocks (read your writes).
-//! - Read-ahead: the data layer asks for blocks it expects a sequential
-//!   reader to want next ([`DataIo::prefetch`]); they are read in the
-//!   background (completions are reaped by later calls) into a bounded
-//!   cache that reads are served from. Any write to a block drops its
-//!   cached copy (an in-flight one is discarded when it lands), so the
-//!   cache never serves data older than the device's.
+//! - Written blocks are kept dirty in memory and written back later in
+//!   sorted, coalesced runs, always before the metadata commit that makes
+//!   their extents durable. Reads see them (read your writes).
+//! - Clean blocks (read, read ahead, or written back) are kept in a
+//!   bounded LRU cache that reads are served from.
+//! - Reads of blocks a sequential reader is expected to want next are
+//!   asked for ahead ([`DataIo::prefetch`]).
+//!
+//! Who does the device I/O depends on the mode:
+//!
+//! - **Inline** (the default; tools and tests): this type does it on its
+//!   own queue pair: a read that misses reads and waits, a write-back
+//!   writes and waits, read-ahead reads are reaped by later calls.
+//! - **Reactor** ([`DataIo::set_reactor_io`]; the mounted engine): this
+//!   type does no I/O of its own. A read that misses while the operation
+//!   may still be run again ([`DataIo::set_deferring`]) is recorded
+//!   ([`DataIo::take_need`]) and the operation ends with a data miss; the
+//!   engine's task reads the blocks through the reactor's queue on the
+//!   data device ([`DataIo::start_fetch`], [`DataIo::end_fetch`]) and
+//!   runs the operation again. Write-back and read-ahead are reactor
+//!   tasks too ([`DataIo::next_write_back`], [`DataIo::end_write_back`],
+//!   [`DataIo::take_read_ahead`]). Only a miss after the operation has
+//!   changed something is read inline, counted in
+//!   [`DataStats::inline_reads`].
+//!
+//! Coherence: a block has at most one write in flight (a block written
+//! again while its write-back is in flight is written again after it
+//! lands). A read in flight over a block that is written meanwhile is
+//! marked stale and its data is not cached. Every change gets a
+//! generation number; a commit waits until every change made before its
+//! switch is on the device ([`DataIo::written_through`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroUsize;
+
+use lru::LruCache;
 
 use crate::dev::{open_queue_with_pool, BlockDev, Completion, DevError, IoRequest, QueuePair};
-use crate::dma::{DmaBuf, DmaPool};
+use crate::dma::DmaPool;
 use crate::format::block::{BLOCK_SM_SHIFT, BLOCK_SM_SIZE};
 
 /// Largest request, in 4 KiB blocks.
-const RUN_BLOCKS: usize = 64;
-/// Requests in flight at once.
+pub const RUN_BLOCKS: usize = 64;
+/// Requests in flight at once on the inline queue.
 const DEPTH: u32 = 16;
-/// Writes this large skip the buffer.
-pub const DIRECT_MIN_BYTES: usize = 256 << 10;
-/// The buffer's default bound.
+/// The dirty buffer's default bound.
 pub const DEFAULT_BUFFER_BYTES: usize = 32 << 20;
-/// Read-ahead runs cached or in flight at most.
-const RA_MAX_RUNS: usize = 64;
-/// Read-ahead runs in flight at most (the rest of the queue is for reads
-/// and writes someone waits for).
-const RA_MAX_IN_FLIGHT: usize = DEPTH as usize / 2;
-/// Tags of read-ahead requests.
+/// The clean cache's default size.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+/// Read-ahead blocks in flight at most (the rest of the queue is for
+/// reads and writes someone waits for).
+const RA_MAX_IN_FLIGHT_BLOCKS: u64 = 8 * RUN_BLOCKS as u64;
+/// Read-ahead runs asked for and not yet started, at most.
+const RA_MAX_WANTED: usize = 64;
+/// Tags of read-ahead requests on the inline queue.
 const RA_TAG: u64 = 1 << 63;
 /// Sequential readers tracked at once.
 const MAX_STREAMS: usize = 256;
 
-/// What a request maker (`DataIo::run_requests`) has next.
-enum Step {
-    Submit(IoRequest),
-    /// No slot or buffer free: reap, then ask again.
-    Wait,
-    Done,
+/// A written block not yet known to be on the device.
+#[derive(Debug)]
+struct Dirty {
+    data: Box<[u8]>,
+    /// Generation of the latest change to `data`.
+    gen: u64,
+    /// Generation of the oldest change not yet on the device (nor in a
+    /// write in flight).
+    oldest: u64,
+    /// The generation of the contents a write in flight carries.
+    flight: Option<u64>,
+    /// The first change made while that write was in flight.
+    after_flight: Option<u64>,
 }
 
+/// A read in flight into the clean cache.
 #[derive(Debug)]
-enum RaState {
-    InFlight,
-    /// In flight, but a write hit its blocks: discard when it lands.
-    Stale,
-    /// The DMA buffer it was read into (copied from once, by the read).
-    Ready(DmaBuf),
-}
-
-#[derive(Debug)]
-struct RaRun {
+struct Fetching {
     len: u64,
-    state: RaState,
-    /// Insertion order, for eviction.
-    seq: u64,
+    /// A write hit its blocks: its data is older than the cache's.
+    stale: bool,
+    read_ahead: bool,
 }
 
 /// Where a sequential reader of a file is: the next logical block it
@@ -73,35 +90,82 @@ struct RaRun {
 pub struct Stream {
     pub next: u64,
     pub ahead_until: u64,
+    /// The first block of the last read (a read run again is not a seek).
+    pub first: u64,
+}
+
+/// What the data cache has done, in 4 KiB blocks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataStats {
+    /// Blocks read from the clean cache.
+    pub hits: u64,
+    /// Of those, blocks that read-ahead had brought in.
+    pub ra_hits: u64,
+    /// Blocks an operation missed and deferred (read by the engine's task).
+    pub deferred: u64,
+    /// Blocks read through the reactor (misses and read-ahead).
+    pub fetched: u64,
+    /// Blocks read inline: by tools, or in reactor mode by an operation
+    /// past its first change.
+    pub inline_reads: u64,
+    /// Blocks written back.
+    pub written_back: u64,
 }
 
 pub struct DataIo {
     qp: QueuePair,
     pool: DmaPool,
     total_blocks: u64,
-    /// Blocks written but not yet on the device.
-    pending: BTreeMap<u64, Box<[u8]>>,
+    dirty: BTreeMap<u64, Dirty>,
+    /// Dirty blocks with no write in flight.
+    idle_dirty: usize,
     limit_blocks: usize,
+    /// The last change's generation.
+    gen: u64,
     /// A write-back that failed: blocks of writes already acknowledged
     /// never reached the device, so no later commit may make their extents
-    /// durable. Sticky; every later write-back reports it.
+    /// durable. Sticky.
     failed: Option<DevError>,
-    /// Read-ahead cache by first device block.
-    ra: BTreeMap<u64, RaRun>,
-    ra_seq: u64,
-    /// Sequential readers by inode.
+    clean: LruCache<u64, CleanBlock>,
+    fetching: BTreeMap<u64, Fetching>,
+    ra_in_flight: u64,
     streams: HashMap<u64, Stream>,
+    reactor_io: bool,
+    deferring: bool,
+    need: Vec<(u64, u64)>,
+    ra_wanted: Vec<(u64, u64)>,
+    stats: DataStats,
     /// Reads served from the read-ahead cache (blocks), for counters.
     pub ra_hits: u64,
+}
+
+#[derive(Debug)]
+struct CleanBlock {
+    data: Box<[u8]>,
+    /// Brought in by read-ahead and not read since.
+    ahead: bool,
 }
 
 impl std::fmt::Debug for DataIo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DataIo")
             .field("device", &self.qp.device_name())
-            .field("pending_blocks", &self.pending.len())
+            .field("dirty_blocks", &self.dirty.len())
+            .field("clean_blocks", &self.clean.len())
+            .field("reactor_io", &self.reactor_io)
             .finish()
     }
+}
+
+/// Merge sorted single blocks into runs of at most [`RUN_BLOCKS`].
+fn push_run(runs: &mut Vec<(u64, u64)>, blk: u64, nr: u64) {
+    if let Some((s, n)) = runs.last_mut() {
+        if *s + *n == blk && *n + nr <= RUN_BLOCKS as u64 {
+            *n += nr;
+            return;
+        }
+    }
+    runs.push((blk, nr));
 }
 
 impl DataIo {
@@ -109,27 +173,30 @@ impl DataIo {
         Self::with_buffer(dev, DEFAULT_BUFFER_BYTES)
     }
 
-    /// A data device whose write-back buffer holds up to `buffer_bytes`
-    /// (0: every write goes to the device at once).
+    /// A data device whose dirty buffer holds up to `buffer_bytes` before
+    /// it is written back (0: inline, every write goes out at once).
     pub fn with_buffer(dev: &dyn BlockDev, buffer_bytes: usize) -> Result<DataIo, DevError> {
-        // A buffer per queue slot, plus one per read-ahead run: the cache
-        // keeps the DMA buffers it read into rather than copying them out.
-        let (qp, pool) = open_queue_with_pool(
-            dev,
-            RUN_BLOCKS * BLOCK_SM_SIZE,
-            DEPTH as usize + RA_MAX_RUNS,
-            DEPTH,
-        )?;
+        let (qp, pool) =
+            open_queue_with_pool(dev, RUN_BLOCKS * BLOCK_SM_SIZE, DEPTH as usize, DEPTH)?;
+        let cache_blocks = NonZeroUsize::new(DEFAULT_CACHE_BYTES / BLOCK_SM_SIZE).expect("nonzero");
         Ok(DataIo {
             qp,
             pool,
             total_blocks: dev.geometry().capacity_bytes >> BLOCK_SM_SHIFT,
-            pending: BTreeMap::new(),
+            dirty: BTreeMap::new(),
+            idle_dirty: 0,
             limit_blocks: buffer_bytes / BLOCK_SM_SIZE,
+            gen: 0,
             failed: None,
-            ra: BTreeMap::new(),
-            ra_seq: 0,
+            clean: LruCache::new(cache_blocks),
+            fetching: BTreeMap::new(),
+            ra_in_flight: 0,
             streams: HashMap::new(),
+            reactor_io: false,
+            deferring: false,
+            need: Vec::new(),
+            ra_wanted: Vec::new(),
+            stats: DataStats::default(),
             ra_hits: 0,
         })
     }
@@ -138,121 +205,315 @@ impl DataIo {
         self.total_blocks
     }
 
-    /// Blocks in the write-back buffer.
+    /// Blocks written and not yet on the device.
     pub fn pending_blocks(&self) -> usize {
-        self.pending.len()
+        self.dirty.len()
     }
+
+    pub fn stats(&self) -> DataStats {
+        DataStats {
+            ra_hits: self.ra_hits,
+            ..self.stats
+        }
+    }
+
+    /// Hand the device I/O to the engine's reactor (`true`), or take it
+    /// back (`false`: only with nothing of the reactor's in flight).
+    pub fn set_reactor_io(&mut self, on: bool) {
+        debug_assert!(on || self.fetching.is_empty(), "reads in flight");
+        debug_assert!(
+            on || self.dirty.values().all(|d| d.flight.is_none()),
+            "writes in flight"
+        );
+        self.reactor_io = on;
+        self.deferring = false;
+    }
+
+    pub fn reactor_io(&self) -> bool {
+        self.reactor_io
+    }
+
+    /// Whether a miss is deferred now: reactor mode, and the operation
+    /// has changed nothing yet (set by the volume).
+    pub fn set_deferring(&mut self, on: bool) {
+        self.deferring = on && self.reactor_io;
+    }
+
+    pub fn deferring(&self) -> bool {
+        self.deferring
+    }
+
+    /// Whether an operation's read missed and was deferred.
+    pub fn missed(&self) -> bool {
+        !self.need.is_empty()
+    }
+
+    /// The runs an operation missed (sorted, coalesced).
+    pub fn take_need(&mut self) -> Vec<(u64, u64)> {
+        let mut need = std::mem::take(&mut self.need);
+        need.sort_unstable();
+        need.dedup();
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for (b, n) in need {
+            match runs.last_mut() {
+                Some((s, m)) if *s + *m >= b => *m = (*m).max(b + n - *s),
+                _ => runs.push((b, n)),
+            }
+        }
+        runs
+    }
+
+    /// The write-back failure that stops every commit, if any.
+    pub fn failed(&self) -> Option<&DevError> {
+        self.failed.as_ref()
+    }
+
+    /// Whether writers should wait for write-back (the buffer is full).
+    pub fn over_limit(&self) -> bool {
+        self.limit_blocks > 0 && self.dirty.len() >= self.limit_blocks
+    }
+
+    /// Whether enough is dirty that write-back should start now.
+    pub fn wants_write_back(&self) -> bool {
+        self.idle_dirty > 0 && self.idle_dirty >= self.limit_blocks / 4
+    }
+
+    /// The generation of the last change (a commit's switch records it).
+    pub fn generation(&self) -> u64 {
+        self.gen
+    }
+
+    /// Whether every change up to generation `gen` is on the device
+    /// (written, not necessarily flushed); the write-back failure if one
+    /// happened.
+    pub fn written_through(&self, gen: u64) -> Result<bool, DevError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        Ok(self.dirty.values().all(|d| d.oldest > gen))
+    }
+
+    // ---- the cache ----
+
+    fn clean_insert(&mut self, blk: u64, data: &[u8], ahead: bool) {
+        if self.dirty.contains_key(&blk) {
+            return;
+        }
+        self.clean.put(
+            blk,
+            CleanBlock {
+                data: data.into(),
+                ahead,
+            },
+        );
+    }
+
+    /// A change to blocks `[blkno, blkno + nr)`: cached copies go, reads
+    /// in flight over them go stale.
+    fn invalidate(&mut self, blkno: u64, nr: u64) {
+        for b in blkno..blkno + nr {
+            self.clean.pop(&b);
+        }
+        if self.fetching.is_empty() {
+            return;
+        }
+        let lo = blkno.saturating_sub(RUN_BLOCKS as u64);
+        for (&b, f) in self.fetching.range_mut(lo..blkno + nr) {
+            if b + f.len > blkno {
+                f.stale = true;
+            }
+        }
+    }
+
+    /// Forget blocks `[blkno, blkno + nr)`: freed or discarded, so their
+    /// contents no longer matter (dirty copies are not written back).
+    pub fn forget(&mut self, blkno: u64, nr: u64) {
+        self.invalidate(blkno, nr);
+        let gone: Vec<u64> = self
+            .dirty
+            .range(blkno..blkno + nr)
+            .filter(|(_, d)| d.flight.is_none())
+            .map(|(&b, _)| b)
+            .collect();
+        for b in gone {
+            self.dirty.remove(&b);
+            self.idle_dirty -= 1;
+        }
+    }
+
+    /// Copy block `blk` into `out` from memory: false if it is neither
+    /// dirty nor cached.
+    fn copy_cached(&mut self, blk: u64, out: &mut [u8]) -> bool {
+        if let Some(d) = self.dirty.get(&blk) {
+            out.copy_from_slice(&d.data);
+            return true;
+        }
+        if let Some(c) = self.clean.get_mut(&blk) {
+            out.copy_from_slice(&c.data);
+            self.stats.hits += 1;
+            if std::mem::take(&mut c.ahead) {
+                self.ra_hits += 1;
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Whether block `blk` is in memory (dirty or cached).
+    pub fn has_block(&self, blk: u64) -> bool {
+        self.dirty.contains_key(&blk) || self.clean.contains(&blk)
+    }
+
+    /// Make sure block `blk` is in memory for an operation that will read
+    /// it after it starts changing things (a read-modify-write): while
+    /// deferring, a miss is recorded as a read would record it; otherwise
+    /// nothing happens (the read will be inline).
+    pub fn want(&mut self, blk: u64) {
+        if self.deferring && !self.has_block(blk) {
+            self.need.push((blk, 1));
+            self.stats.deferred += 1;
+        }
+    }
+
+    // ---- writes ----
 
     /// Write whole blocks starting at device block `blkno`.
     pub fn write(&mut self, blkno: u64, data: &[u8]) -> Result<(), DevError> {
         assert_eq!(data.len() % BLOCK_SM_SIZE, 0);
         let nr = (data.len() / BLOCK_SM_SIZE) as u64;
-        self.ra_invalidate(blkno, nr);
-        if data.len() >= DIRECT_MIN_BYTES || self.limit_blocks == 0 {
-            // Buffered copies of these blocks are superseded.
-            self.drop_pending(blkno, nr);
-            return self.write_runs(blkno, data);
-        }
+        self.invalidate(blkno, nr);
         for (i, blk) in data.chunks(BLOCK_SM_SIZE).enumerate() {
-            self.pending.insert(blkno + i as u64, blk.into());
+            self.gen += 1;
+            let gen = self.gen;
+            let b = blkno + i as u64;
+            match self.dirty.get_mut(&b) {
+                Some(d) => {
+                    d.data.copy_from_slice(blk);
+                    d.gen = gen;
+                    if d.flight.is_some() && d.after_flight.is_none() {
+                        d.after_flight = Some(gen);
+                    }
+                }
+                None => {
+                    self.dirty.insert(
+                        b,
+                        Dirty {
+                            data: blk.into(),
+                            gen,
+                            oldest: gen,
+                            flight: None,
+                            after_flight: None,
+                        },
+                    );
+                    self.idle_dirty += 1;
+                }
+            }
         }
-        if self.pending.len() > self.limit_blocks {
+        if !self.reactor_io && self.dirty.len() > self.limit_blocks {
             self.write_back()?;
         }
         Ok(())
     }
 
-    /// Write the buffered blocks to the device (not flushed: the caller
-    /// flushes when it needs them durable).
+    /// The next run to write back: fills `buf` (at least [`RUN_BLOCKS`]
+    /// blocks long) with up to [`RUN_BLOCKS`] contiguous dirty blocks
+    /// that have no write in flight (only those changed at or before
+    /// generation `upto`, if given) and marks them in flight. Returns the
+    /// run's first block and length.
+    pub fn next_write_back(&mut self, buf: &mut [u8], upto: Option<u64>) -> Option<(u64, u64)> {
+        let eligible = |d: &Dirty| d.flight.is_none() && upto.is_none_or(|g| d.oldest <= g);
+        let (&start, _) = self.dirty.iter().find(|(_, d)| eligible(d))?;
+        let mut n = 0u64;
+        for (&b, d) in self.dirty.range_mut(start..) {
+            if b != start + n || n == RUN_BLOCKS as u64 || d.flight.is_some() {
+                break;
+            }
+            let at = n as usize * BLOCK_SM_SIZE;
+            buf[at..at + BLOCK_SM_SIZE].copy_from_slice(&d.data);
+            d.flight = Some(d.gen);
+            n += 1;
+        }
+        self.idle_dirty -= n as usize;
+        Some((start, n))
+    }
+
+    /// The write-back of `[start, start + nr)` (from `data`, what was
+    /// written) ended.
+    pub fn end_write_back(
+        &mut self,
+        start: u64,
+        nr: u64,
+        data: &[u8],
+        result: Result<(), DevError>,
+    ) {
+        if let Err(e) = &result {
+            tracing::error!("writing back file data at block {start} failed: {e}");
+            self.failed.get_or_insert(e.clone());
+        }
+        for b in start..start + nr {
+            let Some(d) = self.dirty.get_mut(&b) else {
+                continue;
+            };
+            let Some(sent) = d.flight.take() else {
+                continue;
+            };
+            if result.is_ok() && d.gen == sent {
+                self.dirty.remove(&b);
+                self.stats.written_back += 1;
+                let at = ((b - start) as usize) * BLOCK_SM_SIZE;
+                self.clean_insert(b, &data[at..at + BLOCK_SM_SIZE], false);
+                continue;
+            }
+            if result.is_ok() {
+                d.oldest = d.after_flight.take().expect("changed while in flight");
+            }
+            d.after_flight = None;
+            self.idle_dirty += 1;
+        }
+    }
+
+    /// Write the dirty blocks to the device and wait (inline mode; not
+    /// flushed: the caller flushes when it needs them durable).
     pub fn write_back(&mut self) -> Result<(), DevError> {
+        assert!(!self.reactor_io, "inline write-back in reactor mode");
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let pending = std::mem::take(&mut self.pending);
-        // Coalesce contiguous blocks into runs.
-        let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
-        for (b, data) in pending {
-            match runs.last_mut() {
-                Some((start, buf))
-                    if *start + (buf.len() / BLOCK_SM_SIZE) as u64 == b
-                        && buf.len() < RUN_BLOCKS * BLOCK_SM_SIZE =>
-                {
-                    buf.extend_from_slice(&data)
-                }
-                _ => runs.push((b, data.into_vec())),
-            }
-        }
-        let mut reqs = runs.iter().map(|(b, d)| (*b, d.as_slice()));
-        let r = self.pipeline(&mut reqs);
-        if let Err(e) = &r {
-            tracing::error!("writing back buffered file data failed: {e}");
-            self.failed = Some(e.clone());
-        }
-        r
-    }
-
-    /// Write `data` at `blkno` in runs, several in flight.
-    fn write_runs(&mut self, blkno: u64, data: &[u8]) -> Result<(), DevError> {
-        let mut reqs = data
-            .chunks(RUN_BLOCKS * BLOCK_SM_SIZE)
-            .enumerate()
-            .map(|(i, c)| (blkno + (i * RUN_BLOCKS) as u64, c));
-        self.pipeline(&mut reqs)
-    }
-
-    /// Submit writes keeping the queue full; the first error wins (after
-    /// every submitted write has completed).
-    fn pipeline(&mut self, reqs: &mut dyn Iterator<Item = (u64, &[u8])>) -> Result<(), DevError> {
-        self.run_requests(&mut |io: &mut DataIo| {
-            let Some(mut b) = io.free_slot() else {
-                return Step::Wait;
-            };
-            let Some((blk, chunk)) = reqs.next() else {
-                return Step::Done;
-            };
-            b.as_mut_slice()[..chunk.len()].copy_from_slice(chunk);
-            // Read-ahead of these blocks (taken while they were only
-            // buffered, say) is older than what goes out now.
-            io.ra_invalidate(blk, (chunk.len() / BLOCK_SM_SIZE) as u64);
-            Step::Submit(IoRequest::write(
-                blk << BLOCK_SM_SHIFT,
-                chunk.len() as u32,
-                b,
-                0,
-            ))
-        })
-    }
-
-    /// Submit the requests `next` makes, as many at once as it can, and
-    /// wait for all of them; the first error wins (after every submitted
-    /// request has completed).
-    fn run_requests(&mut self, next: &mut dyn FnMut(&mut DataIo) -> Step) -> Result<(), DevError> {
-        let mut first_err: Option<DevError> = None;
-        let mut mine = 0usize;
+        let mut first_err = None;
+        let mut flying: HashMap<u64, u64> = HashMap::new();
         let mut more = true;
-        while more || mine > 0 {
-            while more {
-                match next(self) {
-                    Step::Submit(req) => {
-                        if let Err(rej) = self.qp.submit(req) {
-                            first_err.get_or_insert(rej.error);
-                            more = false;
-                            break;
-                        }
-                        mine += 1;
-                    }
-                    Step::Wait => break,
-                    Step::Done => more = false,
+        while more || !flying.is_empty() {
+            while more && !self.qp.is_full() {
+                let Some(mut buf) = self.pool.try_get() else {
+                    break;
+                };
+                let Some((start, nr)) = self.next_write_back(buf.as_mut_slice(), None) else {
+                    more = false;
+                    break;
+                };
+                let req = IoRequest::write(
+                    start << BLOCK_SM_SHIFT,
+                    (nr as usize * BLOCK_SM_SIZE) as u32,
+                    buf,
+                    start,
+                );
+                if let Err(rej) = self.qp.submit(req) {
+                    let data = rej.req.buf.as_ref().map_or(&[][..], |b| b.as_slice());
+                    let data = data.to_vec();
+                    self.end_write_back(start, nr, &data, Err(rej.error.clone()));
+                    first_err.get_or_insert(rej.error);
+                    more = false;
+                    break;
                 }
+                flying.insert(start, nr);
             }
             for c in self.turn() {
-                mine -= 1;
-                if let Err(e) = c.result {
-                    first_err.get_or_insert(e);
+                let nr = flying.remove(&c.tag).expect("a write-back of ours");
+                if let Err(e) = &c.result {
+                    first_err.get_or_insert(e.clone());
                 }
+                let buf = c.buf.as_ref().expect("a write returns its buffer");
+                self.end_write_back(c.tag, nr, buf.as_slice(), c.result.clone());
             }
         }
         match first_err {
@@ -261,168 +522,225 @@ impl DataIo {
         }
     }
 
-    /// Forget buffered blocks in `[blkno, blkno + nr)`: superseded by a
-    /// write that goes out directly, or discarded.
-    fn drop_pending(&mut self, blkno: u64, nr: u64) {
-        let stale: Vec<u64> = self
-            .pending
-            .range(blkno..blkno + nr)
-            .map(|(&b, _)| b)
-            .collect();
-        for b in stale {
-            self.pending.remove(&b);
+    // ---- reads ----
+
+    /// Read whole blocks starting at device block `blkno` into `out`;
+    /// dirty blocks are seen. In reactor mode, while deferring, blocks
+    /// in neither the dirty buffer nor the cache are recorded
+    /// ([`DataIo::missed`]) and left unfilled; the caller must end the
+    /// operation with a data miss.
+    pub fn read(&mut self, blkno: u64, out: &mut [u8]) -> Result<(), DevError> {
+        assert_eq!(out.len() % BLOCK_SM_SIZE, 0);
+        let nr = (out.len() / BLOCK_SM_SIZE) as u64;
+        let mut missing: Vec<(u64, u64)> = Vec::new();
+        for i in 0..nr {
+            let at = i as usize * BLOCK_SM_SIZE;
+            if !self.copy_cached(blkno + i, &mut out[at..at + BLOCK_SM_SIZE]) {
+                push_run(&mut missing, blkno + i, 1);
+            }
         }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if self.deferring {
+            self.stats.deferred += missing.iter().map(|r| r.1).sum::<u64>();
+            self.need.extend(missing);
+            return Ok(());
+        }
+        if !self.reactor_io {
+            // Read-ahead in flight over them: wait for it, then look again.
+            self.reap_read_ahead_over(&missing);
+        }
+        for (b, n) in missing {
+            let at = ((b - blkno) as usize) * BLOCK_SM_SIZE;
+            let part = &mut out[at..at + n as usize * BLOCK_SM_SIZE];
+            let mut still = Vec::new();
+            for i in 0..n {
+                let o = i as usize * BLOCK_SM_SIZE;
+                if !self.copy_cached(b + i, &mut part[o..o + BLOCK_SM_SIZE]) {
+                    push_run(&mut still, b + i, 1);
+                }
+            }
+            for (sb, sn) in still {
+                let o = ((sb - b) as usize) * BLOCK_SM_SIZE;
+                self.read_inline(sb, &mut part[o..o + sn as usize * BLOCK_SM_SIZE])?;
+            }
+        }
+        Ok(())
     }
 
-    /// A DMA buffer and a queue slot for a request someone waits for, or
-    /// None when every slot is busy (the caller reaps and retries).
-    fn free_slot(&mut self) -> Option<DmaBuf> {
-        if self.qp.is_full() {
+    /// Read `[blkno, +out.len())` on this type's own queue and wait; the
+    /// blocks are cached.
+    fn read_inline(&mut self, blkno: u64, out: &mut [u8]) -> Result<(), DevError> {
+        let nr = (out.len() / BLOCK_SM_SIZE) as u64;
+        self.stats.inline_reads += nr;
+        let buf = loop {
+            if let Some(b) = self.pool.try_get() {
+                break b;
+            }
+            // Every buffer is in a read-ahead request: reap some.
+            self.turn_if_busy();
+        };
+        const READ_TAG: u64 = RA_TAG - 1;
+        let req = IoRequest::read(blkno << BLOCK_SM_SHIFT, out.len() as u32, buf, READ_TAG);
+        if let Err(rej) = self.qp.submit(req) {
+            return Err(rej.error);
+        }
+        let c = loop {
+            let mut mine = self.turn();
+            if let Some(c) = mine.pop() {
+                debug_assert!(mine.is_empty() && c.tag == READ_TAG);
+                break c;
+            }
+        };
+        c.result?;
+        let buf = c.buf.as_ref().expect("a read returns its buffer");
+        out.copy_from_slice(&buf.as_slice()[..out.len()]);
+        // Nothing else writes in inline mode while we waited; in reactor
+        // mode a write in between would be in the dirty buffer, which
+        // `clean_insert` skips.
+        for i in 0..nr {
+            let at = i as usize * BLOCK_SM_SIZE;
+            self.clean_insert(blkno + i, &out[at..at + BLOCK_SM_SIZE], false);
+        }
+        Ok(())
+    }
+
+    /// Start a read of `[blkno, blkno + nr)` into the cache: false if
+    /// every block is in memory or on its way already (nothing to read).
+    /// The range may shrink to what isn't: returns the run to read.
+    pub fn start_fetch(&mut self, blkno: u64, nr: u64, read_ahead: bool) -> Option<(u64, u64)> {
+        // Trim blocks in memory or in flight from both ends.
+        let busy = |io: &Self, b: u64| io.has_block(b) || io.fetching_over(b);
+        let (mut s, mut e) = (blkno, blkno + nr);
+        while s < e && busy(self, s) {
+            s += 1;
+        }
+        while e > s && busy(self, e - 1) {
+            e -= 1;
+        }
+        if s == e {
             return None;
         }
-        self.pool.try_get()
+        if read_ahead && self.ra_in_flight + (e - s) > RA_MAX_IN_FLIGHT_BLOCKS {
+            return None;
+        }
+        if read_ahead {
+            self.ra_in_flight += e - s;
+        }
+        self.fetching.insert(
+            s,
+            Fetching {
+                len: e - s,
+                stale: false,
+                read_ahead,
+            },
+        );
+        Some((s, e - s))
     }
 
-    /// Kick the queue and reap: read-ahead completions go to the cache,
-    /// the others are returned.
-    fn turn(&mut self) -> Vec<Completion> {
-        if let Err(e) = self.qp.kick() {
-            // Submitted requests may still complete: keep reaping them.
-            tracing::warn!("data device kick failed: {e}");
-        }
-        let mut got = Vec::new();
-        self.qp.reap(&mut |c| got.push(c));
-        let mut mine = Vec::new();
-        for c in got {
-            if c.tag & RA_TAG != 0 {
-                self.ra_complete(c);
-            } else {
-                mine.push(c);
-            }
-        }
-        mine
+    /// Whether a read in flight covers block `b`.
+    pub fn fetching_over(&self, b: u64) -> bool {
+        self.fetching
+            .range(b.saturating_sub(RUN_BLOCKS as u64)..=b)
+            .any(|(&s, f)| s + f.len > b)
     }
 
-    fn ra_complete(&mut self, c: Completion) {
-        let blk = c.offset_bytes >> BLOCK_SM_SHIFT;
-        let Some(run) = self.ra.get_mut(&blk) else {
+    /// Whether any read in flight overlaps `[blkno, blkno + nr)`.
+    pub fn fetching_any(&self, blkno: u64, nr: u64) -> bool {
+        self.fetching
+            .range(blkno.saturating_sub(RUN_BLOCKS as u64)..blkno + nr)
+            .any(|(&s, f)| s + f.len > blkno)
+    }
+
+    /// A read begun with [`DataIo::start_fetch`] ended: its blocks are
+    /// cached unless a write made them stale.
+    pub fn end_fetch(&mut self, blkno: u64, data: Result<&[u8], &DevError>) {
+        let Some(f) = self.fetching.remove(&blkno) else {
             return;
         };
-        match (&run.state, c.result) {
-            (RaState::InFlight, Ok(())) => {
-                let buf = c.buf.expect("a read returns its buffer");
-                run.state = RaState::Ready(buf);
-            }
-            (_, Err(e)) => {
-                tracing::debug!("read-ahead of block {blk} failed: {e}");
-                self.ra.remove(&blk);
-            }
-            (_, Ok(())) => {
-                self.ra.remove(&blk);
-            }
+        if f.read_ahead {
+            self.ra_in_flight -= f.len;
         }
-    }
-
-    /// Wait for every request in flight (read-ahead included).
-    fn drain(&mut self) {
-        while self.qp.in_flight() > 0 {
-            let stray = self.turn();
-            debug_assert!(stray.is_empty(), "a waited-for request outlived its caller");
-        }
-    }
-
-    /// Drop cached read-ahead of blocks `[blkno, blkno + nr)`.
-    fn ra_invalidate(&mut self, blkno: u64, nr: u64) {
-        if self.ra.is_empty() {
-            return;
-        }
-        let lo = blkno.saturating_sub(RUN_BLOCKS as u64);
-        let hit: Vec<u64> = self
-            .ra
-            .range(lo..blkno + nr)
-            .filter(|(&b, r)| b + r.len > blkno)
-            .map(|(&b, _)| b)
-            .collect();
-        for b in hit {
-            let run = self.ra.get_mut(&b).expect("listed");
-            match run.state {
-                RaState::Ready(_) => {
-                    self.ra.remove(&b);
+        self.stats.fetched += f.len;
+        match data {
+            Ok(data) if !f.stale => {
+                for i in 0..f.len {
+                    let at = i as usize * BLOCK_SM_SIZE;
+                    self.clean_insert(blkno + i, &data[at..at + BLOCK_SM_SIZE], f.read_ahead);
                 }
-                _ => run.state = RaState::Stale,
             }
+            Ok(_) => {}
+            Err(e) => tracing::debug!("reading file data at block {blkno} failed: {e}"),
         }
     }
 
-    /// Read blocks `[blkno, blkno + nr)` in the background, in runs, into
-    /// the read-ahead cache (runs already cached are skipped). Stops when
-    /// the cache or its share of the queue is full; returns how many
-    /// blocks from `blkno` are cached or on their way.
+    // ---- read-ahead ----
+
+    /// Ask for blocks `[blkno, blkno + nr)` to be read into the cache in
+    /// the background. Returns how many blocks from `blkno` were asked
+    /// for (fewer when read-ahead's share of the queue is taken).
     pub fn prefetch(&mut self, blkno: u64, nr: u64) -> u64 {
         let mut at = blkno;
         let end = blkno + nr;
         while at < end {
             let len = (end - at).min(RUN_BLOCKS as u64);
-            let in_flight = self
-                .ra
-                .values()
-                .filter(|r| !matches!(r.state, RaState::Ready(_)))
-                .count();
-            if in_flight >= RA_MAX_IN_FLIGHT || self.qp.is_full() {
-                break;
-            }
-            if self.ra.len() >= RA_MAX_RUNS && !self.ra_evict() {
-                break;
-            }
-            let covered = self
-                .ra
-                .range(at.saturating_sub(RUN_BLOCKS as u64)..at + len)
-                .any(|(&b, r)| b + r.len > at);
-            if !covered {
-                let Some(buf) = self.pool.try_get() else {
-                    break;
-                };
-                let req = IoRequest::read(
-                    at << BLOCK_SM_SHIFT,
-                    (len as usize * BLOCK_SM_SIZE) as u32,
-                    buf,
-                    RA_TAG | at,
-                );
-                if self.qp.submit(req).is_err() {
+            if self.reactor_io {
+                if self.ra_wanted.len() >= RA_MAX_WANTED {
                     break;
                 }
-                self.ra_seq += 1;
-                self.ra.insert(
-                    at,
-                    RaRun {
-                        len,
-                        state: RaState::InFlight,
-                        seq: self.ra_seq,
-                    },
-                );
+                self.ra_wanted.push((at, len));
+            } else {
+                self.turn_if_busy();
+                if self.qp.is_full() || !self.start_ra_inline(at, len) {
+                    break;
+                }
             }
             at += len;
         }
-        if let Err(e) = self.qp.kick() {
-            tracing::warn!("data device kick failed: {e}");
+        if !self.reactor_io {
+            if let Err(e) = self.qp.kick() {
+                tracing::warn!("data device kick failed: {e}");
+            }
         }
         at.min(end) - blkno
     }
 
-    /// Drop the oldest ready read-ahead run; false if none is ready.
-    fn ra_evict(&mut self) -> bool {
-        let oldest = self
-            .ra
-            .iter()
-            .filter(|(_, r)| matches!(r.state, RaState::Ready(_)))
-            .min_by_key(|(_, r)| r.seq)
-            .map(|(&b, _)| b);
-        match oldest {
-            Some(b) => {
-                self.ra.remove(&b);
-                true
-            }
-            None => false,
+    /// The read-ahead runs operations asked for (reactor mode).
+    pub fn take_read_ahead(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.ra_wanted)
+    }
+
+    /// Start a read-ahead run on the inline queue; false if there is no
+    /// room for it (the range in memory counts as done).
+    fn start_ra_inline(&mut self, at: u64, len: u64) -> bool {
+        if self.ra_in_flight + len > RA_MAX_IN_FLIGHT_BLOCKS {
+            return false;
+        }
+        let Some(buf) = self.pool.try_get() else {
+            return false;
+        };
+        let Some((s, n)) = self.start_fetch(at, len, true) else {
+            return true;
+        };
+        let req = IoRequest::read(
+            s << BLOCK_SM_SHIFT,
+            (n as usize * BLOCK_SM_SIZE) as u32,
+            buf,
+            RA_TAG | s,
+        );
+        if let Err(rej) = self.qp.submit(req) {
+            self.end_fetch(s, Err(&rej.error));
+            return false;
+        }
+        true
+    }
+
+    /// Inline mode: wait for read-ahead in flight over any of `runs`.
+    fn reap_read_ahead_over(&mut self, runs: &[(u64, u64)]) {
+        while runs.iter().any(|&(b, n)| self.fetching_any(b, n)) {
+            let stray = self.turn();
+            debug_assert!(stray.is_empty(), "a waited-for request outlived its caller");
         }
     }
 
@@ -431,6 +749,10 @@ impl DataIo {
     /// prefetches from `ahead_until` and records how far it asked).
     pub fn note_read(&mut self, ino: u64, first: u64, last: u64) -> Option<Stream> {
         let prev = self.streams.get(&ino).copied();
+        if let Some(s) = prev.filter(|s| s.first == first && s.next == last + 1) {
+            // The same read again (an operation run again after a miss).
+            return (s.ahead_until > last + 1).then_some(s);
+        }
         let sequential = match prev {
             Some(s) => s.next == first,
             None => first == 0,
@@ -440,6 +762,7 @@ impl DataIo {
         }
         let s = self.streams.entry(ino).or_default();
         s.next = last + 1;
+        s.first = first;
         if !sequential {
             s.ahead_until = last + 1;
             return None;
@@ -455,57 +778,31 @@ impl DataIo {
         }
     }
 
-    /// Serve `[blkno, blkno + nr)` from the read-ahead cache if it holds
-    /// all of it (waiting for runs in flight); false if it doesn't.
-    fn read_cached(&mut self, blkno: u64, out: &mut [u8]) -> bool {
-        let nr = (out.len() / BLOCK_SM_SIZE) as u64;
-        loop {
-            self.turn_if_busy();
-            let runs: Vec<(u64, u64, bool)> = self
-                .ra
-                .range(blkno.saturating_sub(RUN_BLOCKS as u64)..blkno + nr)
-                .filter(|(&b, r)| b + r.len > blkno)
-                .map(|(&b, r)| (b, r.len, matches!(r.state, RaState::Ready(_))))
-                .collect();
-            // Covered without gaps?
-            let mut at = blkno;
-            for &(b, len, _) in &runs {
-                if b > at {
-                    break;
-                }
-                at = at.max(b + len);
-            }
-            if at < blkno + nr {
-                return false;
-            }
-            if runs.iter().any(|&(_, _, ready)| !ready) {
-                // Wait for the runs in flight, then look again.
-                let stray = self.turn();
-                debug_assert!(stray.is_empty());
-                continue;
-            }
-            for (b, len, _) in runs {
-                let Some(RaRun {
-                    state: RaState::Ready(data),
-                    ..
-                }) = self.ra.get(&b)
-                else {
-                    unreachable!("checked ready");
-                };
-                let s = b.max(blkno);
-                let e = (b + len).min(blkno + nr);
-                let from = ((s - b) as usize) * BLOCK_SM_SIZE;
-                let to = ((e - b) as usize) * BLOCK_SM_SIZE;
-                let at = ((s - blkno) as usize) * BLOCK_SM_SIZE;
-                out[at..at + (to - from)].copy_from_slice(&data.as_slice()[from..to]);
-                if e == b + len {
-                    // Consumed to its end: a sequential reader is past it.
-                    self.ra.remove(&b);
-                }
-            }
-            self.ra_hits += nr;
-            return true;
+    // ---- the inline queue ----
+
+    /// Kick the queue and reap: read-ahead completions go to the cache,
+    /// the others are returned.
+    fn turn(&mut self) -> Vec<Completion> {
+        if let Err(e) = self.qp.kick() {
+            // Submitted requests may still complete: keep reaping them.
+            tracing::warn!("data device kick failed: {e}");
         }
+        let mut got = Vec::new();
+        self.qp.reap(&mut |c| got.push(c));
+        let mut mine = Vec::new();
+        for c in got {
+            if c.tag & RA_TAG != 0 {
+                let blk = c.tag & !RA_TAG;
+                match (&c.result, &c.buf) {
+                    (Ok(()), Some(buf)) => self.end_fetch(blk, Ok(buf.as_slice())),
+                    (Err(e), _) => self.end_fetch(blk, Err(e)),
+                    (Ok(()), None) => unreachable!("a read returns its buffer"),
+                }
+            } else {
+                mine.push(c);
+            }
+        }
+        mine
     }
 
     /// Reap whatever has completed without waiting.
@@ -516,64 +813,11 @@ impl DataIo {
         }
     }
 
-    /// Read whole blocks starting at device block `blkno` into `out`;
-    /// buffered blocks are seen.
-    pub fn read(&mut self, blkno: u64, out: &mut [u8]) -> Result<(), DevError> {
-        assert_eq!(out.len() % BLOCK_SM_SIZE, 0);
-        let nr = (out.len() / BLOCK_SM_SIZE) as u64;
-        let buffered = self.pending.range(blkno..blkno + nr).count() as u64;
-        if buffered < nr && !self.read_cached(blkno, out) {
-            self.read_runs(blkno, out)?;
-        }
-        for (&b, data) in self.pending.range(blkno..blkno + nr) {
-            let at = ((b - blkno) as usize) * BLOCK_SM_SIZE;
-            out[at..at + BLOCK_SM_SIZE].copy_from_slice(data);
-        }
-        Ok(())
-    }
-
-    fn read_runs(&mut self, blkno: u64, out: &mut [u8]) -> Result<(), DevError> {
-        let run = RUN_BLOCKS * BLOCK_SM_SIZE;
-        let nr_chunks = out.len().div_ceil(run);
-        let mut next = 0usize;
-        let mut mine = 0usize;
-        let mut first_err: Option<DevError> = None;
-        while next < nr_chunks || mine > 0 {
-            while next < nr_chunks && first_err.is_none() {
-                let Some(b) = self.free_slot() else { break };
-                let len = run.min(out.len() - next * run);
-                let at = (blkno + (next * RUN_BLOCKS) as u64) << BLOCK_SM_SHIFT;
-                if let Err(rej) = self
-                    .qp
-                    .submit(IoRequest::read(at, len as u32, b, next as u64))
-                {
-                    first_err = Some(rej.error);
-                    break;
-                }
-                next += 1;
-                mine += 1;
-            }
-            if first_err.is_some() {
-                next = nr_chunks;
-            }
-            for c in self.turn() {
-                mine -= 1;
-                match c.result {
-                    Ok(()) => {
-                        let from = c.tag as usize * run;
-                        let len = run.min(out.len() - from);
-                        let buf = c.buf.as_ref().expect("a read returns its buffer");
-                        out[from..from + len].copy_from_slice(&buf.as_slice()[..len]);
-                    }
-                    Err(e) => {
-                        first_err.get_or_insert(e);
-                    }
-                }
-            }
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
+    /// Wait for every request in flight on the inline queue.
+    fn drain(&mut self) {
+        while self.qp.in_flight() > 0 {
+            let stray = self.turn();
+            debug_assert!(stray.is_empty(), "a waited-for request outlived its caller");
         }
     }
 
@@ -584,12 +828,14 @@ impl DataIo {
 
     /// Tell the device the blocks of `extents` hold nothing (they were
     /// freed by a commit that is durable): thin-provisioned and flash
-    /// storage can reclaim them. Waits for every discard; does nothing on
-    /// a device without discard.
+    /// storage can reclaim them. Waits for every discard (inline mode);
+    /// does nothing on a device without discard.
     pub fn discard(&mut self, extents: &[crate::format::alloc::Extent]) -> Result<(), DevError> {
+        assert!(!self.reactor_io, "inline discard in reactor mode");
         if !self.supports_discard() {
             return Ok(());
         }
+        self.drain();
         // Requests of at most 1 GiB (the length field is 32-bit).
         const MAX_BLOCKS: u64 = (1 << 30) >> BLOCK_SM_SHIFT;
         let mut reqs = extents.iter().flat_map(|e| {
@@ -598,24 +844,40 @@ impl DataIo {
                 (start, MAX_BLOCKS.min(e.start + e.len - start))
             })
         });
-        self.run_requests(&mut |io: &mut DataIo| {
-            if io.qp.is_full() {
-                return Step::Wait;
+        let mut first_err = None;
+        let mut flying = 0usize;
+        let mut more = true;
+        while more || flying > 0 {
+            while more && !self.qp.is_full() {
+                let Some((blk, nr)) = reqs.next() else {
+                    more = false;
+                    break;
+                };
+                self.forget(blk, nr);
+                let req =
+                    IoRequest::discard(blk << BLOCK_SM_SHIFT, (nr << BLOCK_SM_SHIFT) as u32, 0);
+                if let Err(rej) = self.qp.submit(req) {
+                    first_err.get_or_insert(rej.error);
+                    more = false;
+                    break;
+                }
+                flying += 1;
             }
-            let Some((blk, nr)) = reqs.next() else {
-                return Step::Done;
-            };
-            io.ra_invalidate(blk, nr);
-            io.drop_pending(blk, nr);
-            Step::Submit(IoRequest::discard(
-                blk << BLOCK_SM_SHIFT,
-                (nr << BLOCK_SM_SHIFT) as u32,
-                0,
-            ))
-        })
+            for c in self.turn() {
+                flying -= 1;
+                if let Err(e) = c.result {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
-    /// Write back what is buffered and make every completed write durable.
+    /// Write back what is dirty and make every completed write durable
+    /// (inline mode).
     pub fn flush(&mut self) -> Result<(), DevError> {
         self.write_back()?;
         self.drain();

@@ -244,6 +244,46 @@ pub struct Written {
     pub full: bool,
 }
 
+/// Before a write of `len` bytes at `offset` changes anything: while the
+/// operation may still run again, wait for write-back if the dirty buffer
+/// is full ([`FsError::WaitWriteBack`]), and make sure the blocks it will
+/// read to modify (a partial first or last block of written data) are in
+/// memory ([`FsError::NeedData`] if not), so that the write itself, past
+/// its first change, reads nothing from the device.
+pub async fn prepare_write<S: ItemStore>(
+    vol: &mut S,
+    ino: u64,
+    offset: u64,
+    len: u64,
+) -> Result<(), DataError> {
+    if len == 0 || !vol.data_io()?.deferring() {
+        return Ok(());
+    }
+    if vol.data_io()?.over_limit() {
+        return Err(FsError::WaitWriteBack.into());
+    }
+    let (b0, b1) = block_range(offset, len)?;
+    let mut edges = Vec::with_capacity(2);
+    if !offset.is_multiple_of(BS) {
+        edges.push(b0);
+    }
+    if !(offset + len).is_multiple_of(BS) && (b1 != b0 || edges.is_empty()) {
+        edges.push(b1);
+    }
+    for k in edges {
+        let Some(e) = extent_from(vol, ino, k).await?.filter(|e| e.iblock <= k) else {
+            continue;
+        };
+        if e.flags & (DATA_EXTENT_UNWRITTEN | DATA_EXTENT_OFFLINE) == 0 {
+            vol.data_io()?.want(e.blkno + (k - e.iblock));
+        }
+    }
+    if vol.data_io()?.missed() {
+        return Err(FsError::NeedData.into());
+    }
+    Ok(())
+}
+
 /// Write `data` at `offset` into file `ino`. The caller updates the size.
 /// An error after some of the data is written returns the short count
 /// (what write(2) does when the device fills mid-write); an error before
@@ -456,6 +496,10 @@ fn write_run(
             io.read(ext.blkno + ext.len - 1, &mut buf[at..at + BLOCK_SM_SIZE])?;
         }
     }
+    if io.missed() {
+        // The attempt changed nothing yet: it runs again once these are read.
+        return Err(FsError::NeedData.into());
+    }
     let from = offset.max(run_start);
     let to = data_end.min(run_start + ext.len * BS);
     buf[(from - run_start) as usize..(to - run_start) as usize]
@@ -517,6 +561,9 @@ pub async fn read<S: ItemStore>(
             out[(from - offset) as usize..(to - offset) as usize]
                 .copy_from_slice(&blk[(from - k * BS) as usize..(to - k * BS) as usize]);
         }
+    }
+    if vol.data_io()?.missed() {
+        return Err(FsError::NeedData.into());
     }
     read_ahead(vol, ino, b0, b1).await?;
     Ok(out)
@@ -604,6 +651,9 @@ async fn zero_in_block<S: ItemStore>(
     let mut buf = vec![0u8; BLOCK_SM_SIZE];
     let io = vol.data_io()?;
     io.read(blk, &mut buf)?;
+    if io.missed() {
+        return Err(FsError::NeedData.into());
+    }
     buf[from..to].fill(0);
     io.write(blk, &buf)?;
     Ok(())

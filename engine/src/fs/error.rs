@@ -65,6 +65,15 @@ pub enum FsError {
     /// (too much is dirty while it is written) and runs again.
     #[error("throttled until commit {0}")]
     Throttled(u64),
+    /// File data blocks the operation needs that aren't in memory (the
+    /// data cache holds the list): it changed nothing, and runs again once
+    /// they are read. Only the engine's request task sees it.
+    #[error("file data blocks are not cached")]
+    NeedData,
+    /// The operation, which has changed nothing, writes file data while
+    /// the dirty buffer is full: it waits for write-back and runs again.
+    #[error("waiting for file data write-back")]
+    WaitWriteBack,
 }
 
 impl FsError {
@@ -93,7 +102,11 @@ impl FsError {
             FsError::NoSuchAddress => libc::ENXIO,
             FsError::IllegalSeek => libc::ESPIPE,
             FsError::NoDevice => libc::ENODEV,
-            FsError::NeedBlocks(_) | FsError::WaitCommit(_) | FsError::Throttled(_) => libc::EIO,
+            FsError::NeedBlocks(_)
+            | FsError::WaitCommit(_)
+            | FsError::Throttled(_)
+            | FsError::NeedData
+            | FsError::WaitWriteBack => libc::EIO,
         }
     }
 

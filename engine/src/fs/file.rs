@@ -219,6 +219,9 @@ impl<S: ItemStore> Fs<S> {
         else {
             return (0, Some(FsError::FileTooBig));
         };
+        if let Err(e) = data::prepare_write(&mut self.store, ino, offset, buf.len() as u64).await {
+            return (0, Some(e.into()));
+        }
         let mut done = 0u64;
         let mut committed = false;
         loop {

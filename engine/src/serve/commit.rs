@@ -1,10 +1,13 @@
 //! The committer: a reactor task that writes commits while the next
 //! transaction goes on. A commit trigger (dirty blocks, age, an fsync)
-//! only kicks it. It begins the commit (`Volume::begin_commit`: the data
-//! device flushed, the log tree recorded, its blocks sealed, the seq moved
-//! on: the only pause for other requests), writes the sealed blocks
-//! through the reactor's metadata queue, flushes, writes the super block,
-//! flushes, and finishes it (`Volume::finish_commit`). Requests that need
+//! only kicks it. It begins the commit (`Volume::begin_commit`: the log
+//! tree recorded, its blocks sealed, the seq moved on: the only pause for
+//! other requests), writes the file data changed before that switch and
+//! flushes the data device (data.rs), writes the sealed blocks through the
+//! reactor's metadata queue, flushes, writes the super block, flushes, and
+//! finishes it (`Volume::finish_commit`). A transaction that freed data
+//! extents, and a merge, are still written inline (with the reactor's data
+//! I/O stopped for them). Requests that need
 //! a commit durable ([`FsError::WaitCommit`]) or that must not add to a
 //! transaction already four triggers' worth of dirty blocks
 //! ([`FsError::Throttled`]) wait on it, then run again.
@@ -116,8 +119,21 @@ impl Committer {
     }
 }
 
+/// Begin the commit of the open transaction if one is wanted: the
+/// prepared commit and the file data generation of its switch.
+fn begin(fs: &mut super::Mounted) -> Result<Option<(PreparedCommit, u64)>, crate::txn::TxnError> {
+    let v = fs.store_mut();
+    if v.read_only().is_some() || !v.wants_commit() {
+        return Ok(None);
+    }
+    let p = v.begin_commit()?;
+    let gen = v.data_io().map_or(0, |d| d.generation());
+    Ok(p.map(|p| (p, gen)))
+}
+
 /// The committer task: runs until shutdown (or the volume is unmounted).
-pub(crate) async fn run(local: Local, queue: Rc<MetaFetch>, c: Rc<Committer>) {
+pub(crate) async fn run(local: Local, core: Rc<super::Core>) {
+    let (queue, c, data) = (&*core.fetch, &*core.committer, &*core.data);
     let mut stop = std::pin::pin!(local.shutdown_signal());
     loop {
         let mut kicked = std::pin::pin!(c.wait_kick());
@@ -134,52 +150,60 @@ pub(crate) async fn run(local: Local, queue: Rc<MetaFetch>, c: Rc<Committer>) {
         // Commit while there is something to commit: a transaction that
         // reached its trigger while the last one was written goes next.
         loop {
-            let begun = with_mounted(|fs| {
-                let v = fs.store_mut();
-                if v.read_only().is_some() || !v.wants_commit() {
-                    return Ok(None);
-                }
-                v.begin_commit()
-            });
-            let p = match begun {
+            c.busy.set(true);
+            // A transaction that freed data extents is committed whole,
+            // inline (`Volume::begin_commit`), file data included.
+            let frees = with_mounted(|fs| fs.store().has_pending_data_frees());
+            let begun = match frees {
+                None => return,
+                Some(true) => data.inline(begin).await,
+                Some(false) => with_mounted(begin),
+            };
+            let (p, gen) = match begun {
                 None => return,
                 Some(Ok(Some(p))) => p,
                 Some(Ok(None)) => {
+                    c.busy.set(false);
                     c.wake_waiters();
                     break;
                 }
                 Some(Err(e)) => {
                     tracing::error!("beginning a commit failed: {e}");
+                    c.busy.set(false);
                     c.wake_waiters();
                     break;
                 }
             };
-            c.busy.set(true);
-            let written = write(&local, &queue, &p).await;
-            let finished = with_mounted(|fs| {
-                let v = fs.store_mut();
-                let r = v.finish_commit(&p, written);
-                if r.is_ok() {
-                    v.merge_if_due();
-                }
-                r
-            });
-            c.busy.set(false);
+            let written = write(&local, queue, data, &p, gen).await;
+            let finished = with_mounted(|fs| fs.store_mut().finish_commit(&p, written));
             match finished {
                 None => return,
                 Some(Ok(_)) => {
                     c.commits.set(c.commits.get() + 1);
                     c.blocks.set(c.blocks.get() + p.blknos.len() as u64);
+                    if with_mounted(|fs| fs.store().merge_due()) == Some(true) {
+                        data.inline(|fs| fs.store_mut().merge_if_due()).await;
+                    }
                 }
                 Some(Err(e)) => tracing::error!("commit {} failed: {e}", p.seq),
             }
+            c.busy.set(false);
             c.wake_waiters();
         }
     }
 }
 
-/// Write a prepared commit: its blocks, a flush, the super block, a flush.
-async fn write(local: &Local, queue: &MetaFetch, p: &PreparedCommit) -> Result<(), String> {
+/// Write a prepared commit: the file data changed before its switch
+/// (generation `gen`) and a flush of the data device, then its blocks, a
+/// flush, the super block, a flush.
+async fn write(
+    local: &Local,
+    queue: &MetaFetch,
+    data: &super::data::DataQueue,
+    p: &PreparedCommit,
+    gen: u64,
+) -> Result<(), String> {
+    data.write_through(local, gen).await?;
     queue.write_blocks(local, &p.blknos).await?;
     queue.flush(local).await?;
     queue.write_super(local, &p.super_block).await?;

@@ -97,46 +97,58 @@ impl MetaFetch {
         done
     }
 
-    /// Run one request per item, each with a DMA buffer of the queue's
-    /// pool, all in flight together. A task never waits for a buffer while
-    /// it holds buffers in requests not yet sent: when the pool is dry it
-    /// first finishes its own requests (so two tasks that each hold part
-    /// of the pool can't wait for each other forever), and only with none
-    /// of its own in flight does it wait for other tasks' to come back.
-    /// `finish` turns each completion into the caller's result as it is
-    /// collected, so its buffer goes back to the pool at once.
+    /// [`batch`] on this queue and its pool.
     async fn batch<K: Copy, R>(
         &self,
         local: &Local,
         items: impl IntoIterator<Item = K>,
-        mut request: impl FnMut(K, crate::dma::DmaBuf) -> IoRequest,
-        mut finish: impl FnMut(K, Completion) -> R,
+        request: impl FnMut(K, crate::dma::DmaBuf) -> IoRequest,
+        finish: impl FnMut(K, Completion) -> R,
     ) -> Vec<(K, R)> {
-        let mut done = Vec::new();
-        let mut flying: Vec<(K, IoFuture)> = Vec::new();
-        for k in items {
-            let buf = loop {
-                if let Some(b) = self.pool.try_get() {
-                    break b;
-                }
-                if flying.is_empty() {
-                    yield_now().await;
-                } else {
-                    let ended = join_all(std::mem::take(&mut flying)).await;
-                    done.extend(ended.into_iter().map(|(k, c)| (k, finish(k, c))));
-                }
-            };
-            flying.push((k, local.io(self.queue, request(k, buf))));
-        }
-        let ended = join_all(flying).await;
-        done.extend(ended.into_iter().map(|(k, c)| (k, finish(k, c))));
-        done
+        batch(local, self.queue, &self.pool, items, request, finish).await
     }
+}
+
+/// Run one request per item on `queue`, each with a DMA buffer of `pool`,
+/// all in flight together. A task never waits for a buffer while it
+/// holds buffers in requests not yet sent: when the pool is dry it first
+/// finishes its own requests (so two tasks that each hold part of the
+/// pool can't wait for each other forever), and only with none of its
+/// own in flight does it wait for other tasks' to come back. `finish`
+/// turns each completion into the caller's result as it is collected, so
+/// its buffer goes back to the pool at once.
+pub(crate) async fn batch<K: Copy, R>(
+    local: &Local,
+    queue: QueueId,
+    pool: &DmaPool,
+    items: impl IntoIterator<Item = K>,
+    mut request: impl FnMut(K, crate::dma::DmaBuf) -> IoRequest,
+    mut finish: impl FnMut(K, Completion) -> R,
+) -> Vec<(K, R)> {
+    let mut done = Vec::new();
+    let mut flying: Vec<(K, IoFuture)> = Vec::new();
+    for k in items {
+        let buf = loop {
+            if let Some(b) = pool.try_get() {
+                break b;
+            }
+            if flying.is_empty() {
+                yield_now().await;
+            } else {
+                let ended = join_all(std::mem::take(&mut flying)).await;
+                done.extend(ended.into_iter().map(|(k, c)| (k, finish(k, c))));
+            }
+        };
+        flying.push((k, local.io(queue, request(k, buf))));
+    }
+    let ended = join_all(flying).await;
+    done.extend(ended.into_iter().map(|(k, c)| (k, finish(k, c))));
+    done
 }
 
 /// Wait for every request of `ios`, polling them together so all are
 /// submitted at once.
-async fn join_all<K>(ios: Vec<(K, IoFuture)>) -> Vec<(K, Completion)> {
+pub(crate) async fn join_all<K>(ios: Vec<(K, IoFuture)>) -> Vec<(K, Completion)> {
     let mut slots: Vec<(K, Option<IoFuture>, Option<Completion>)> =
         ios.into_iter().map(|(k, f)| (k, Some(f), None)).collect();
     std::future::poll_fn(|cx| {
@@ -230,10 +242,10 @@ impl MetaFetch {
 /// when the engine has no mounted volume any more.
 pub(crate) async fn run_attempts<T>(
     local: &Local,
-    fetch: &MetaFetch,
-    committer: &super::commit::Committer,
+    io: &super::Core,
     mut op: impl FnMut(&mut Mounted) -> Result<T, FsError>,
 ) -> Option<Result<T, FsError>> {
+    let (fetch, committer, data) = (&*io.fetch, &*io.committer, &io.data);
     let mut waited = 0;
     let mut attempt = 0;
     loop {
@@ -249,10 +261,32 @@ pub(crate) async fn run_attempts<T>(
             let r = op(fs);
             fs.store_mut().end_attempt();
             fs.store_mut().set_waited_commit(0);
+            debug_assert!(
+                r.is_err() || !fs.store_mut().data_io().is_some_and(|d| d.missed()),
+                "an operation used file data it missed"
+            );
             r
         })?;
         let need = match r {
             Err(FsError::NeedBlocks(need)) if defer => need,
+            Err(FsError::NeedData) if defer => {
+                attempt += 1;
+                fetch.restarts.set(fetch.restarts.get() + 1);
+                let runs = with_mounted(|fs| {
+                    fs.store_mut()
+                        .data_io()
+                        .map(|d| d.take_need())
+                        .unwrap_or_default()
+                })?;
+                if let Err(e) = data.fetch(local, &runs, false).await {
+                    return Some(Err(FsError::Io(e)));
+                }
+                continue;
+            }
+            Err(FsError::WaitWriteBack) if defer => {
+                data.wait_room().await;
+                continue;
+            }
             Err(FsError::WaitCommit(seq)) | Err(FsError::Throttled(seq)) => {
                 if let Err(e) = committer.wait_durable(seq).await {
                     return Some(Err(e));
@@ -264,6 +298,7 @@ pub(crate) async fn run_attempts<T>(
             }
             r => {
                 committer.note_request();
+                data.after_op(local);
                 return Some(r);
             }
         };

@@ -201,13 +201,9 @@ impl Dispatcher {
                 caller,
                 op,
             } = req;
-            let parts = (
-                super::FETCH.with(|c| c.borrow().clone()),
-                super::COMMITTER.with(|c| c.borrow().clone()),
-            );
-            let r = match parts {
-                (Some(fetch), Some(committer)) => {
-                    super::fetch::run_attempts(&task_local, &fetch, &committer, |fs| {
+            let r = match super::core() {
+                Some(io) => {
+                    super::fetch::run_attempts(&task_local, &io, |fs| {
                         let mut d = d.borrow_mut();
                         // Closed while this request waited.
                         let s = d.sessions.get_mut(&session).ok_or(FsError::Invalid)?;
@@ -215,7 +211,7 @@ impl Dispatcher {
                     })
                     .await
                 }
-                _ => None,
+                None => None,
             };
             let r = match r {
                 Some(r) => r.map_err(Errno::from),

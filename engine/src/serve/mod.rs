@@ -52,15 +52,28 @@ pub use stats::OpStats;
 pub type Mounted = Fs<Volume>;
 
 mod commit;
+mod data;
 mod fetch;
+
+/// The reactor's tasks' shared parts for the mounted volume.
+pub(crate) struct Core {
+    /// Request tasks' metadata reads (and the committer's writes).
+    pub(crate) fetch: std::rc::Rc<fetch::MetaFetch>,
+    pub(crate) committer: std::rc::Rc<commit::Committer>,
+    /// File data I/O.
+    pub(crate) data: std::rc::Rc<data::DataQueue>,
+}
 
 thread_local! {
     /// The volume mounted by the engine whose reactor runs on this thread.
     static MOUNTED: RefCell<Option<Mounted>> = const { RefCell::new(None) };
-    /// Its queue for request tasks' metadata reads.
-    static FETCH: RefCell<Option<std::rc::Rc<fetch::MetaFetch>>> = const { RefCell::new(None) };
-    /// Its committer (commit.rs).
-    static COMMITTER: RefCell<Option<std::rc::Rc<commit::Committer>>> = const { RefCell::new(None) };
+    /// Its tasks' shared parts.
+    static CORE: RefCell<Option<std::rc::Rc<Core>>> = const { RefCell::new(None) };
+}
+
+/// The mounted volume's tasks' shared parts, on the reactor thread.
+pub(crate) fn core() -> Option<std::rc::Rc<Core>> {
+    CORE.with(|cell| cell.borrow().clone())
 }
 
 /// Run `f` over the mounted filesystem, on the reactor thread; `None`
@@ -94,6 +107,9 @@ pub struct MissStats {
     /// Metadata blocks read inline on the reactor thread since mount
     /// (mount itself, commits, and operations past their first change).
     pub inline_reads: u64,
+    /// File data: blocks deferred, read through the reactor, read inline
+    /// (operations past their first change), written back.
+    pub data: crate::data::io::DataStats,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -225,14 +241,20 @@ impl Engine {
                 vol.set_read_only("mounted read-only");
             }
             let mut fs = ready(Fs::open(vol, fs_opts))?;
-            let fetch = std::rc::Rc::new(fetch::MetaFetch::open(local, &*m)?);
-            let committer = std::rc::Rc::new(commit::Committer::default());
+            let core = std::rc::Rc::new(Core {
+                fetch: std::rc::Rc::new(fetch::MetaFetch::open(local, &*m)?),
+                committer: std::rc::Rc::new(commit::Committer::default()),
+                data: std::rc::Rc::new(data::DataQueue::open(local, &*d)?),
+            });
             fs.store_mut().set_deferred_reads(true);
             fs.store_mut()
-                .set_async_commits(Some(committer.kick_handle()));
-            FETCH.with(|cell| *cell.borrow_mut() = Some(fetch.clone()));
-            COMMITTER.with(|cell| *cell.borrow_mut() = Some(committer.clone()));
-            local.spawn(commit::run(local.clone(), fetch, committer));
+                .set_async_commits(Some(core.committer.kick_handle()));
+            if let Some(io) = fs.store_mut().data_io() {
+                io.set_reactor_io(true);
+            }
+            CORE.with(|cell| *cell.borrow_mut() = Some(core.clone()));
+            local.spawn(commit::run(local.clone(), core.clone()));
+            local.spawn(data::run_write_back(local.clone(), core.data.clone()));
             let mounted = (
                 fs.store().super_block().fsid(),
                 fs.kernel_refs(),
@@ -276,17 +298,19 @@ impl Engine {
         self.reactor
             .remote()
             .call(move |_: &Local| async move {
-                // `f` runs once, so it can't wait for a commit: it runs
-                // once none is in flight, with commits written inline.
-                if let Some(c) = COMMITTER.with(|cell| cell.borrow().clone()) {
-                    c.wait_idle().await;
-                }
-                with_mounted(|fs| {
-                    let kick = fs.store_mut().take_async_commits();
-                    let r = f(fs);
-                    fs.store_mut().set_async_commits(kick);
-                    r
-                })
+                // `f` runs once, so it can't wait for a commit or a
+                // read: it runs once none is in flight, with commits and
+                // file data I/O inline.
+                let core = core()?;
+                core.committer.wait_idle().await;
+                core.data
+                    .inline(|fs| {
+                        let kick = fs.store_mut().take_async_commits();
+                        let r = f(fs);
+                        fs.store_mut().set_async_commits(kick);
+                        r
+                    })
+                    .await
             })?
             .ok_or(EngineError::NotMounted)
     }
@@ -307,9 +331,8 @@ impl Engine {
             .call(move |local: &Local| {
                 let local = local.clone();
                 async move {
-                    let fetch = FETCH.with(|cell| cell.borrow().clone())?;
-                    let committer = COMMITTER.with(|cell| cell.borrow().clone())?;
-                    fetch::run_attempts(&local, &fetch, &committer, op).await
+                    let io = core()?;
+                    fetch::run_attempts(&local, &io, op).await
                 }
             })?
             .ok_or(EngineError::NotMounted)
@@ -320,19 +343,21 @@ impl Engine {
         self.reactor
             .remote()
             .call(|_: &Local| {
-                let f = FETCH.with(|cell| cell.borrow().clone());
+                let f = core().map(|c| c.fetch.clone());
                 let r = with_mounted(|fs| {
+                    let data = fs.store_mut().data_io().map(|d| d.stats());
                     let store = fs.store_mut().store_mut();
-                    (store.deferred, store.reads)
+                    (store.deferred, store.reads, data.unwrap_or_default())
                 });
                 async move {
-                    let (f, (deferred, inline_reads)) = (f?, r?);
+                    let (f, (deferred, inline_reads, data)) = (f?, r?);
                     Some(MissStats {
                         fetched_blocks: f.blocks.get(),
                         restarts: f.restarts.get(),
                         gave_up: f.gave_up.get(),
                         deferred,
                         inline_reads,
+                        data,
                     })
                 }
             })?
@@ -344,7 +369,7 @@ impl Engine {
         self.reactor
             .remote()
             .call(|_: &Local| {
-                let c = COMMITTER.with(|cell| cell.borrow().clone());
+                let c = core().map(|c| c.committer.clone());
                 async move {
                     let c = c?;
                     Some(CommitStats {
@@ -366,8 +391,16 @@ impl Engine {
         let _ = self.call_op(barrier);
         let r = self.reactor.remote().call(|_: &Local| async move {
             inbox::wait_requests_done().await;
-            if let Some(c) = COMMITTER.with(|cell| cell.borrow().clone()) {
-                c.wait_idle().await;
+            if let Some(core) = core() {
+                core.committer.wait_idle().await;
+                // Nothing of the reactor's in flight on the data device;
+                // from here (no await) file data I/O is inline too.
+                core.data.inline(|_| ()).await;
+                with_mounted(|fs| {
+                    if let Some(io) = fs.store_mut().data_io() {
+                        io.set_reactor_io(false);
+                    }
+                });
             }
             let m = MOUNTED.with(|cell| cell.borrow_mut().take());
             m.map(|mut fs| {

@@ -309,16 +309,26 @@ impl Volume {
     /// [`Volume::device_reads`].
     pub fn begin_attempt(&mut self) {
         self.store.defer_misses(self.defer_reads);
+        if let Some(d) = self.data.as_mut() {
+            d.take_need();
+            d.set_deferring(self.defer_reads);
+        }
     }
 
     /// The operation ended (however it ended).
     pub fn end_attempt(&mut self) {
         self.store.defer_misses(false);
+        if let Some(d) = self.data.as_mut() {
+            d.set_deferring(false);
+        }
     }
 
     /// The operation is about to change something: no more restarts.
     fn no_restart(&mut self) {
         self.store.defer_misses(false);
+        if let Some(d) = self.data.as_mut() {
+            d.set_deferring(false);
+        }
     }
 
     /// Whether misses are deferred now (the operation has changed nothing).
@@ -847,7 +857,9 @@ impl Volume {
     }
 
     /// Begin the commit of the open transaction while the next one goes
-    /// on (the committer, async commits). Flushes the data device, records
+    /// on (the committer, async commits). Flushes the data device (with
+    /// its I/O inline; with the reactor's, the committer writes file data
+    /// through after this switch and before the metadata), records
     /// the log tree with the server and seals its blocks; the transaction
     /// seq moves on. `Ok(None)`: nothing to commit. A transaction that
     /// freed data extents is committed whole here instead (returns
@@ -866,7 +878,9 @@ impl Volume {
             return Ok(None);
         }
         self.no_restart();
-        self.flush_data()?;
+        if !self.data.as_ref().is_some_and(|d| d.reactor_io()) {
+            self.flush_data()?;
+        }
         self.call(Request::GetMetaAvail { for_commit: true })?;
         let data_freed = std::mem::take(&mut self.data_freed);
         let to_discard = if self.opts.discard {
@@ -941,10 +955,15 @@ impl Volume {
         let _ = self.refresh_roots();
     }
 
+    /// Whether a merge of the log tree is due (after a commit).
+    pub fn merge_due(&self) -> bool {
+        let every = self.opts.merge_every_commits;
+        every > 0 && self.commits_since_merge >= every && self.read_only().is_none()
+    }
+
     /// Merge the log tree if it is due (after a commit), inline.
     pub fn merge_if_due(&mut self) {
-        let every = self.opts.merge_every_commits;
-        if every > 0 && self.commits_since_merge >= every && self.read_only().is_none() {
+        if self.merge_due() {
             if let Err(e) = self.merge() {
                 tracing::error!("merging the log tree failed: {e}");
             }
