@@ -174,6 +174,20 @@ impl<S: ItemStore> Fs<S> {
         )))
     }
 
+    /// Up to `max` of the names inode `ino` has: (directory, name), from
+    /// its link backrefs, in key order. A frontend whose kernel keeps a
+    /// file's size and times itself forgets them only with the inode,
+    /// which it drops by dropping the inode's names (serve/changes.rs).
+    pub async fn names_of(&mut self, ino: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        let first = backref_key(ino, 0, 0);
+        let last = backref_key(ino, u64::MAX, u64::MAX);
+        let items = self.store.range(&first, &last, max).await?;
+        items
+            .iter()
+            .map(|item| Entry::decode(&item.key, &item.val).map(|e| (item.key.second, e.name)))
+            .collect()
+    }
+
     /// Whether directory `dir` holds no entries.
     pub(super) async fn dir_is_empty(&mut self, dir: u64) -> Result<bool> {
         let first = readdir_key(dir, 0);

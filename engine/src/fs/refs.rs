@@ -102,6 +102,12 @@ impl KernelRefs {
         self.lock().lookups.get(&ino).copied().unwrap_or(0)
     }
 
+    /// Every inode the kernel references now (a frontend that lost track
+    /// of changes drops what its kernel caches of each).
+    pub fn inodes(&self) -> Vec<u64> {
+        self.lock().lookups.keys().copied().collect()
+    }
+
     /// How many inodes the kernel references; how many of them are
     /// unlinked and kept for it.
     pub fn len(&self) -> (usize, usize) {

@@ -14,6 +14,7 @@ use crate::fs::{FileType, FsError, MAY_EXEC, MAY_READ, MAY_WRITE};
 use crate::util::ready;
 
 use super::caller::Caller;
+use super::changes::{self, Wanted};
 use super::op::{Op, Reply, MAX_IO_BYTES, MAX_READDIR_ENTRIES};
 use super::session::{Handle, OpenFile, OpenKind, Session, MAX_HANDLES};
 use super::Mounted;
@@ -91,7 +92,32 @@ fn release_handle(
 /// reply, or the fs layer's error (a frontend sends `Errno::from` it).
 /// Admin ops are refused with EPERM unless the caller is root. The
 /// dispatcher's own ops (sessions, stats) never come here (EINVAL).
+///
+/// What a successful op changed is published as change events to the
+/// frontends subscribed to other sessions' changes (changes.rs), before
+/// this returns; what the events need is read before the op changes
+/// anything, so an attempt still misses only before its first change.
 pub fn execute(
+    fs: &mut Mounted,
+    caller: &Caller,
+    session: &mut Session,
+    op: &Op,
+) -> Result<Reply, FsError> {
+    let feed = changes::feed();
+    let names = match feed.as_ref().map(|f| f.wanted(session.id())) {
+        Some(Wanted::Yes { names }) => names,
+        _ => return run_op(fs, caller, session, op),
+    };
+    let before = changes::read_before(fs, op, names)?;
+    let reply = run_op(fs, caller, session, op)?;
+    if let Some(feed) = feed {
+        feed.publish(session.id(), changes::changes_of(op, &reply, before));
+    }
+    Ok(reply)
+}
+
+/// [`execute`] without the events.
+fn run_op(
     fs: &mut Mounted,
     caller: &Caller,
     session: &mut Session,

@@ -32,6 +32,7 @@ use std::rc::Rc;
 use crate::fs::FsError;
 use crate::reactor::Local;
 
+use super::changes::{set_feed, ChangeFeed};
 use super::errno::Errno;
 use super::execute::{end_session, execute};
 use super::op::{Op, Reply, Request};
@@ -80,6 +81,8 @@ pub(super) struct Inbox {
     /// The dispatcher has gone (the reactor is stopping): nothing pushed
     /// from now on would run.
     closed: AtomicBool,
+    /// Where requests' change events go (changes.rs).
+    pub(super) changes: Arc<ChangeFeed>,
 }
 
 impl std::fmt::Debug for Inbox {
@@ -99,6 +102,7 @@ impl Inbox {
             queue: ArrayQueue::new(depth.max(1)),
             waker: Mutex::new(None),
             closed: AtomicBool::new(false),
+            changes: Arc::new(ChangeFeed::default()),
         }
     }
 
@@ -290,6 +294,8 @@ impl Dispatcher {
 /// The dispatcher task: runs until the reactor shuts down, then answers
 /// what is left with ESHUTDOWN.
 pub(super) async fn dispatch(local: Local, inbox: Arc<Inbox>) {
+    // `execute` publishes on this thread (changes.rs).
+    set_feed(inbox.changes.clone());
     let d = Rc::new(RefCell::new(Dispatcher::new()));
     let mut stop = std::pin::pin!(local.shutdown_signal());
     // Whether `stop` holds this task's waker: registered once (a poll of

@@ -21,6 +21,9 @@
 
 pub mod admin;
 mod caller;
+// Change events for the frontends' caches (changes.rs).
+mod changes;
+pub use changes::{Change, ChangeEvent, SubscribeOptions, Subscription, Taken, MAX_NAMES};
 mod errno;
 mod execute;
 mod inbox;
