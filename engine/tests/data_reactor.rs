@@ -12,7 +12,7 @@ use std::sync::Arc;
 use scoutfs_engine::dev::mem::{Fault, MemDev};
 use scoutfs_engine::dev::{BlockDev, IoOp};
 use scoutfs_engine::format::inode::ROOT_INO;
-use scoutfs_engine::fs::Creds;
+use scoutfs_engine::fs::{Creds, SetAttr};
 use scoutfs_engine::reactor::{CorePin, ReactorConfig};
 use scoutfs_engine::serve::{Engine, EngineOptions};
 use scoutfs_engine::txn::check::check_volume;
@@ -202,4 +202,69 @@ fn a_failed_write_back_fails_the_commit_and_later_writes() {
     );
     assert_eq!(read(&e, ino.ino, 0, 64 << 10), vec![1; 64 << 10]);
     Arc::try_unwrap(e).unwrap().shutdown().unwrap();
+}
+
+/// `dd conv=fsync` over the same files again and again: each rewrite
+/// truncates (freeing the extents the last one wrote, which the next
+/// allocations may get back while the freeing commit is written) and
+/// writes anew. The freeing commits are written on the reactor too: no
+/// file data read inline, every file right after a remount, check clean.
+#[test]
+fn rewrites_that_free_data_commit_on_the_reactor() {
+    let (meta, data) = (MemDev::new(128 << 20), MemDev::new(64 << 20));
+    mkfs(&meta, &data, &MkfsOptions::default()).unwrap();
+    data.reorder_completions(Some(3));
+    let e = start(&meta, &data);
+    let at_start = e.miss_stats().unwrap();
+    let commits_at_start = e.commit_stats().unwrap().commits;
+    let threads: Vec<_> = (0..4u64)
+        .map(|f| {
+            let e = e.clone();
+            std::thread::spawn(move || {
+                let ino = e
+                    .run(move |fs| ready(fs.create(&Creds::root(), ROOT_INO, &name(f), 0o644)))
+                    .unwrap()
+                    .unwrap()
+                    .ino;
+                let mut last = Vec::new();
+                for round in 0..8u64 {
+                    let set = SetAttr {
+                        size: Some(0),
+                        ..SetAttr::default()
+                    };
+                    e.run(move |fs| ready(fs.setattr(&Creds::root(), ino, &set)))
+                        .unwrap()
+                        .unwrap();
+                    last = pattern(f * 100 + round, 3 << 20);
+                    for (i, chunk) in last.chunks(256 << 10).enumerate() {
+                        write(&e, ino, (i << 18) as u64, chunk.to_vec());
+                    }
+                    e.run(move |fs| ready(fs.fsync(ino))).unwrap().unwrap();
+                    assert!(
+                        read(&e, ino, 0, last.len()) == last,
+                        "file {f} round {round}"
+                    );
+                }
+                (f, last)
+            })
+        })
+        .collect();
+    let models: Vec<(u64, Vec<u8>)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let s = e.miss_stats().unwrap();
+    assert_eq!(s.data.inline_reads, at_start.data.inline_reads, "{s:?}");
+    // The freeing commits went through the committer, not inline.
+    assert!(s.data.quarantined >= 3 * 768, "{s:?}");
+    let c = e.commit_stats().unwrap();
+    assert!(c.commits - commits_at_start >= 8, "{c:?}");
+    Arc::try_unwrap(e).unwrap().shutdown().unwrap();
+    data.reorder_completions(None);
+    let e = start(&meta, &data);
+    for (f, model) in models {
+        let ino = lookup(&e, f);
+        assert!(read(&e, ino, 0, 4 << 20) == model, "file {f} after remount");
+    }
+    Arc::try_unwrap(e).unwrap().shutdown().unwrap();
+    let mut vol = Volume::open(&meta, TxnOptions::default()).unwrap();
+    let problems = check_volume(vol.store_mut(), &meta, &data).problems;
+    assert!(problems.is_empty(), "{problems:?}");
 }

@@ -110,6 +110,9 @@ pub struct DataStats {
     pub inline_reads: u64,
     /// Blocks written back.
     pub written_back: u64,
+    /// Blocks of extents freed by commits written on the reactor, held
+    /// back from write-back until those commits were durable.
+    pub quarantined: u64,
 }
 
 pub struct DataIo {
@@ -134,6 +137,10 @@ pub struct DataIo {
     deferring: bool,
     need: Vec<(u64, u64)>,
     ra_wanted: Vec<(u64, u64)>,
+    /// Extents freed by a commit in flight, by first block: (length, the
+    /// commit's seq). Until that commit is durable they may already be
+    /// allocated again, but nothing may be written to them.
+    quarantine: BTreeMap<u64, (u64, u64)>,
     stats: DataStats,
     /// Reads served from the read-ahead cache (blocks), for counters.
     pub ra_hits: u64,
@@ -196,6 +203,7 @@ impl DataIo {
             deferring: false,
             need: Vec::new(),
             ra_wanted: Vec::new(),
+            quarantine: BTreeMap::new(),
             stats: DataStats::default(),
             ra_hits: 0,
         })
@@ -290,7 +298,10 @@ impl DataIo {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        Ok(self.dirty.values().all(|d| d.oldest > gen))
+        Ok(self
+            .dirty
+            .iter()
+            .all(|(&b, d)| d.oldest > gen || self.quarantined(b)))
     }
 
     // ---- the cache ----
@@ -325,20 +336,29 @@ impl DataIo {
         }
     }
 
-    /// Forget blocks `[blkno, blkno + nr)`: freed or discarded, so their
-    /// contents no longer matter (dirty copies are not written back).
-    pub fn forget(&mut self, blkno: u64, nr: u64) {
-        self.invalidate(blkno, nr);
-        let gone: Vec<u64> = self
-            .dirty
-            .range(blkno..blkno + nr)
-            .filter(|(_, d)| d.flight.is_none())
-            .map(|(&b, _)| b)
-            .collect();
-        for b in gone {
-            self.dirty.remove(&b);
-            self.idle_dirty -= 1;
+    /// Extents the commit `seq` frees (its switch is now): until
+    /// [`DataIo::lift_quarantine`] says it is durable, blocks in them are
+    /// not written back (they may be allocated again meanwhile, and the
+    /// last durable commit still points at them), and a commit's wait for
+    /// its changes skips them (freed, their contents no longer matter).
+    pub fn quarantine(&mut self, extents: &[crate::format::alloc::Extent], seq: u64) {
+        for e in extents {
+            self.quarantine.insert(e.start, (e.len, seq));
+            self.stats.quarantined += e.len;
         }
+    }
+
+    /// Commit `seq` is durable (and its freed extents discarded): blocks
+    /// it freed may be written again.
+    pub fn lift_quarantine(&mut self, seq: u64) {
+        self.quarantine.retain(|_, &mut (_, s)| s > seq);
+    }
+
+    fn quarantined(&self, b: u64) -> bool {
+        self.quarantine
+            .range(..=b)
+            .next_back()
+            .is_some_and(|(&s, &(len, _))| b < s + len)
     }
 
     /// Copy block `blk` into `out` from memory: false if it is neither
@@ -421,10 +441,21 @@ impl DataIo {
     /// generation `upto`, if given) and marks them in flight. Returns the
     /// run's first block and length.
     pub fn next_write_back(&mut self, buf: &mut [u8], upto: Option<u64>) -> Option<(u64, u64)> {
+        if self.failed.is_some() {
+            // Nothing more goes out: the next commit fails on it.
+            return None;
+        }
         let eligible = |d: &Dirty| d.flight.is_none() && upto.is_none_or(|g| d.oldest <= g);
-        let (&start, _) = self.dirty.iter().find(|(_, d)| eligible(d))?;
+        let (&start, _) = self
+            .dirty
+            .iter()
+            .find(|(&b, d)| eligible(d) && !self.quarantined(b))?;
         let mut n = 0u64;
-        for (&b, d) in self.dirty.range_mut(start..) {
+        let end = match self.quarantine.range(start..).next() {
+            Some((&q, _)) => q,
+            None => u64::MAX,
+        };
+        for (&b, d) in self.dirty.range_mut(start..end) {
             if b != start + n || n == RUN_BLOCKS as u64 || d.flight.is_some() {
                 break;
             }
@@ -821,6 +852,11 @@ impl DataIo {
         }
     }
 
+    /// Drop cached copies of blocks `[blkno, blkno + nr)` (discarded).
+    pub fn discarded(&mut self, blkno: u64, nr: u64) {
+        self.invalidate(blkno, nr);
+    }
+
     /// Whether the device takes discards.
     pub fn supports_discard(&self) -> bool {
         self.qp.geometry().supports_discard()
@@ -853,7 +889,7 @@ impl DataIo {
                     more = false;
                     break;
                 };
-                self.forget(blk, nr);
+                self.invalidate(blk, nr);
                 let req =
                     IoRequest::discard(blk << BLOCK_SM_SHIFT, (nr << BLOCK_SM_SHIFT) as u32, 0);
                 if let Err(rej) = self.qp.submit(req) {
@@ -882,5 +918,76 @@ impl DataIo {
         self.write_back()?;
         self.drain();
         self.qp.run_one(IoRequest::flush(0)).result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dev::mem::MemDev;
+    use crate::format::alloc::Extent;
+
+    /// Blocks of an extent a commit in flight freed are not written back
+    /// (they may belong to a new file already, while the last durable
+    /// commit still gives them to the old one), and that commit does not
+    /// wait for them; once it is durable they go out.
+    #[test]
+    fn quarantined_blocks_wait_for_the_freeing_commit() {
+        let dev = MemDev::new(16 << 20);
+        let mut io = DataIo::open(&dev).unwrap();
+        io.set_reactor_io(true);
+        io.write(100, &[1; 2 * BLOCK_SM_SIZE]).unwrap();
+        io.quarantine(&[Extent { start: 101, len: 4 }], 7);
+        io.write(102, &[2; BLOCK_SM_SIZE]).unwrap();
+        io.write(110, &[3; BLOCK_SM_SIZE]).unwrap();
+        let gen = io.generation();
+        let mut buf = vec![0u8; RUN_BLOCKS * BLOCK_SM_SIZE];
+        let mut runs = Vec::new();
+        while let Some(r) = io.next_write_back(&mut buf, Some(gen)) {
+            runs.push(r);
+            let data = buf.clone();
+            io.end_write_back(r.0, r.1, &data, Ok(()));
+        }
+        assert_eq!(runs, vec![(100, 1), (110, 1)]);
+        assert!(
+            io.written_through(gen).unwrap(),
+            "freed blocks are not waited for"
+        );
+        assert_eq!(io.pending_blocks(), 2);
+        io.lift_quarantine(7);
+        let r = io.next_write_back(&mut buf, None).unwrap();
+        assert_eq!(r, (101, 2));
+        let data = buf.clone();
+        io.end_write_back(r.0, r.1, &data, Ok(()));
+        assert_eq!(io.pending_blocks(), 0);
+    }
+
+    /// A block written again while its write-back is in flight is written
+    /// again after it, and a commit switched in between waits for that.
+    #[test]
+    fn a_block_changed_during_its_write_back_goes_out_again() {
+        let dev = MemDev::new(16 << 20);
+        let mut io = DataIo::open(&dev).unwrap();
+        io.set_reactor_io(true);
+        io.write(5, &[1; BLOCK_SM_SIZE]).unwrap();
+        let mut buf = vec![0u8; RUN_BLOCKS * BLOCK_SM_SIZE];
+        let r = io.next_write_back(&mut buf, None).unwrap();
+        io.write(5, &[2; BLOCK_SM_SIZE]).unwrap();
+        let gen = io.generation();
+        assert!(
+            io.next_write_back(&mut buf, None).is_none(),
+            "one write in flight per block"
+        );
+        let data = buf.clone();
+        io.end_write_back(r.0, r.1, &data, Ok(()));
+        assert!(!io.written_through(gen).unwrap());
+        let r = io.next_write_back(&mut buf, Some(gen)).unwrap();
+        assert_eq!(buf[0], 2);
+        let data = buf.clone();
+        io.end_write_back(r.0, r.1, &data, Ok(()));
+        assert!(io.written_through(gen).unwrap());
+        let mut out = [0u8; BLOCK_SM_SIZE];
+        io.read(5, &mut out).unwrap();
+        assert_eq!(out[0], 2, "the clean copy is the last write's");
     }
 }

@@ -256,7 +256,7 @@ pub async fn prepare_write<S: ItemStore>(
     offset: u64,
     len: u64,
 ) -> Result<(), DataError> {
-    if len == 0 || !vol.data_io()?.deferring() {
+    if len == 0 || vol.read_only() || !vol.data_io()?.deferring() {
         return Ok(());
     }
     if vol.data_io()?.over_limit() {

@@ -5,9 +5,10 @@
 //! other requests), writes the file data changed before that switch and
 //! flushes the data device (data.rs), writes the sealed blocks through the
 //! reactor's metadata queue, flushes, writes the super block, flushes, and
-//! finishes it (`Volume::finish_commit`). A transaction that freed data
-//! extents, and a merge, are still written inline (with the reactor's data
-//! I/O stopped for them). Requests that need
+//! finishes it (`Volume::finish_commit`). The data extents a commit freed
+//! stay quarantined in the data cache (no write-back into them) until it is
+//! durable and they are discarded (with `-o discard`). A merge is still
+//! written inline (with the reactor's data I/O stopped for it). Requests that need
 //! a commit durable ([`FsError::WaitCommit`]) or that must not add to a
 //! transaction already four triggers' worth of dirty blocks
 //! ([`FsError::Throttled`]) wait on it, then run again.
@@ -151,14 +152,7 @@ pub(crate) async fn run(local: Local, core: Rc<super::Core>) {
         // reached its trigger while the last one was written goes next.
         loop {
             c.busy.set(true);
-            // A transaction that freed data extents is committed whole,
-            // inline (`Volume::begin_commit`), file data included.
-            let frees = with_mounted(|fs| fs.store().has_pending_data_frees());
-            let begun = match frees {
-                None => return,
-                Some(true) => data.inline(begin).await,
-                Some(false) => with_mounted(begin),
-            };
+            let begun = with_mounted(begin);
             let (p, gen) = match begun {
                 None => return,
                 Some(Ok(Some(p))) => p,
@@ -178,9 +172,13 @@ pub(crate) async fn run(local: Local, core: Rc<super::Core>) {
             let finished = with_mounted(|fs| fs.store_mut().finish_commit(&p, written));
             match finished {
                 None => return,
-                Some(Ok(_)) => {
+                Some(Ok(seq)) => {
                     c.commits.set(c.commits.get() + 1);
                     c.blocks.set(c.blocks.get() + p.blknos.len() as u64);
+                    // What it freed may be written again once discarded.
+                    let discards = with_mounted(|fs| fs.store_mut().take_discards());
+                    data.discard(&local, &discards.unwrap_or_default()).await;
+                    data.lift_quarantine(seq);
                     if with_mounted(|fs| fs.store().merge_due()) == Some(true) {
                         data.inline(|fs| fs.store_mut().merge_if_due()).await;
                     }

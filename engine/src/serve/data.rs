@@ -285,6 +285,50 @@ impl DataQueue {
             .map_err(|e| format!("{}: flushing file data: {e}", self.device))
     }
 
+    /// Discard `extents` (freed by a durable commit) on a device that
+    /// takes discards; failures are only logged (a discard is a hint).
+    pub(crate) async fn discard(&self, local: &Local, extents: &[crate::format::alloc::Extent]) {
+        if extents.is_empty() || with_data(|io| io.supports_discard()) != Some(true) {
+            return;
+        }
+        // Requests of at most 1 GiB (the length field is 32-bit).
+        const MAX_BLOCKS: u64 = (1 << 30) >> BLOCK_SM_SHIFT;
+        let pieces: Vec<(u64, u64)> = extents
+            .iter()
+            .flat_map(|e| {
+                (0..e.len.div_ceil(MAX_BLOCKS)).map(move |i| {
+                    let start = e.start + i * MAX_BLOCKS;
+                    (start, MAX_BLOCKS.min(e.start + e.len - start))
+                })
+            })
+            .collect();
+        for chunk in pieces.chunks(DEPTH as usize) {
+            let flying: Vec<((u64, u64), IoFuture)> = chunk
+                .iter()
+                .map(|&(b, n)| {
+                    with_data(|io| io.discarded(b, n));
+                    let req =
+                        IoRequest::discard(b << BLOCK_SM_SHIFT, (n << BLOCK_SM_SHIFT) as u32, 0);
+                    ((b, n), self.submit(local, req))
+                })
+                .collect();
+            for ((b, n), c) in join_all(flying).await {
+                if let Err(e) = c.result {
+                    tracing::warn!("{}: discarding blocks {b}..+{n}: {e}", self.device);
+                }
+                self.collected();
+            }
+        }
+    }
+
+    /// Commit `seq` is durable and its freed extents discarded: write-back
+    /// into them may go on.
+    pub(crate) fn lift_quarantine(&self, seq: u64) {
+        with_data(|io| io.lift_quarantine(seq));
+        self.kick_write_back();
+        self.notify();
+    }
+
     /// Ask the write-back task to run.
     pub(crate) fn kick_write_back(&self) {
         self.write_back_kicked.set(true);
@@ -306,9 +350,16 @@ impl DataQueue {
     /// Wait until the dirty buffer has room (a writer was throttled).
     pub(crate) async fn wait_room(&self) {
         loop {
-            match with_data(|io| io.over_limit()) {
-                Some(true) => {}
-                _ => return,
+            // A volume gone read-only, or a write-back failure (which the
+            // next commit turns into read-only): the writer goes on to
+            // meet the error rather than wait for room that never comes.
+            let full = with_mounted(|fs| {
+                let gone = fs.store().read_only().is_some();
+                let io = data_io(fs)?;
+                Some(!gone && io.failed().is_none() && io.over_limit())
+            });
+            if full.flatten() != Some(true) {
+                return;
             }
             self.kick_write_back();
             self.changed().await;

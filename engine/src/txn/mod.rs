@@ -194,6 +194,9 @@ pub struct Volume {
     /// The commit in flight: its log tree as sent, and the data extents it
     /// freed (discarded once it is durable).
     in_flight: Option<(LogTrees, Vec<Extent>)>,
+    /// Extents freed by durable commits, for the engine's committer to
+    /// discard (`-o discard` with the data device's I/O on the reactor).
+    discards: Vec<Extent>,
     /// The log tree as the server has it (sent by the last commit begun).
     sent_log: LogTrees,
     /// A request that already waited for commit `n` this many: it asks no
@@ -276,6 +279,7 @@ impl Volume {
             commits_since_merge: 0,
             defer_reads: false,
             async_commits: false,
+            discards: Vec::new(),
             commit_wanted: false,
             in_flight: None,
             sent_log: log,
@@ -861,11 +865,12 @@ impl Volume {
     /// its I/O inline; with the reactor's, the committer writes file data
     /// through after this switch and before the metadata), records
     /// the log tree with the server and seals its blocks; the transaction
-    /// seq moves on. `Ok(None)`: nothing to commit. A transaction that
-    /// freed data extents is committed whole here instead (returns
-    /// `Ok(None)` after writing it inline): its freed extents become
-    /// allocatable at once, so nothing may write over them before that
-    /// commit is durable.
+    /// seq moves on. `Ok(None)`: nothing to commit. The extents the
+    /// transaction freed become allocatable at once, so nothing may write
+    /// over them before this commit is durable: with the data device's I/O
+    /// on the reactor they are quarantined in the data cache until the
+    /// committer lifts it; with it inline such a transaction is committed
+    /// whole here instead (returns `Ok(None)` after writing it).
     pub fn begin_commit(&mut self) -> Result<Option<crate::server::PreparedCommit>, TxnError> {
         self.commit_wanted = false;
         if !self.has_changes() || self.holds > 0 {
@@ -873,14 +878,19 @@ impl Volume {
         }
         self.check_writable()?;
         assert!(self.in_flight.is_none(), "a commit is already in flight");
-        if !self.data_freed.is_empty() {
+        let reactor_io = self.data.as_ref().is_some_and(|d| d.reactor_io());
+        if !self.data_freed.is_empty() && !reactor_io {
             self.commit_sync()?;
             return Ok(None);
         }
         self.no_restart();
-        if !self.data.as_ref().is_some_and(|d| d.reactor_io()) {
+        if !reactor_io {
             self.flush_data()?;
         }
+        let freed = match reactor_io {
+            true => self.data_freed.clone(),
+            false => Vec::new(),
+        };
         self.call(Request::GetMetaAvail { for_commit: true })?;
         let data_freed = std::mem::take(&mut self.data_freed);
         let to_discard = if self.opts.discard {
@@ -895,6 +905,9 @@ impl Volume {
         };
         match r {
             Ok(p) => {
+                if let (false, Some(d)) = (freed.is_empty(), self.data.as_mut()) {
+                    d.quarantine(&freed, p.seq);
+                }
                 self.in_flight = Some((log, to_discard));
                 self.sent_log = log;
                 self.txn_writes = 0;
@@ -933,12 +946,21 @@ impl Volume {
         }
     }
 
+    /// The freed extents durable commits left for the committer to
+    /// discard.
+    pub fn take_discards(&mut self) -> Vec<Extent> {
+        std::mem::take(&mut self.discards)
+    }
+
     /// A commit of `log` is durable: discard the data extents it freed
     /// (nothing has allocated them yet: a transaction that frees data is
     /// committed before any other allocation), and count it.
     fn committed(&mut self, log: LogTrees, to_discard: &[Extent]) {
         if let (false, Some(d)) = (to_discard.is_empty(), self.data.as_mut()) {
-            if let Err(e) = d.discard(to_discard) {
+            if d.reactor_io() {
+                // The committer discards them, then lifts their quarantine.
+                self.discards.extend_from_slice(to_discard);
+            } else if let Err(e) = d.discard(to_discard) {
                 tracing::warn!("discarding freed data blocks: {e}");
             }
         }
