@@ -163,6 +163,15 @@ impl<S: ItemStore> Fs<S> {
         Ok(())
     }
 
+    /// Whether reading `ino` now would change its atime under the
+    /// mount's policy. A frontend that serves reads from its own cache
+    /// without asking (FUSE's page cache kept across opens) must not
+    /// while one is due: the read would never reach [`Fs::read`].
+    pub async fn atime_due_now(&mut self, ino: u64) -> Result<bool> {
+        let inode = self.read_inode(ino).await?;
+        Ok(!self.store.read_only() && atime_due(&self.opts.atime, &inode, self.now()))
+    }
+
     /// `ino` was read: its contents, its entries (a directory listing;
     /// once per listing request, as the VFS does per getdents), or its
     /// image by an exec. Updates atime by the policy. An atime that cannot

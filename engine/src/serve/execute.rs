@@ -194,6 +194,7 @@ fn run_op(
         } => {
             // Read first: nothing is held yet should it have to run again.
             let free_bytes = report_free.then(|| free_bytes(fs));
+            let atime_due = ready(fs.atime_due_now(ino))?;
             let attr = ready(fs.open_ino(&c, ino, open_mask(flags)))?;
             let file = OpenFile {
                 ino,
@@ -205,6 +206,7 @@ fn run_op(
                 handle,
                 attr,
                 free_bytes,
+                atime_due,
             }
         }
         Op::Create {
@@ -216,6 +218,8 @@ fn run_op(
         } => {
             let free_bytes = report_free.then(|| free_bytes(fs));
             let attr = ready(fs.create(&c, parent, name, mode))?;
+            // Just written, so cached: no miss after the change.
+            let atime_due = ready(fs.atime_due_now(attr.ino))?;
             // The new file is open: held in the same turn.
             fs.hold_ino(attr.ino);
             let file = OpenFile {
@@ -228,6 +232,7 @@ fn run_op(
                 handle,
                 attr,
                 free_bytes,
+                atime_due,
             }
         }
         Op::Tmpfile {
@@ -247,6 +252,8 @@ fn run_op(
                 handle,
                 attr,
                 free_bytes: None,
+                // No earlier open left pages of a new file.
+                atime_due: true,
             }
         }
         Op::Read { ino, offset, len } => {

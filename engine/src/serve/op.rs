@@ -370,12 +370,16 @@ pub enum Reply {
     Done,
     /// The inode's attributes (after the change, for a change).
     Attr(Attr),
-    /// An open file: the session's handle, the inode's attributes, and
-    /// the free data bytes if the open asked (`report_free`).
+    /// An open file: the session's handle, the inode's attributes, the
+    /// free data bytes if the open asked (`report_free`), and whether a
+    /// read now would change the file's atime (the mount's atime policy;
+    /// `Fs::atime_due_now`): a frontend must then let its reads reach
+    /// the engine rather than serve them from pages an earlier open left.
     Opened {
         handle: Handle,
         attr: Attr,
         free_bytes: Option<u64>,
+        atime_due: bool,
     },
     /// An open directory and where its first readdir pass ends.
     OpenedDir {
@@ -443,7 +447,7 @@ reply_into! {
     into_attr -> Attr, Reply::Attr(a) => a;
     /// `Reply::Opened`: (handle, attributes, free bytes if asked).
     into_opened -> (Handle, Attr, Option<u64>),
-        Reply::Opened { handle, attr, free_bytes } => (handle, attr, free_bytes);
+        Reply::Opened { handle, attr, free_bytes, .. } => (handle, attr, free_bytes);
     /// `Reply::OpenedDir`: (handle, end of the first pass).
     into_opened_dir -> (Handle, u64), Reply::OpenedDir { handle, pass_end } => (handle, pass_end);
     /// `Reply::Data`.
@@ -469,6 +473,20 @@ reply_into! {
     into_forgotten -> Vec<(u64, Errno)>, Reply::Forgotten { failed } => failed;
     /// `Reply::Stats`.
     into_stats -> Vec<(String, u64)>, Reply::Stats(s) => s;
+}
+
+impl Reply {
+    /// For `Reply::Opened`: a read now would change the file's atime
+    /// (false for any other reply).
+    pub fn opened_atime_due(&self) -> bool {
+        matches!(
+            self,
+            Reply::Opened {
+                atime_due: true,
+                ..
+            }
+        )
+    }
 }
 
 /// An op with where it comes from: the session (whose handles it may use
