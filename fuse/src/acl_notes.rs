@@ -11,12 +11,10 @@
 //!
 //! Coherence: a note is dropped by every xattr change and setattr through
 //! this handler (and a batch of notes whose engine call may have raced
-//! with such a change is not taken: `generation`), and expires with the
-//! attributes it came with. A change
-//! made by another frontend of the same volume within that time is seen
-//! as late as the kernel sees the new mode: the same promise as the
-//! attribute cache, and the one the kernel's own ACL cache makes when it
-//! is not dropped.
+//! with such a change is not taken: `generation`), by every change event
+//! of the inode from another session (notify.rs, which drops the
+//! kernel's cached attributes and ACLs at the same time), and expires
+//! with the attributes it came with.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -98,6 +96,14 @@ impl AclNotes {
     pub fn forget(&self, ino: u64) {
         if let Ok(mut inner) = self.inner.lock() {
             inner.absent_until.remove(&ino);
+            inner.generation += 1;
+        }
+    }
+
+    /// Anything may have changed: forget every note.
+    pub fn forget_all(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.absent_until.clear();
             inner.generation += 1;
         }
     }

@@ -51,6 +51,19 @@ counters! {
     ErrorsNoSpace => "errors_enospc",
     ErrorsIo => "errors_eio",
     ErrorsReadOnly => "errors_erofs",
+    // Change events of other sessions received from the engine
+    // (notify.rs), and the notifications they became.
+    Changes => "fuse_changes",
+    NotifyInvalInode => "fuse_notify_inval_inode",
+    NotifyInvalEntry => "fuse_notify_inval_entry",
+    NotifyDelete => "fuse_notify_delete",
+    // Notifications about an inode or name the kernel didn't cache.
+    NotifyUncached => "fuse_notify_uncached",
+    // Notifications for the mount's own needs (write-back, written
+    // through).
+    NotifyLocal => "fuse_notify_local",
+    // Everything dropped after changes were lost to a full queue.
+    NotifyCoarse => "fuse_notify_coarse",
 }
 
 #[derive(Debug)]

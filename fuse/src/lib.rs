@@ -22,13 +22,14 @@ mod counters;
 mod dir_pass;
 mod mount_flags;
 mod mount_watch;
+mod notify;
 mod server;
 mod session;
 mod writeback;
 
 use std::ffi::CStr;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use fuse_backend_rs::abi::fuse_abi::{
@@ -52,14 +53,17 @@ pub use session::{mount, FuseMount};
 /// How the mount behaves toward the kernel's caches.
 #[derive(Clone, Debug)]
 pub struct FuseOptions {
-    /// How long the kernel may trust a name lookup.
+    /// How long the kernel may trust a name lookup. Other sessions'
+    /// changes drop what they make stale at once (notify.rs), so this
+    /// bounds only what no change event covers.
     pub entry_timeout: Duration,
-    /// How long the kernel may trust attributes.
+    /// How long the kernel may trust attributes (as `entry_timeout`:
+    /// another session's atime is one thing no event covers).
     pub attr_timeout: Duration,
     /// How long the kernel may remember that a name does not exist (0:
     /// not at all). Saves the lookups of programs that probe many missing
-    /// names (PATH searches, python imports); a name another frontend
-    /// creates meanwhile stays invisible here that long.
+    /// names (PATH searches, python imports); a name another session
+    /// creates drops it (notify.rs).
     pub negative_timeout: Duration,
     /// Let the kernel cache writes and send them in large batches (FUSE
     /// writeback caching; on by default): a small write(2) costs no round
@@ -85,13 +89,23 @@ pub struct FuseOptions {
     /// and leaves the umask and default-ACL inheritance to the engine.
     /// Must match the engine's `FsOptions::acl`.
     pub posix_acl: bool,
+    /// Other sessions' change events the engine queues for the mount
+    /// before the notification thread takes them; past it they are lost
+    /// and the thread drops everything the kernel caches (notify.rs).
+    pub change_queue: usize,
 }
+
+/// The default entry and attribute timeouts: long, since other sessions'
+/// changes are pushed to the kernel as they happen (notify.rs); the bound
+/// on what no event covers (another session's atime, names after lost
+/// events on a kernel before 6.16).
+pub const DEFAULT_CACHE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Default for FuseOptions {
     fn default() -> Self {
         FuseOptions {
-            entry_timeout: Duration::from_secs(1),
-            attr_timeout: Duration::from_secs(1),
+            entry_timeout: DEFAULT_CACHE_TIMEOUT,
+            attr_timeout: DEFAULT_CACHE_TIMEOUT,
             negative_timeout: Duration::ZERO,
             writeback_cache: true,
             writeback_headroom: None,
@@ -99,6 +113,7 @@ impl Default for FuseOptions {
             threads: 8,
             read_only: false,
             posix_acl: true,
+            change_queue: 16 << 10,
         }
     }
 }
@@ -116,7 +131,10 @@ pub struct ScoutFuse {
     wb: writeback::State,
     counters: Arc<Counters>,
     groups: GroupCache,
-    acl_notes: acl_notes::AclNotes,
+    acl_notes: Arc<acl_notes::AclNotes>,
+    /// The thread that tells the kernel what is stale (notify.rs); set
+    /// once mounted on a transport that can notify (/dev/fuse).
+    notifier: OnceLock<notify::Notifier>,
     /// The kernel's lookup counts, shared with the engine (every entry
     /// reply counts one; FORGET gives them back): an unlinked inode stays
     /// while the kernel references it.
@@ -217,11 +235,11 @@ pub fn stat_of(a: &Attr) -> stat64 {
 impl ScoutFuse {
     pub fn new(engine: Arc<Engine>, opts: FuseOptions, counters: Arc<Counters>) -> ScoutFuse {
         // Notes live as long as the attributes the kernel caches with them.
-        let acl_notes = acl_notes::AclNotes::new(if opts.posix_acl {
+        let acl_notes = Arc::new(acl_notes::AclNotes::new(if opts.posix_acl {
             opts.attr_timeout
         } else {
             Duration::ZERO
-        });
+        }));
         let session = engine.open_session().unwrap_or_else(|e| {
             // Fails only if the engine has stopped, and then nothing is
             // served anyway.
@@ -238,6 +256,7 @@ impl ScoutFuse {
             counters,
             groups: GroupCache::default(),
             acl_notes,
+            notifier: OnceLock::new(),
             passes: dir_pass::DirPasses::default(),
             mount_sync: None,
         }
@@ -306,19 +325,27 @@ impl ScoutFuse {
 
     /// The open's caching: written through (`FOPEN_DIRECT_IO`) when it is
     /// write-only and the device has less than the headroom free, so the
-    /// writer gets ENOSPC at write(2); else cached.
-    fn open_options(&self, flags: u32, free: Option<u64>) -> OpenOptions {
-        let Some(free) = free else {
-            return OpenOptions::empty();
-        };
-        if writeback::write_through(
-            self.opts.writeback_cache,
-            flags,
-            free,
-            self.wb.headroom.bytes(),
-        ) {
+    /// writer gets ENOSPC at write(2); else cached, and the pages cached
+    /// by earlier opens kept (`FOPEN_KEEP_CACHE`) when the kernel hears of
+    /// every change to them (other sessions' through the notification
+    /// thread, this mount's own as it makes them: notify.rs) and no read
+    /// is due to change the file's atime (`atime_due`, from the engine):
+    /// the kernel never updates a FUSE inode's atime, the engine does when
+    /// a READ reaches it, and a read from kept pages reaches nobody.
+    fn open_options(&self, flags: u32, free: Option<u64>, atime_due: bool) -> OpenOptions {
+        let through = free.is_some_and(|free| {
+            writeback::write_through(
+                self.opts.writeback_cache,
+                flags,
+                free,
+                self.wb.headroom.bytes(),
+            )
+        });
+        if through {
             self.counters.bump(Counter::WriteThroughOpens);
             OpenOptions::DIRECT_IO
+        } else if self.notifier.get().is_some() && !atime_due {
+            OpenOptions::KEEP_CACHE
         } else {
             OpenOptions::empty()
         }
@@ -342,10 +369,28 @@ impl ScoutFuse {
 
     /// Once the mount exists at `mountpoint`: how much the kernel may hold
     /// dirty for it (the writeback headroom), and `fuse`, a descriptor of
-    /// its /dev/fuse connection to send notifications on (writeback.rs).
+    /// its /dev/fuse connection to send notifications on (notify.rs; none:
+    /// the transport has no way, and the kernel trusts what it caches
+    /// until the timeouts).
     pub fn mounted_at(&self, mountpoint: &std::path::Path, fuse: Option<std::os::fd::OwnedFd>) {
         if self.opts.writeback_cache {
-            self.wb.mounted(mountpoint, fuse);
+            self.wb.mounted(mountpoint);
+        }
+        let Some(fd) = fuse else { return };
+        let setup = notify::Setup {
+            engine: self.engine.clone(),
+            session: self.session,
+            capacity: self.opts.change_queue,
+            writeback_cache: self.opts.writeback_cache,
+            refs: self.refs.clone(),
+            acl_notes: self.acl_notes.clone(),
+            counters: self.counters.clone(),
+        };
+        match notify::Notifier::start(fd, setup) {
+            Ok(n) => {
+                let _ = self.notifier.set(n);
+            }
+            Err(e) => tracing::warn!("no FUSE notifications: {e}"),
         }
     }
 
@@ -734,8 +779,10 @@ impl FileSystem for ScoutFuse {
             flags,
             report_free: self.asks_free_space(flags),
         };
-        let (h, _, free) = self.ask(Counter::Open, ctx, op)?.into_opened()?;
-        let options = self.open_options(flags, free);
+        let r = self.ask(Counter::Open, ctx, op)?;
+        let atime_due = r.opened_atime_due();
+        let (h, _, free) = r.into_opened()?;
+        let options = self.open_options(flags, free, atime_due);
         Ok((
             Some(self.open_handle(h, inode, flags, options)),
             options,
@@ -758,8 +805,10 @@ impl FileSystem for ScoutFuse {
             report_free: self.asks_free_space(args.flags),
         };
         let c = self.caller(ctx).with_umask(args.umask);
-        let (h, a, free) = self.op(Counter::Create, c, op)?.into_opened()?;
-        let options = self.open_options(args.flags, free);
+        let r = self.op(Counter::Create, c, op)?;
+        let atime_due = r.opened_atime_due();
+        let (h, a, free) = r.into_opened()?;
+        let options = self.open_options(args.flags, free, atime_due);
         let handle = self.open_handle(h, a.ino, args.flags, options);
         Ok((self.entry(&a), Some(handle), options, None))
     }
@@ -791,7 +840,7 @@ impl FileSystem for ScoutFuse {
         &self,
         ctx: &Context,
         inode: u64,
-        _handle: u64,
+        handle: u64,
         r: &mut dyn ZeroCopyReader,
         size: u32,
         offset: u64,
@@ -823,6 +872,9 @@ impl FileSystem for ScoutFuse {
                 Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
             };
             self.wb.written_back(inode, errno);
+            if let Some(n) = self.notifier.get() {
+                n.attrs(inode);
+            }
             r?
         } else {
             let op = Op::Write {
@@ -830,7 +882,17 @@ impl FileSystem for ScoutFuse {
                 offset,
                 data,
             };
-            self.ask(Counter::Write, ctx, op)?.into_written()?
+            let n = self.ask(Counter::Write, ctx, op)?.into_written()?;
+            // Through a FOPEN_DIRECT_IO handle (a write-only open written
+            // through) the kernel writes past its page cache: pages other
+            // opens cached of the range are stale.
+            if self.opts.writeback_cache && handle_writable(handle) && !handle_cached_writer(handle)
+            {
+                if let Some(notifier) = self.notifier.get() {
+                    notifier.data(inode, offset..offset.saturating_add(n));
+                }
+            }
+            n
         };
         self.counters.add(Counter::BytesWritten, n);
         Ok(n as usize)
@@ -848,7 +910,11 @@ impl FileSystem for ScoutFuse {
         self.ask(Counter::Fsync, ctx, op)?.into_synced()?;
         // The kernel wrote the file's pages back first; with the writeback
         // cache it keeps the st_blocks it had: have it ask again.
-        self.wb.inval_attrs_now(inode);
+        if self.opts.writeback_cache {
+            if let Some(n) = self.notifier.get() {
+                n.attrs_now(inode);
+            }
+        }
         Ok(())
     }
 

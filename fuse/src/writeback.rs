@@ -25,9 +25,9 @@
 //!   so the write that doesn't fit gets ENOSPC, as on ext4.
 //! - A write-only file opened while there was room stays cached. When a
 //!   write-back of its inode fails, the inode is marked and the kernel is
-//!   told to drop its cached attributes (FUSE_NOTIFY_INVAL_INODE, from a
-//!   thread of its own: a notification sent while handling a request of
-//!   the same inode can deadlock with its eviction). A cached write(2)
+//!   told to drop its cached attributes (FUSE_NOTIFY_INVAL_INODE, from the
+//!   notification thread, notify.rs: a notification sent while handling a
+//!   request of the same inode can deadlock with its eviction). A cached write(2)
 //!   first refreshes stale attributes with a GETATTR carrying its file
 //!   handle (`fuse_cache_write_iter`: "Update size (EOF optimization) and
 //!   mode (SUID clearing)"), and that GETATTR's error is the write's: so
@@ -50,14 +50,9 @@
 //! follows what the engine stored.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, OnceLock};
-
-use fuse_backend_rs::abi::fuse_abi::{NotifyInvalInodeOut, NotifyOpcode, OutHeader};
-use vm_memory::ByteValued;
+use std::sync::Mutex;
 
 /// The headroom when the kernel's dirty limit for the mount can't be read:
 /// twice the limit FUSE's 1% gives on a machine with 512 GiB of memory
@@ -162,13 +157,9 @@ pub fn write_through(writeback_cache: bool, flags: u32, free_bytes: u64, headroo
 /// learns of the failure at fsync or close only.
 const MAX_FAILED: usize = 4096;
 
-/// Attribute drops queued for the notifier thread; past it they are
-/// skipped (the attributes then expire with the attribute timeout).
-const NOTIFY_QUEUE: usize = 1024;
-
 /// The writeback cache's state of a mount: the headroom, the inodes with
-/// cached writers, the inodes whose write-back failed, and the thread
-/// that tells the kernel to drop cached attributes.
+/// cached writers, the inodes whose write-back failed. (The kernel is
+/// told to drop attributes by the mount's notification thread, notify.rs.)
 #[derive(Debug)]
 pub struct State {
     pub headroom: Headroom,
@@ -176,7 +167,6 @@ pub struct State {
     writers: Mutex<HashMap<u64, u32>>,
     /// Inodes whose last write-back failed, with its errno.
     failed: Mutex<HashMap<u64, i32>>,
-    notifier: OnceLock<Notifier>,
 }
 
 impl State {
@@ -185,23 +175,12 @@ impl State {
             headroom: Headroom::new(configured_headroom),
             writers: Mutex::default(),
             failed: Mutex::default(),
-            notifier: OnceLock::new(),
         }
     }
 
-    /// The mount exists at `mountpoint`; `fuse` is a descriptor of its
-    /// /dev/fuse connection to send notifications on (none: the
-    /// transport has no way, and attributes expire by their timeout).
-    pub fn mounted(&self, mountpoint: &Path, fuse: Option<OwnedFd>) {
+    /// The mount exists at `mountpoint`.
+    pub fn mounted(&self, mountpoint: &Path) {
         self.headroom.learn(mountpoint);
-        if let Some(fd) = fuse {
-            match Notifier::start(fd) {
-                Ok(n) => {
-                    let _ = self.notifier.set(n);
-                }
-                Err(e) => tracing::warn!("no FUSE notifications: {e}"),
-            }
-        }
     }
 
     pub fn opened_writer(&self, ino: u64) {
@@ -225,31 +204,15 @@ impl State {
     }
 
     /// A write-back of `ino` ended with `errno` (0: it succeeded). The
-    /// kernel drops its cached attributes either way: st_blocks changed,
-    /// and a failure must reach the next cached write(2) (module doc).
+    /// caller has the kernel drop its cached attributes either way:
+    /// st_blocks changed, and a failure must reach the next cached
+    /// write(2) (module doc).
     pub fn written_back(&self, ino: u64, errno: i32) {
-        {
-            let mut f = lock(&self.failed);
-            if errno == 0 {
-                f.remove(&ino);
-            } else if f.len() < MAX_FAILED || f.contains_key(&ino) {
-                f.insert(ino, errno);
-            }
-        }
-        if let Some(n) = self.notifier.get() {
-            n.inval_attrs(ino);
-        }
-    }
-
-    /// Drop the kernel's cached attributes of `ino` before returning. Only
-    /// from the handler of a request that pins the inode (an fsync holds
-    /// its file open): the kernel can't be evicting it, which is what a
-    /// notification could otherwise wait for.
-    pub fn inval_attrs_now(&self, ino: u64) {
-        if let Some(n) = self.notifier.get() {
-            if let Err(e) = send_inval_attrs(&n.fd, ino) {
-                tracing::debug!("FUSE_NOTIFY_INVAL_INODE {ino}: {e}");
-            }
+        let mut f = lock(&self.failed);
+        if errno == 0 {
+            f.remove(&ino);
+        } else if f.len() < MAX_FAILED || f.contains_key(&ino) {
+            f.insert(ino, errno);
         }
     }
 
@@ -267,78 +230,6 @@ impl State {
 /// A lock whose holder panicked still guards plain counts.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Sends FUSE_NOTIFY_INVAL_INODE (attributes only) from a thread of its
-/// own, never from a request's handler: the kernel may wait there for an
-/// inode being evicted, whose eviction waits for that very request.
-#[derive(Debug)]
-struct Notifier {
-    tx: SyncSender<u64>,
-    fd: Arc<OwnedFd>,
-}
-
-impl Notifier {
-    fn start(fd: OwnedFd) -> std::io::Result<Notifier> {
-        let (tx, rx) = mpsc::sync_channel(NOTIFY_QUEUE);
-        let fd = Arc::new(fd);
-        let thread_fd = fd.clone();
-        std::thread::Builder::new()
-            .name("fuse-notify".into())
-            .spawn(move || notify_loop(&thread_fd, rx))?;
-        Ok(Notifier { tx, fd })
-    }
-
-    fn inval_attrs(&self, ino: u64) {
-        match self.tx.try_send(ino) {
-            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-            Err(TrySendError::Full(_)) => tracing::debug!("notify queue full: inode {ino}"),
-        }
-    }
-}
-
-/// Until the mount's handler is dropped: each batch of queued inodes,
-/// once each.
-fn notify_loop(fd: &OwnedFd, rx: Receiver<u64>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        batch.extend(rx.try_iter().take(NOTIFY_QUEUE));
-        batch.sort_unstable();
-        batch.dedup();
-        for ino in batch {
-            if let Err(e) = send_inval_attrs(fd, ino) {
-                // ENOENT: the kernel no longer caches the inode; ENODEV:
-                // the mount is gone.
-                tracing::debug!("FUSE_NOTIFY_INVAL_INODE {ino}: {e}");
-            }
-        }
-    }
-}
-
-/// One FUSE_NOTIFY_INVAL_INODE with a negative offset: the kernel drops
-/// the inode's cached attributes and ACLs, not its pages.
-fn send_inval_attrs(fd: &OwnedFd, ino: u64) -> std::io::Result<()> {
-    let body = NotifyInvalInodeOut {
-        ino,
-        off: -1,
-        len: 0,
-    };
-    let header = OutHeader {
-        len: (size_of::<OutHeader>() + size_of::<NotifyInvalInodeOut>()) as u32,
-        error: NotifyOpcode::InvalInode as i32,
-        unique: 0,
-    };
-    let mut msg = Vec::with_capacity(header.len as usize);
-    msg.extend_from_slice(header.as_slice());
-    msg.extend_from_slice(body.as_slice());
-    // SAFETY: a valid descriptor we own and a buffer of msg.len() bytes
-    // that outlives the call; write(2) only reads it. /dev/fuse takes a
-    // message in one write.
-    let n = unsafe { libc::write(fd.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -394,15 +285,6 @@ mod tests {
         assert_eq!(lock(&st.failed).len(), MAX_FAILED);
         st.forget_failure(0);
         assert_eq!(st.failed(0), None);
-    }
-
-    #[test]
-    fn the_notification_is_the_kernels_layout() {
-        // include/uapi/linux/fuse.h: fuse_out_header (16 bytes) then
-        // fuse_notify_inval_inode_out (ino, off, len: 24 bytes).
-        assert_eq!(size_of::<OutHeader>(), 16);
-        assert_eq!(size_of::<NotifyInvalInodeOut>(), 24);
-        assert_eq!(NotifyOpcode::InvalInode as i32, 2);
     }
 
     #[test]

@@ -60,15 +60,16 @@ pub struct Args {
     /// Metadata block cache budget (K, M, G suffixes).
     #[arg(long, default_value = "256M")]
     pub cache: String,
-    /// Seconds the kernel may cache name lookups (0 for none: every
-    /// lookup asks the engine, as other frontends of the volume need).
-    #[arg(long, default_value_t = 1.0)]
+    /// Seconds the kernel may cache name lookups. Other frontends'
+    /// changes reach it at once (change notifications); this bounds only
+    /// what they don't cover.
+    #[arg(long, default_value_t = 60.0)]
     pub entry_timeout: f64,
-    /// Seconds the kernel may cache attributes.
-    #[arg(long, default_value_t = 1.0)]
+    /// Seconds the kernel may cache attributes (as --entry-timeout).
+    #[arg(long, default_value_t = 60.0)]
     pub attr_timeout: f64,
     /// Seconds the kernel may remember that a name doesn't exist (0: not
-    /// at all; names other frontends create stay invisible that long).
+    /// at all; a name another frontend creates drops it at once).
     #[arg(long, default_value_t = 0.0)]
     pub negative_timeout: f64,
     /// FUSE writeback caching (the default): the kernel gathers writes in
@@ -437,6 +438,7 @@ fn serve(a: &Args) -> Result<(), String> {
         threads: a.fuse_threads.clamp(1, 64),
         read_only: mo.flags.read_only,
         posix_acl: !mo.noacl,
+        ..FuseOptions::default()
     };
     check_mountpoint(&a.fuse)?;
     let socket = a
