@@ -884,8 +884,9 @@ impl FileSystem for ScoutFuse {
             };
             let n = self.ask(Counter::Write, ctx, op)?.into_written()?;
             // Through a FOPEN_DIRECT_IO handle (a write-only open written
-            // through) the kernel writes past its page cache: pages other
-            // opens cached of the range are stale.
+            // through) the kernel writes past its page cache: it drops the
+            // range's pages before the WRITE (Linux 6.6 and later), but a
+            // read meanwhile can cache the old bytes again (notify.rs).
             if self.opts.writeback_cache && handle_writable(handle) && !handle_cached_writer(handle)
             {
                 if let Some(notifier) = self.notifier.get() {

@@ -22,8 +22,10 @@
 //!   attributes of an inode written back (st_blocks, and a failed
 //!   write-back's errno reaching the next write: writeback.rs), and the
 //!   pages of a range written through a `FOPEN_DIRECT_IO` handle, which the
-//!   kernel writes past its page cache, leaving other opens' cached pages
-//!   of that range stale (it drops them only for O_DIRECT).
+//!   kernel writes past its page cache: it drops the range's pages before
+//!   sending the WRITE (Linux 6.6 and later; not at all before), but
+//!   another open's read while the WRITE is in the engine can cache the
+//!   old bytes again, so they are dropped once more after it.
 //!
 //! Why a thread of their own, never a request handler: a notification can
 //! block in the kernel (INVAL_ENTRY takes the directory's inode lock,
@@ -134,7 +136,8 @@ impl Notifier {
             .name("fuse-notify".into())
             .spawn(move || {
                 let me = std::thread::current();
-                let sub = setup.engine.subscribe_changes(
+                let engine = setup.engine;
+                let sub = engine.subscribe_changes(
                     SubscribeOptions {
                         own: Some(setup.session),
                         capacity: setup.capacity,
@@ -142,6 +145,9 @@ impl Notifier {
                     },
                     Box::new(move || me.unpark()),
                 );
+                // The subscription holds the feed, not the engine: the
+                // engine's shutdown needn't wait for this thread.
+                drop(engine);
                 let _ = ready_tx.send(());
                 let mut w = Worker {
                     shared: thread_shared,
