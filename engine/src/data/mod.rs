@@ -246,10 +246,8 @@ pub struct Written {
 
 /// Before a write of `len` bytes at `offset` changes anything: while the
 /// operation may still run again, wait for write-back if the dirty buffer
-/// is full ([`FsError::WaitWriteBack`]), and make sure the blocks it will
-/// read to modify (a partial first or last block of written data) are in
-/// memory ([`FsError::NeedData`] if not), so that the write itself, past
-/// its first change, reads nothing from the device.
+/// is full ([`FsError::WaitWriteBack`]), and make sure the partial first
+/// and last blocks it will modify are in memory ([`prepare_edges`]).
 pub async fn prepare_write<S: ItemStore>(
     vol: &mut S,
     ino: u64,
@@ -262,13 +260,33 @@ pub async fn prepare_write<S: ItemStore>(
     if vol.data_io()?.over_limit() {
         return Err(FsError::WaitWriteBack.into());
     }
-    let (b0, b1) = block_range(offset, len)?;
+    prepare_edges(vol, ino, offset, len).await
+}
+
+/// Before an operation that modifies bytes `[offset, offset + len)` in
+/// place (a write, a truncate to `offset` with `len` 0, a zeroed or
+/// punched range) changes anything: while it may still run again, make
+/// sure the written blocks it will read to modify (the partial first and
+/// last) are in memory, ending it with [`FsError::NeedData`] if not, so
+/// that past its first change it reads nothing from the device.
+pub async fn prepare_edges<S: ItemStore>(
+    vol: &mut S,
+    ino: u64,
+    offset: u64,
+    len: u64,
+) -> Result<(), DataError> {
+    if vol.read_only() || !vol.data_io()?.deferring() {
+        return Ok(());
+    }
+    let Some(end) = offset.checked_add(len).filter(|&e| e <= MAX_FILE_BYTES) else {
+        return Ok(());
+    };
     let mut edges = Vec::with_capacity(2);
     if !offset.is_multiple_of(BS) {
-        edges.push(b0);
+        edges.push(offset / BS);
     }
-    if !(offset + len).is_multiple_of(BS) && (b1 != b0 || edges.is_empty()) {
-        edges.push(b1);
+    if !end.is_multiple_of(BS) && edges.last() != Some(&(end / BS)) {
+        edges.push(end / BS);
     }
     for k in edges {
         let Some(e) = extent_from(vol, ino, k).await?.filter(|e| e.iblock <= k) else {

@@ -326,6 +326,10 @@ impl<S: ItemStore> Fs<S> {
         let many = has_data
             && data::count_extents_from(&mut self.store, ino, first_gone, PURGE_CHUNK + 1).await?
                 > PURGE_CHUNK;
+        if has_data {
+            // The partial last block is zeroed after the first change.
+            data::prepare_edges(&mut self.store, ino, size, 0).await?;
+        }
         let nr_items = INODE_ITEMS + 3 * PURGE_CHUNK;
         self.store.hold_trans(nr_items, true).await?;
         let r = async {
@@ -439,6 +443,10 @@ impl<S: ItemStore> Fs<S> {
         offset: u64,
         end: u64,
     ) -> Result<()> {
+        if !matches!(op, FallocOp::Allocate { .. }) {
+            // Punching or zeroing modifies partial edge blocks in place.
+            data::prepare_edges(&mut self.store, ino, offset, end - offset).await?;
+        }
         let nr_items = INODE_ITEMS + 3 * PURGE_CHUNK;
         self.store
             .hold_trans(nr_items, op == FallocOp::Punch)
