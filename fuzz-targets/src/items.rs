@@ -10,13 +10,15 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use scoutfs_engine::btree::Item;
+use scoutfs_engine::data_io::DataIo;
 use scoutfs_engine::format::alloc::Extent;
 use scoutfs_engine::format::key::{item_type, zone};
 use scoutfs_engine::format::{Key, Timespec};
 use scoutfs_engine::fs::{
-    Creds, Fs, FsError, FsOptions, ItemStore, Result, SetAttr, ACL_ACCESS_XATTR, ACL_DEFAULT_XATTR,
-    MAY_READ, MAY_WRITE, RENAME_EXCHANGE,
+    Creds, Fs, FsOptions, SetAttr, ACL_ACCESS_XATTR, ACL_DEFAULT_XATTR, MAY_READ, MAY_WRITE,
+    RENAME_EXCHANGE,
 };
+use scoutfs_engine::item::{ItemError, ItemStore, Result};
 use scoutfs_engine::server::Statfs;
 use scoutfs_engine::util::ready;
 
@@ -72,7 +74,7 @@ impl ItemStore for MemStore {
 
     async fn upsert(&mut self, key: Key, val: &[u8]) -> Result<()> {
         if val.len() > scoutfs_engine::format::MAX_VAL_SIZE {
-            return Err(FsError::Invalid);
+            return Err(ItemError::Invalid);
         }
         self.items.insert(key, val.to_vec());
         Ok(())
@@ -89,7 +91,9 @@ impl ItemStore for MemStore {
     }
 
     async fn alloc_data(&mut self, _want: u64) -> Result<Extent> {
-        Err(FsError::NoSpace("the fuzz store has no data device".into()))
+        Err(ItemError::NoSpace(
+            "the fuzz store has no data device".into(),
+        ))
     }
 
     fn free_data(&mut self, _ext: Extent) {}
@@ -98,8 +102,8 @@ impl ItemStore for MemStore {
         self.inode_count = self.inode_count.wrapping_add_signed(delta);
     }
 
-    fn data_io(&mut self) -> Result<&mut scoutfs_engine::data::io::DataIo> {
-        Err(FsError::Io("the fuzz store has no data device".into()))
+    fn data_io(&mut self) -> Result<&mut DataIo> {
+        Err(ItemError::Io("the fuzz store has no data device".into()))
     }
 
     fn txn_seq(&self) -> u64 {

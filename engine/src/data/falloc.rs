@@ -12,7 +12,7 @@ use super::{
 };
 use crate::format::alloc::{DATA_EXTENT_OFFLINE, DATA_EXTENT_UNWRITTEN};
 use crate::format::block::BLOCK_SM_SIZE;
-use crate::fs::ItemStore;
+use crate::item::ItemStore;
 
 /// The end of `[offset, offset + len)`, or EFBIG past the largest file.
 fn range_end(offset: u64, len: u64) -> Result<u64, DataError> {

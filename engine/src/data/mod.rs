@@ -16,15 +16,20 @@
 //!   extents never point at data that isn't durable.
 //!
 //! Offsets are bytes; blocks are 4 KiB; sizes are the caller's (the inode's).
+//!
+//! The layer works on any [`ItemStore`] (the item layer below it) and
+//! reaches the data device's blocks through [`ItemStore::data_io`]. It
+//! names nothing of `fs`, which calls it: [`DataError`] wraps the store's
+//! [`ItemError`] and `fs` converts it.
 
 mod falloc;
-pub mod io;
 mod prealloc;
 
 pub use falloc::{fallocate, punch_hole, zero_range};
 pub use prealloc::{streaming_len, Prealloc};
 
 use crate::btree::Item;
+use crate::data_io::DataIo;
 use crate::format::alloc::{
     data_extent_key, DataExtentVal, Extent, DATA_EXTENT_OFFLINE, DATA_EXTENT_UNKNOWN,
     DATA_EXTENT_UNWRITTEN,
@@ -32,8 +37,7 @@ use crate::format::alloc::{
 use crate::format::block::{BLOCK_SM_SHIFT, BLOCK_SM_SIZE};
 use crate::format::key::{item_type, zone};
 use crate::format::Key;
-use crate::fs::{FsError, ItemStore};
-use io::DataIo;
+use crate::item::{ItemError, ItemStore};
 
 const BS: u64 = BLOCK_SM_SIZE as u64;
 /// Most blocks one step of a write allocates or writes (bounds the buffer).
@@ -47,7 +51,7 @@ pub const MAX_IBLOCK: u64 = MAX_FILE_BYTES >> BLOCK_SM_SHIFT;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("{0}")]
-    Store(#[from] FsError),
+    Store(#[from] ItemError),
     #[error("data device: {0}")]
     Dev(#[from] crate::dev::DevError),
     #[error("inode {ino} block {iblock} is offline (released to the archive)")]
@@ -56,6 +60,15 @@ pub enum DataError {
     Corrupt { ino: u64, key: Key, why: String },
     #[error("offset {0} is past the largest file offset")]
     TooBig(u64),
+    /// File data blocks the operation needs that aren't in memory (the
+    /// data cache holds the list): it changed nothing, and runs again once
+    /// they are read. Only the engine's request task sees it.
+    #[error("file data blocks are not cached")]
+    NeedData,
+    /// The operation, which has changed nothing, writes file data while
+    /// the dirty buffer is full: it waits for write-back and runs again.
+    #[error("waiting for file data write-back")]
+    WaitWriteBack,
 }
 
 impl DataError {
@@ -66,6 +79,7 @@ impl DataError {
             DataError::Offline { .. } => libc::ENODATA,
             DataError::Corrupt { .. } => libc::EIO,
             DataError::TooBig(_) => libc::EFBIG,
+            DataError::NeedData | DataError::WaitWriteBack => libc::EIO,
         }
     }
 }
@@ -246,7 +260,7 @@ pub struct Written {
 
 /// Before a write of `len` bytes at `offset` changes anything: while the
 /// operation may still run again, wait for write-back if the dirty buffer
-/// is full ([`FsError::WaitWriteBack`]), and make sure the partial first
+/// is full ([`DataError::WaitWriteBack`]), and make sure the partial first
 /// and last blocks it will modify are in memory ([`prepare_edges`]).
 pub async fn prepare_write<S: ItemStore>(
     vol: &mut S,
@@ -258,7 +272,7 @@ pub async fn prepare_write<S: ItemStore>(
         return Ok(());
     }
     if vol.data_io()?.over_limit() {
-        return Err(FsError::WaitWriteBack.into());
+        return Err(DataError::WaitWriteBack);
     }
     prepare_edges(vol, ino, offset, len).await
 }
@@ -267,7 +281,7 @@ pub async fn prepare_write<S: ItemStore>(
 /// place (a write, a truncate to `offset` with `len` 0, a zeroed or
 /// punched range) changes anything: while it may still run again, make
 /// sure the written blocks it will read to modify (the partial first and
-/// last) are in memory, ending it with [`FsError::NeedData`] if not, so
+/// last) are in memory, ending it with [`DataError::NeedData`] if not, so
 /// that past its first change it reads nothing from the device.
 pub async fn prepare_edges<S: ItemStore>(
     vol: &mut S,
@@ -297,7 +311,7 @@ pub async fn prepare_edges<S: ItemStore>(
         }
     }
     if vol.data_io()?.missed() {
-        return Err(FsError::NeedData.into());
+        return Err(DataError::NeedData);
     }
     Ok(())
 }
@@ -516,7 +530,7 @@ fn write_run(
     }
     if io.missed() {
         // The attempt changed nothing yet: it runs again once these are read.
-        return Err(FsError::NeedData.into());
+        return Err(DataError::NeedData);
     }
     let from = offset.max(run_start);
     let to = data_end.min(run_start + ext.len * BS);
@@ -581,7 +595,7 @@ pub async fn read<S: ItemStore>(
         }
     }
     if vol.data_io()?.missed() {
-        return Err(FsError::NeedData.into());
+        return Err(DataError::NeedData);
     }
     read_ahead(vol, ino, b0, b1).await?;
     Ok(out)
@@ -670,7 +684,7 @@ async fn zero_in_block<S: ItemStore>(
     let io = vol.data_io()?;
     io.read(blk, &mut buf)?;
     if io.missed() {
-        return Err(FsError::NeedData.into());
+        return Err(DataError::NeedData);
     }
     buf[from..to].fill(0);
     io.write(blk, &buf)?;

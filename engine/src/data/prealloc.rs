@@ -25,7 +25,7 @@
 //! the unwritten blocks before it have all been written.
 
 use super::{extent_from, DataError, FileExtent};
-use crate::fs::ItemStore;
+use crate::item::ItemStore;
 
 /// The preallocation options.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,7 +1,10 @@
 //! The fs layer's error: one variant per errno a POSIX operation can
 //! return, so frontends map it with [`FsError::errno`] and nothing else.
+//! The item store's errors ([`ItemError`], here) and file data's
+//! (`DataError`, in file.rs) convert into it; the engine's restart
+//! signals among them arrive unchanged.
 
-use crate::txn::TxnError;
+use crate::item::ItemError;
 
 pub type Result<T, E = FsError> = std::result::Result<T, E>;
 
@@ -126,23 +129,18 @@ impl FsError {
     }
 }
 
-/// A store error becomes the fs error with the same errno; anything
-/// without a POSIX meaning of its own is EIO.
-impl From<TxnError> for FsError {
-    fn from(e: TxnError) -> Self {
-        if let Some(need) = e.needed() {
-            return FsError::NeedBlocks(need);
-        }
+/// An item store error becomes the fs error with the same errno and
+/// message; the restart signals keep their meaning.
+impl From<ItemError> for FsError {
+    fn from(e: ItemError) -> Self {
         match e {
-            TxnError::WaitCommit(seq) => return FsError::WaitCommit(seq),
-            TxnError::Throttle(seq) => return FsError::Throttled(seq),
-            _ => {}
-        }
-        match e.errno() {
-            libc::ENOSPC => FsError::NoSpace(e.to_string()),
-            libc::EROFS => FsError::ReadOnly(e.to_string()),
-            libc::EINVAL => FsError::Invalid,
-            _ => FsError::Io(e.to_string()),
+            ItemError::NoSpace(why) => FsError::NoSpace(why),
+            ItemError::ReadOnly(why) => FsError::ReadOnly(why),
+            ItemError::Invalid => FsError::Invalid,
+            ItemError::Io(why) => FsError::Io(why),
+            ItemError::NeedBlocks(need) => FsError::NeedBlocks(need),
+            ItemError::WaitCommit(seq) => FsError::WaitCommit(seq),
+            ItemError::Throttled(seq) => FsError::Throttled(seq),
         }
     }
 }
@@ -183,18 +181,54 @@ mod tests {
     }
 
     #[test]
-    fn store_errors_keep_their_errno() {
-        let ro = FsError::from(TxnError::ReadOnly("commit failed".into()));
-        assert_eq!(ro.errno(), libc::EROFS);
-        let inval = FsError::from(TxnError::ValueTooLarge(1000));
-        assert_eq!(inval.errno(), libc::EINVAL);
-        let nospc = FsError::from(TxnError::Server(crate::server::ServerError::NoSpace(
-            "meta".into(),
-        )));
-        assert_eq!(nospc.errno(), libc::ENOSPC);
-        let io = FsError::from(TxnError::Server(crate::server::ServerError::Io(
-            "dev".into(),
-        )));
-        assert_eq!(io.errno(), libc::EIO);
+    fn item_errors_keep_their_errno_and_message() {
+        let cases = [
+            ItemError::NoSpace("meta".into()),
+            ItemError::ReadOnly("commit failed".into()),
+            ItemError::Invalid,
+            ItemError::Io("dev".into()),
+            ItemError::NeedBlocks(vec![crate::format::BlockRef::default()]),
+            ItemError::WaitCommit(3),
+            ItemError::Throttled(4),
+        ];
+        for e in cases {
+            let fs = FsError::from(e.clone());
+            assert_eq!(fs.errno(), e.errno(), "{e:?}");
+            assert_eq!(fs.to_string(), e.to_string(), "{e:?}");
+        }
+        assert_eq!(
+            FsError::from(ItemError::WaitCommit(3)),
+            FsError::WaitCommit(3)
+        );
+        assert_eq!(
+            FsError::from(ItemError::Throttled(4)),
+            FsError::Throttled(4)
+        );
+    }
+
+    #[test]
+    fn data_errors_keep_their_errno() {
+        use crate::data::DataError;
+        let cases = [
+            DataError::Store(ItemError::NoSpace("data".into())),
+            DataError::Store(ItemError::ReadOnly("commit failed".into())),
+            DataError::Offline { ino: 5, iblock: 0 },
+            DataError::TooBig(1),
+            DataError::NeedData,
+            DataError::WaitWriteBack,
+        ];
+        for e in cases {
+            let errno = e.errno();
+            assert_eq!(FsError::from(e).errno(), errno);
+        }
+        assert_eq!(FsError::from(DataError::NeedData), FsError::NeedData);
+        assert_eq!(
+            FsError::from(DataError::WaitWriteBack),
+            FsError::WaitWriteBack
+        );
+        assert_eq!(
+            FsError::from(DataError::Store(ItemError::NeedBlocks(Vec::new()))),
+            FsError::NeedBlocks(Vec::new())
+        );
     }
 }

@@ -89,11 +89,13 @@ fn falloc_op(mode: u32, offset: u64, len: u64) -> Result<Option<FallocOp>> {
 impl From<DataError> for FsError {
     fn from(e: DataError) -> Self {
         match e {
-            DataError::Store(e) => e,
+            DataError::Store(e) => e.into(),
             DataError::Dev(e) => FsError::Io(format!("data device: {e}")),
             DataError::Offline { .. } => FsError::NoData,
             DataError::Corrupt { .. } => FsError::corrupt(e),
             DataError::TooBig(_) => FsError::FileTooBig,
+            DataError::NeedData => FsError::NeedData,
+            DataError::WaitWriteBack => FsError::WaitWriteBack,
         }
     }
 }
@@ -235,7 +237,7 @@ impl<S: ItemStore> Fs<S> {
                     self.store.release_trans();
                     r
                 }
-                Err(e) => Err(e),
+                Err(e) => Err(e.into()),
             };
             let nospace = match r {
                 Ok(w) => {
@@ -265,7 +267,7 @@ impl<S: ItemStore> Fs<S> {
                 Err(e) => return (done, Some(e)),
             }
             if let Err(e) = self.store.commit().await {
-                return (done, Some(e));
+                return (done, Some(e.into()));
             }
             committed = true;
             stored = match self.read_inode(ino).await {

@@ -2,8 +2,9 @@
 //!
 //! [`Fs`] turns each filesystem operation (on inode numbers, with the
 //! caller's [`Creds`]) into reads and writes of items through an
-//! [`ItemStore`]: the mount's [`crate::txn::Volume`] today, a
-//! reactor-backed store later. The items are scoutfs's (see
+//! [`ItemStore`] (the item layer, [`crate::item`]; the mount's
+//! [`crate::txn::Volume`] implements it), and file contents into calls
+//! of [`crate::data`] over the same store. The items are scoutfs's (see
 //! ../shared/SCOUTFS.md):
 //!
 //! - inode: fs zone, `first = ino`, type INODE; value [`Inode`].
@@ -54,7 +55,6 @@ mod perm;
 mod refs;
 mod remount;
 mod rename;
-mod store;
 mod symlink;
 mod xattr;
 
@@ -64,6 +64,9 @@ use crate::format::inode::{Inode, Timespec, DIRENT_FIRST_POS, ROOT_INO};
 use crate::format::Key;
 use crate::server::Statfs;
 
+/// The store `Fs` runs on; it lives in the item layer below `fs` and
+/// `data`, and is named here too because it bounds [`Fs`].
+pub use crate::item::ItemStore;
 pub use acl::{
     Acl, AclEntry, AclKind, ACL_ACCESS_XATTR, ACL_DEFAULT_XATTR, ACL_GROUP, ACL_GROUP_OBJ,
     ACL_MASK, ACL_OTHER, ACL_UNDEFINED_ID, ACL_USER, ACL_USER_OBJ, ACL_XATTR_VERSION,
@@ -83,7 +86,6 @@ pub use orphan::orphan_key;
 pub use perm::{Creds, MAY_EXEC, MAY_READ, MAY_WRITE};
 pub use refs::KernelRefs;
 pub use rename::{RENAME_EXCHANGE, RENAME_NOREPLACE};
-pub use store::ItemStore;
 pub use xattr::{XATTR_CREATE, XATTR_REPLACE};
 
 use batch::Batch;
@@ -259,7 +261,7 @@ impl<S: ItemStore> Fs<S> {
     /// kept included; the seq now durable.
     pub async fn sync(&mut self) -> Result<u64> {
         self.write_lazy_atimes(None).await?;
-        self.store.commit().await
+        Ok(self.store.commit().await?)
     }
 
     /// fsync(2) of `ino`: make its changes durable, and nothing more than
@@ -275,7 +277,7 @@ impl<S: ItemStore> Fs<S> {
         }
         let inode = self.read_inode(ino).await?;
         let seq = inode.meta_seq.get().max(inode.data_seq.get());
-        self.store.commit_until(seq).await
+        Ok(self.store.commit_until(seq).await?)
     }
 
     /// The mount ends, every frontend gone: write what is kept in memory

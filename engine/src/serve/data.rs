@@ -17,7 +17,7 @@
 //!   reactor's data I/O and waits until none is in flight
 //!   ([`DataQueue::inline`]).
 //!
-//! The cache and the dirty buffer themselves are `data::io::DataIo`'s,
+//! The cache and the dirty buffer themselves are `data_io::DataIo`'s,
 //! inside the mounted volume; this file only moves blocks.
 
 use std::cell::{Cell, RefCell};
@@ -25,7 +25,7 @@ use std::future::{poll_fn, Future};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
-use crate::data::io::{DataIo, RUN_BLOCKS};
+use crate::data_io::{DataIo, RUN_BLOCKS};
 use crate::dev::{open_queue_with_pool, BlockDev, Completion, DevError, IoRequest};
 use crate::dma::{DmaBuf, DmaPool};
 use crate::format::block::{BLOCK_SM_SHIFT, BLOCK_SM_SIZE};

@@ -19,6 +19,7 @@ use crate::format::block::{BLOCK_LG_SHIFT, BLOCK_LG_SIZE};
 use crate::format::super_block::SUPER_OFFSET_BYTES;
 use crate::format::BlockRef;
 use crate::fs::FsError;
+use crate::item::ItemError;
 use crate::reactor::{yield_now, IoFuture, Local, QueueId};
 
 use super::{with_mounted, Mounted};
@@ -316,7 +317,7 @@ pub(crate) async fn run_attempts<T>(
             Ok(())
         })?;
         if let Err(e) = stored {
-            return Some(Err(crate::txn::TxnError::Block(e).into()));
+            return Some(Err(ItemError::from(crate::txn::TxnError::Block(e)).into()));
         }
     }
 }

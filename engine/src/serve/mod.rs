@@ -112,7 +112,7 @@ pub struct MissStats {
     pub inline_reads: u64,
     /// File data: blocks deferred, read through the reactor, read inline
     /// (operations past their first change), written back.
-    pub data: crate::data::io::DataStats,
+    pub data: crate::data_io::DataStats,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -176,7 +176,7 @@ pub struct Volume {
     /// committed extent points at file data that is not yet durable.
     /// The data device: file data I/O, written back and flushed before
     /// every commit.
-    data: Option<crate::data::io::DataIo>,
+    data: Option<crate::data_io::DataIo>,
     /// Open holds (`hold_trans`): no commit happens while an operation
     /// that must land in one transaction is writing its items.
     holds: u32,
@@ -561,16 +561,16 @@ impl Volume {
     /// (`devices::check_data_device`).
     pub fn attach_data_device(&mut self, data: &dyn BlockDev) -> Result<(), TxnError> {
         devices::check_data_device(data, self.super_block())?;
-        self.attach_data_io(crate::data::io::DataIo::open(data)?);
+        self.attach_data_io(crate::data_io::DataIo::open(data)?);
         Ok(())
     }
 
-    fn attach_data_io(&mut self, io: crate::data::io::DataIo) {
+    fn attach_data_io(&mut self, io: crate::data_io::DataIo) {
         self.data = Some(io);
     }
 
     /// The data device's I/O, if attached.
-    pub fn data_io(&mut self) -> Option<&mut crate::data::io::DataIo> {
+    pub fn data_io(&mut self) -> Option<&mut crate::data_io::DataIo> {
         self.data.as_mut()
     }
 

@@ -1,5 +1,8 @@
-//! File data blocks in memory and their I/O on the data device: 4 KiB
-//! blocks by device block number.
+//! engine::data_io — file data blocks in memory and their I/O on the
+//! data device: 4 KiB blocks by device block number. The mount's volume
+//! owns one ([`crate::txn::Volume::data_io`]); the file data layer
+//! (`data`) and the engine's tasks use it. It names only `dev`, `dma` and
+//! `format`.
 //!
 //! - Written blocks are kept dirty in memory and written back later in
 //!   sorted, coalesced runs, always before the metadata commit that makes
