@@ -30,9 +30,9 @@ pub use prealloc::{streaming_len, Prealloc};
 
 use crate::btree::Item;
 use crate::data_io::DataIo;
+pub use crate::format::alloc::FileExtent;
 use crate::format::alloc::{
-    data_extent_key, DataExtentVal, Extent, DATA_EXTENT_OFFLINE, DATA_EXTENT_UNKNOWN,
-    DATA_EXTENT_UNWRITTEN,
+    data_extent_key, DataExtentVal, Extent, DATA_EXTENT_OFFLINE, DATA_EXTENT_UNWRITTEN,
 };
 use crate::format::block::{BLOCK_SM_SHIFT, BLOCK_SM_SIZE};
 use crate::format::key::{item_type, zone};
@@ -84,47 +84,12 @@ impl DataError {
     }
 }
 
-/// One extent of a file: logical blocks `iblock..iblock + len` at device
-/// blocks `blkno..blkno + len`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FileExtent {
-    pub iblock: u64,
-    pub len: u64,
-    pub blkno: u64,
-    pub flags: u8,
-}
-
-impl FileExtent {
-    pub fn end(&self) -> u64 {
-        self.iblock + self.len - 1
-    }
-}
-
 /// The extent a DATA_EXTENT item of `ino` describes.
 pub fn decode(ino: u64, it: &Item) -> Result<FileExtent, DataError> {
-    let bad = |why: &str| DataError::Corrupt {
+    FileExtent::from_item(&it.key, &it.val).map_err(|why| DataError::Corrupt {
         ino,
         key: it.key,
         why: why.to_string(),
-    };
-    let (end, len) = (it.key.second, it.key.third);
-    if len == 0 || len - 1 > end {
-        return Err(bad("bad length"));
-    }
-    let v: DataExtentVal =
-        bytemuck::try_pod_read_unaligned(&it.val).map_err(|_| bad("bad value size"))?;
-    if v.flags & DATA_EXTENT_UNKNOWN != 0 {
-        return Err(bad("unknown flags"));
-    }
-    let blkno = v.blkno.get();
-    if v.flags & DATA_EXTENT_OFFLINE == 0 && blkno.checked_add(len).is_none() {
-        return Err(bad("device range overflows"));
-    }
-    Ok(FileExtent {
-        iblock: end - (len - 1),
-        len,
-        blkno,
-        flags: v.flags,
     })
 }
 

@@ -1,5 +1,5 @@
 //! Allocator structures: btree allocator roots of free extents, lists of free
-//! metadata blocks, free extent keys, and the file data extent value.
+//! metadata blocks, free extent keys, and the file data extent item.
 //!
 //! Free space is extent items (no value) in an allocator btree, each extent
 //! stored twice: by end block in [`zone::FREE_EXTENT_BLKNO`] (to find and
@@ -224,6 +224,47 @@ pub fn data_extent_key(ino: u64, iblock: u64, len: u64) -> Key {
     )
 }
 
+/// One extent of a file as its data extent item records it: logical
+/// blocks `iblock..iblock + len` at device blocks `blkno..blkno + len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileExtent {
+    pub iblock: u64,
+    pub len: u64,
+    pub blkno: u64,
+    pub flags: u8,
+}
+
+impl FileExtent {
+    /// The last logical block.
+    pub fn end(&self) -> u64 {
+        self.iblock + self.len - 1
+    }
+
+    /// The extent a data extent item (its key and value) records, or what
+    /// is wrong with the item.
+    pub fn from_item(key: &Key, val: &[u8]) -> Result<FileExtent, &'static str> {
+        let (end, len) = (key.second, key.third);
+        if len == 0 || len - 1 > end {
+            return Err("bad length");
+        }
+        let v: DataExtentVal =
+            bytemuck::try_pod_read_unaligned(val).map_err(|_| "bad value size")?;
+        if v.flags & DATA_EXTENT_UNKNOWN != 0 {
+            return Err("unknown flags");
+        }
+        let blkno = v.blkno.get();
+        if v.flags & DATA_EXTENT_OFFLINE == 0 && blkno.checked_add(len).is_none() {
+            return Err("device range overflows");
+        }
+        Ok(FileExtent {
+            iblock: end - (len - 1),
+            len,
+            blkno,
+            flags: v.flags,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,6 +352,55 @@ mod tests {
             (k.zone, k.first, k.ty, k.second, k.third),
             (16, 9, 28, 109, 10)
         );
+    }
+
+    #[test]
+    fn data_extent_items_decode_or_say_what_is_wrong() {
+        let val = |blkno: u64, flags: u8| {
+            bytemuck::bytes_of(&DataExtentVal {
+                blkno: blkno.into(),
+                flags,
+                _pad: [0; 7],
+            })
+            .to_vec()
+        };
+        let key = data_extent_key(9, 100, 10);
+        assert_eq!(
+            FileExtent::from_item(&key, &val(500, DATA_EXTENT_UNWRITTEN)),
+            Ok(FileExtent {
+                iblock: 100,
+                len: 10,
+                blkno: 500,
+                flags: DATA_EXTENT_UNWRITTEN,
+            })
+        );
+        assert_eq!(
+            FileExtent::from_item(&key, &val(500, 0)).unwrap().end(),
+            109
+        );
+        let mut zero_len = key;
+        zero_len.third = 0;
+        assert_eq!(
+            FileExtent::from_item(&zero_len, &val(1, 0)),
+            Err("bad length")
+        );
+        let mut too_long = key;
+        too_long.third = 111;
+        assert_eq!(
+            FileExtent::from_item(&too_long, &val(1, 0)),
+            Err("bad length")
+        );
+        assert_eq!(FileExtent::from_item(&key, &[0; 15]), Err("bad value size"));
+        assert_eq!(
+            FileExtent::from_item(&key, &val(1, 1 << 7)),
+            Err("unknown flags")
+        );
+        assert_eq!(
+            FileExtent::from_item(&key, &val(u64::MAX - 3, 0)),
+            Err("device range overflows")
+        );
+        // An offline extent's device block means nothing.
+        assert!(FileExtent::from_item(&key, &val(u64::MAX, DATA_EXTENT_OFFLINE)).is_ok());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::block::BlockAccess;
 use crate::btree;
 use crate::dev::BlockDev;
 use crate::forest::{self, ForestRoots};
-use crate::format::alloc::{alloc_list_entries, Extent, DATA_EXTENT_OFFLINE};
+use crate::format::alloc::{alloc_list_entries, Extent, FileExtent, DATA_EXTENT_OFFLINE};
 use crate::format::key::{item_type, zone};
 use crate::format::super_block::{DeviceKind, DATA_DEV_START_BLKNO, META_DEV_START_BLKNO};
 use crate::format::Key;
@@ -100,7 +100,7 @@ impl Checker<'_> {
                         if inode_seen != ino {
                             self.problem(format!("data extent {} of a missing inode", it.key));
                         }
-                        match crate::data::decode(ino, it) {
+                        match FileExtent::from_item(&it.key, &it.val) {
                             Ok(e) if e.flags & DATA_EXTENT_OFFLINE == 0 => {
                                 if let Some((i, _, sum)) = counting.as_mut() {
                                     if *i == ino {
@@ -116,7 +116,10 @@ impl Checker<'_> {
                                 ))
                             }
                             Ok(_) => {}
-                            Err(e) => self.problem(e.to_string()),
+                            Err(why) => self.problem(format!(
+                                "inode {ino}: corrupt data extent item {}: {why}",
+                                it.key
+                            )),
                         }
                     }
                     _ => {}
