@@ -2559,7 +2559,9 @@ mod model {
             n.size = size;
             if !w.root() {
                 n.perm &= !0o4000;
-                if n.perm & 0o010 != 0 {
+                // Linux's setattr_should_drop_sgid: group x, or a writer
+                // outside the file's group.
+                if n.perm & 0o010 != 0 || !w.in_group(n.gid) {
                     n.perm &= !0o2000;
                 }
             }
