@@ -314,9 +314,9 @@ fn run_and_replay(seed: u64) {
     let threads: Vec<_> = (0..THREADS)
         .map(|t| {
             let (e, dirs, log) = (e.clone(), dirs.clone(), log.clone());
-            let seed = seed;
             std::thread::spawn(move || {
-                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (seed * 1000 + t + 1) * 0x1234_5678_9abc);
+                let mut rng =
+                    Rng(0x9e37_79b9_7f4a_7c15 ^ ((seed * 1000 + t + 1) * 0x1234_5678_9abc));
                 for _ in 0..OPS {
                     let op = random_op(&mut rng);
                     let (dirs, log) = (dirs.clone(), log.clone());
@@ -381,7 +381,7 @@ fn run_and_replay(seed: u64) {
         "Create", "Unlink", "Rename", "Write", "Truncate", "Read", "Fsync",
     ] {
         assert!(
-            kinds.get(&(k.to_string(), false)).is_some(),
+            kinds.contains_key(&(k.to_string(), false)),
             "no {k} succeeded: {kinds:?}"
         );
     }

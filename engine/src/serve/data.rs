@@ -407,12 +407,6 @@ impl DataQueue {
         self.notify();
         r
     }
-
-    /// Requests in flight (for tests).
-    #[cfg(test)]
-    pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.get()
-    }
 }
 
 /// The write-back task: runs until shutdown (or the volume is unmounted).
