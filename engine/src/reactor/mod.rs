@@ -16,6 +16,7 @@
 //! and runs until every task has finished and every in-flight request has
 //! completed, so no buffer is freed under the device.
 
+mod event;
 mod executor;
 mod io;
 mod notify;
@@ -32,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::{ArrayQueue, SegQueue};
 
+pub use event::Event;
 pub use executor::JoinHandle;
 pub use io::{IoFuture, QueueId};
 

@@ -29,7 +29,7 @@ use crate::data_io::{DataIo, RUN_BLOCKS};
 use crate::dev::{open_queue_with_pool, BlockDev, Completion, DevError, IoRequest};
 use crate::dma::{DmaBuf, DmaPool};
 use crate::format::block::{BLOCK_SM_SHIFT, BLOCK_SM_SIZE};
-use crate::reactor::{IoFuture, Local, QueueId};
+use crate::reactor::{Event, IoFuture, Local, QueueId};
 
 use super::fetch::join_all;
 use super::{with_mounted, Mounted};
@@ -44,9 +44,8 @@ pub(crate) struct DataQueue {
     queue: QueueId,
     pool: DmaPool,
     device: String,
-    /// Bumped by every completion and by [`DataQueue::resume`].
-    epoch: Cell<u64>,
-    waiters: RefCell<Vec<Waker>>,
+    /// Every completion collected, and the end of an inline run.
+    changes: Event,
     /// Callers of [`DataQueue::inline`] running or waiting.
     paused: Cell<u32>,
     /// Requests submitted and not yet collected.
@@ -76,8 +75,7 @@ impl DataQueue {
             queue: local.attach_queue(qp),
             pool,
             device: dev.name(),
-            epoch: Cell::new(0),
-            waiters: RefCell::new(Vec::new()),
+            changes: Event::new(),
             paused: Cell::new(0),
             in_flight: Cell::new(0),
             write_back_kicked: Cell::new(false),
@@ -86,22 +84,12 @@ impl DataQueue {
     }
 
     fn notify(&self) {
-        self.epoch.set(self.epoch.get() + 1);
-        for w in self.waiters.borrow_mut().drain(..) {
-            w.wake();
-        }
+        self.changes.notify();
     }
 
-    /// Wait for the next completion (or resume).
+    /// Wait for the next completion (or the end of an inline run).
     fn changed(&self) -> impl Future<Output = ()> + '_ {
-        let seen = self.epoch.get();
-        poll_fn(move |cx| {
-            if self.epoch.get() != seen {
-                return Poll::Ready(());
-            }
-            self.waiters.borrow_mut().push(cx.waker().clone());
-            Poll::Pending
-        })
+        self.changes.wait()
     }
 
     /// Wait until nobody holds the queue inline.

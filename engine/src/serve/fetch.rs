@@ -20,7 +20,7 @@ use crate::format::super_block::SUPER_OFFSET_BYTES;
 use crate::format::BlockRef;
 use crate::fs::FsError;
 use crate::item::ItemError;
-use crate::reactor::{yield_now, IoFuture, Local, QueueId};
+use crate::reactor::{Event, IoFuture, Local, QueueId};
 
 use super::{with_mounted, Mounted};
 
@@ -43,6 +43,8 @@ pub(crate) struct MetaFetch {
     pub(crate) restarts: Cell<u64>,
     /// Requests that gave up deferring ([`MAX_ATTEMPTS`]).
     pub(crate) gave_up: Cell<u64>,
+    /// A request's completion was collected (its buffer came back).
+    returned: Event,
 }
 
 impl MetaFetch {
@@ -57,6 +59,7 @@ impl MetaFetch {
             blocks: Cell::new(0),
             restarts: Cell::new(0),
             gave_up: Cell::new(0),
+            returned: Event::new(),
         })
     }
 
@@ -106,7 +109,15 @@ impl MetaFetch {
         request: impl FnMut(K, crate::dma::DmaBuf) -> IoRequest,
         finish: impl FnMut(K, Completion) -> R,
     ) -> Vec<(K, R)> {
-        batch(local, self.queue, &self.pool, items, request, finish).await
+        batch(
+            local,
+            self.queue,
+            (&self.pool, &self.returned),
+            items,
+            request,
+            finish,
+        )
+        .await
     }
 }
 
@@ -121,29 +132,35 @@ impl MetaFetch {
 pub(crate) async fn batch<K: Copy, R>(
     local: &Local,
     queue: QueueId,
-    pool: &DmaPool,
+    (pool, returned): (&DmaPool, &Event),
     items: impl IntoIterator<Item = K>,
     mut request: impl FnMut(K, crate::dma::DmaBuf) -> IoRequest,
     mut finish: impl FnMut(K, Completion) -> R,
 ) -> Vec<(K, R)> {
     let mut done = Vec::new();
     let mut flying: Vec<(K, IoFuture)> = Vec::new();
+    let mut collect = |ended: Vec<(K, Completion)>, done: &mut Vec<(K, R)>| {
+        done.extend(ended.into_iter().map(|(k, c)| (k, finish(k, c))));
+        // Their buffers are back in the pool.
+        returned.notify();
+    };
     for k in items {
         let buf = loop {
             if let Some(b) = pool.try_get() {
                 break b;
             }
             if flying.is_empty() {
-                yield_now().await;
+                // Every buffer is in other tasks' requests.
+                returned.wait().await;
             } else {
                 let ended = join_all(std::mem::take(&mut flying)).await;
-                done.extend(ended.into_iter().map(|(k, c)| (k, finish(k, c))));
+                collect(ended, &mut done);
             }
         };
         flying.push((k, local.io(queue, request(k, buf))));
     }
     let ended = join_all(flying).await;
-    done.extend(ended.into_iter().map(|(k, c)| (k, finish(k, c))));
+    collect(ended, &mut done);
     done
 }
 
@@ -183,7 +200,7 @@ impl MetaFetch {
         loop {
             match self.pool.try_get() {
                 Some(b) => return b,
-                None => yield_now().await,
+                None => self.returned.wait().await,
             }
         }
     }
@@ -232,9 +249,10 @@ impl MetaFetch {
         let mut buf = self.buffer().await;
         buf.as_mut_slice()[..block.len()].copy_from_slice(block);
         let req = IoRequest::write(SUPER_OFFSET_BYTES, block.len() as u32, buf, 0);
-        let c = local.io(self.queue, req).await;
-        c.result
-            .map_err(|e| format!("{}: super block: {e}", self.device))
+        let Completion { result, buf, .. } = local.io(self.queue, req).await;
+        drop(buf);
+        self.returned.notify();
+        result.map_err(|e| format!("{}: super block: {e}", self.device))
     }
 }
 
