@@ -49,7 +49,7 @@ impl V {
         let (meta, data) = (MemDev::new(64 << 20), MemDev::new(16 << 20));
         mkfs(&meta, &data, &MkfsOptions::default()).unwrap();
         let opts = FsOptions {
-            clock,
+            clock: &scoutfs_engine::fs::TimespecClock(clock),
             atime,
             ..FsOptions::default()
         };

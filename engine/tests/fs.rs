@@ -81,7 +81,7 @@ fn txn_opts() -> TxnOptions {
 
 fn fs_opts() -> FsOptions {
     FsOptions {
-        clock: test_clock,
+        clock: &scoutfs_engine::fs::TimespecClock(test_clock),
         ..FsOptions::default()
     }
 }

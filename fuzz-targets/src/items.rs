@@ -13,7 +13,7 @@ use scoutfs_engine::btree::Item;
 use scoutfs_engine::data_io::DataIo;
 use scoutfs_engine::format::alloc::Extent;
 use scoutfs_engine::format::key::{item_type, zone};
-use scoutfs_engine::format::{Key, Timespec};
+use scoutfs_engine::format::Key;
 use scoutfs_engine::fs::{
     Creds, Fs, FsOptions, SetAttr, ACL_ACCESS_XATTR, ACL_DEFAULT_XATTR, MAY_READ, MAY_WRITE,
     RENAME_EXCHANGE,
@@ -137,13 +137,17 @@ impl ItemStore for MemStore {
     }
 }
 
-fn clock() -> Timespec {
-    Timespec::new(1_700_000_000, 0)
-}
+/// Time stands still: every change is stamped 1_700_000_000.
+static CLOCK: std::sync::LazyLock<scoutfs_engine::reactor::SimClock> =
+    std::sync::LazyLock::new(|| {
+        scoutfs_engine::reactor::SimClock::new(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
+        )
+    });
 
 fn opts() -> FsOptions {
     FsOptions {
-        clock,
+        clock: &*CLOCK,
         ..FsOptions::default()
     }
 }

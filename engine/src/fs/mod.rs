@@ -95,6 +95,33 @@ pub fn system_time() -> Timespec {
     timespec_of(std::time::SystemTime::now())
 }
 
+/// A clock whose wall time is a function's (tests that stamp chosen
+/// times: `clock: &TimespecClock(my_fn)`); its monotonic time is the
+/// machine's.
+#[derive(Clone, Copy)]
+pub struct TimespecClock(pub fn() -> Timespec);
+
+impl std::fmt::Debug for TimespecClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TimespecClock")
+    }
+}
+
+impl crate::reactor::Clock for TimespecClock {
+    fn now(&self) -> std::time::Instant {
+        std::time::Instant::now()
+    }
+    fn wall(&self) -> std::time::SystemTime {
+        let t = (self.0)();
+        let (sec, nsec) = (t.sec.get(), t.nsec.get());
+        let base = match sec >= 0 {
+            true => std::time::UNIX_EPOCH + std::time::Duration::from_secs(sec as u64),
+            false => std::time::UNIX_EPOCH - std::time::Duration::from_secs(sec.unsigned_abs()),
+        };
+        base + std::time::Duration::from_nanos(nsec as u64)
+    }
+}
+
 /// A system time as an inode time: whole seconds (negative before 1970)
 /// and the nanoseconds counted forward from them, as the kernel's
 /// timespec64; times past `i64::MAX` seconds either way are clamped.
@@ -120,8 +147,9 @@ pub struct FsOptions {
     /// Inode numbers asked of the server at a time (scoutfs's
     /// ino_alloc_per_lock).
     pub ino_alloc_per_lock: u64,
-    /// The time stamped on changes.
-    pub clock: fn() -> Timespec,
+    /// The time stamped on changes (its wall clock; the engine gives its
+    /// reactor's).
+    pub clock: &'static dyn crate::reactor::Clock,
     /// The hash of entry and xattr names. It is part of the format: every
     /// mount of a volume must use the same one. Tests replace it to force
     /// collisions.
@@ -144,7 +172,7 @@ impl Default for FsOptions {
         FsOptions {
             rid: 1,
             ino_alloc_per_lock: crate::format::key::LOCK_INODE_GROUP_NR,
-            clock: system_time,
+            clock: &crate::reactor::SYSTEM_CLOCK,
             name_hash,
             acl: true,
             data_prealloc: crate::data::Prealloc::default(),
@@ -297,7 +325,7 @@ impl<S: ItemStore> Fs<S> {
     }
 
     fn now(&self) -> Timespec {
-        (self.opts.clock)()
+        timespec_of(self.opts.clock.wall())
     }
 
     fn hash(&self, name: &[u8]) -> u64 {

@@ -16,6 +16,7 @@
 //! and runs until every task has finished and every in-flight request has
 //! completed, so no buffer is freed under the device.
 
+mod clock;
 mod event;
 mod executor;
 mod io;
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::{ArrayQueue, SegQueue};
 
+pub use clock::{Clock, SimClock, SystemClock, SYSTEM_CLOCK};
 pub use event::Event;
 pub use executor::JoinHandle;
 pub use io::{IoFuture, QueueId};
@@ -87,6 +89,9 @@ pub struct ReactorConfig {
     /// `spin_before_sleep` (0 on small machines, whose CPU the callers
     /// need).
     pub spin_in_flight: Duration,
+    /// The reactor's time (clock.rs): its timers, and what the engine on
+    /// it gives the layers that read time.
+    pub clock: &'static dyn Clock,
     /// Bound of the queue other threads post requests to.
     pub remote_queue_depth: usize,
 }
@@ -99,6 +104,7 @@ impl Default for ReactorConfig {
             idle: IdlePolicy::Adaptive,
             spin_before_sleep: Duration::from_micros(200),
             spin_in_flight: Duration::from_micros(100),
+            clock: &SYSTEM_CLOCK,
             remote_queue_depth: 4096,
         }
     }
@@ -243,6 +249,7 @@ pub(crate) struct LocalInner {
     timers: RefCell<Timers>,
     shutdown_waiters: RefCell<Vec<Waker>>,
     shutdown_seen: Cell<bool>,
+    clock: &'static dyn Clock,
 }
 
 /// The reactor's own handle, usable only on the reactor thread: spawn
@@ -290,9 +297,14 @@ impl Local {
     pub fn sleep(&self, d: Duration) -> Sleep {
         Sleep {
             local: self.inner.clone(),
-            deadline: Instant::now() + d,
+            deadline: self.inner.clock.now() + d,
             id: None,
         }
+    }
+
+    /// The reactor's clock.
+    pub fn clock(&self) -> &'static dyn Clock {
+        self.inner.clock
     }
 
     pub fn shutdown_requested(&self) -> bool {
@@ -378,7 +390,7 @@ impl Future for Sleep {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if Instant::now() >= self.deadline {
+        if self.local.clock.now() >= self.deadline {
             if let Some(id) = self.id.take() {
                 self.local.timers.borrow_mut().cancel(id);
             }
@@ -474,6 +486,7 @@ impl Reactor {
                         timers: RefCell::new(Timers::default()),
                         shutdown_waiters: RefCell::new(Vec::new()),
                         shutdown_seen: Cell::new(false),
+                        clock: cfg2.clock,
                     }),
                 };
                 if let Err(e) = init(&local) {
@@ -572,7 +585,7 @@ fn run_loop(local: &Local, cfg: &ReactorConfig) {
         work += poll_devices(inner);
 
         if !inner.timers.borrow().is_empty() {
-            work += inner.timers.borrow_mut().fire(Instant::now());
+            work += inner.timers.borrow_mut().fire(inner.clock.now());
         }
 
         if shared.shutdown.load(Ordering::Acquire) {
@@ -671,13 +684,18 @@ fn idle_sleep(local: &Local) {
         || !shared.ready.is_empty()
         || shared.shutdown.load(Ordering::SeqCst) && !inner.shutdown_seen.get();
     if !has_work {
-        let now = Instant::now();
+        let now = inner.clock.now();
+        // A clock that only moves when told: look again soon.
+        let longest = match inner.clock.passes_by_itself() {
+            true => Duration::from_secs(1),
+            false => Duration::from_millis(1),
+        };
         let timeout = inner
             .timers
             .borrow_mut()
             .next_deadline()
-            .map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now))
-            .min(Duration::from_secs(1));
+            .map_or(longest, |d| d.saturating_duration_since(now))
+            .min(longest);
         shared.stats.sleeps.fetch_add(1, Ordering::Relaxed);
         shared.eventfd.wait(timeout);
     }

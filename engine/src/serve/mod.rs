@@ -186,7 +186,7 @@ async fn commit_when_quiet(local: Local, age: std::time::Duration) {
                     tracing::error!("periodic commit failed: {e}");
                 }
                 match fs.store_mut().commit_due_at() {
-                    Some(due) => due.saturating_duration_since(std::time::Instant::now()),
+                    Some(due) => due.saturating_duration_since(local.clock().now()),
                     None => age,
                 }
             })
@@ -232,7 +232,11 @@ impl Engine {
         crate::txn::devices::check_data_device(&*data, &sb)?;
         data.lock_exclusive()?;
         let (m, d) = (meta.clone(), data.clone());
-        let (txn, fs_opts, read_only) = (opts.txn, opts.fs, opts.read_only);
+        // One time for everything on the reactor: its clock.
+        let clock = opts.reactor.clock;
+        let txn = TxnOptions { clock, ..opts.txn };
+        let fs_opts = FsOptions { clock, ..opts.fs };
+        let read_only = opts.read_only;
         let age = txn.commit_age;
         let inbox = Arc::new(inbox::Inbox::new(opts.reactor.remote_queue_depth));
         let inbox2 = inbox.clone();

@@ -142,6 +142,9 @@ pub struct TxnOptions {
     /// Discard data blocks on the device once the commit that freed them
     /// is durable (ext4's `discard`); off by default.
     pub discard: bool,
+    /// What a transaction's age is measured by (the engine gives its
+    /// reactor's).
+    pub clock: &'static dyn crate::reactor::Clock,
 }
 
 impl Default for TxnOptions {
@@ -155,6 +158,7 @@ impl Default for TxnOptions {
             merge_every_commits: 64,
             merge_commit_dirty_blocks: crate::server::MERGE_COMMIT_DIRTY_BLOCKS,
             discard: false,
+            clock: &crate::reactor::SYSTEM_CLOCK,
         }
     }
 }
@@ -273,7 +277,7 @@ impl Volume {
             data_freed: Vec::new(),
             data: None,
             holds: 0,
-            txn_started: Instant::now(),
+            txn_started: opts.clock.now(),
             txn_writes: 0,
             commits: 0,
             commits_since_merge: 0,
@@ -664,7 +668,7 @@ impl Volume {
     /// most `commit_age` to become durable.
     fn note_write(&mut self) {
         if self.txn_writes == 0 {
-            self.txn_started = Instant::now();
+            self.txn_started = self.opts.clock.now();
         }
         self.txn_writes += 1;
     }
@@ -678,7 +682,8 @@ impl Volume {
     /// Whether the open transaction has reached a commit trigger.
     pub fn should_commit(&self) -> bool {
         self.store.cache.nr_dirty() >= self.opts.commit_dirty_blocks
-            || (self.txn_writes > 0 && self.txn_started.elapsed() >= self.opts.commit_age)
+            || (self.txn_writes > 0
+                && self.opts.clock.now() - self.txn_started >= self.opts.commit_age)
     }
 
     /// Begin an operation that writes up to `nr_items` items which must all

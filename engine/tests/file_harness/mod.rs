@@ -42,7 +42,7 @@ pub fn root() -> Creds {
 
 pub fn opts(prealloc: Prealloc) -> FsOptions {
     FsOptions {
-        clock,
+        clock: &scoutfs_engine::fs::TimespecClock(clock),
         data_prealloc: prealloc,
         ..FsOptions::default()
     }
