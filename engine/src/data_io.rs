@@ -640,18 +640,22 @@ impl DataIo {
         Ok(())
     }
 
-    /// Start a read of `[blkno, blkno + nr)` into the cache: false if
-    /// every block is in memory or on its way already (nothing to read).
-    /// The range may shrink to what isn't: returns the run to read.
+    /// Start a read into the cache of the first run within `[blkno,
+    /// blkno + nr)` of blocks that are neither in memory nor on their way
+    /// (a run never spans a dirty block: one whose write-back lands while
+    /// the read is in flight could be read old and cached over the new).
+    /// Returns that run, or `None` when there is none (or read-ahead's
+    /// share of the queue is taken); the caller asks again for the rest.
     pub fn start_fetch(&mut self, blkno: u64, nr: u64, read_ahead: bool) -> Option<(u64, u64)> {
-        // Trim blocks in memory or in flight from both ends.
         let busy = |io: &Self, b: u64| io.has_block(b) || io.fetching_over(b);
-        let (mut s, mut e) = (blkno, blkno + nr);
-        while s < e && busy(self, s) {
+        let end = blkno + nr;
+        let mut s = blkno;
+        while s < end && busy(self, s) {
             s += 1;
         }
-        while e > s && busy(self, e - 1) {
-            e -= 1;
+        let mut e = s;
+        while e < end && !busy(self, e) {
+            e += 1;
         }
         if s == e {
             return None;
@@ -963,6 +967,30 @@ mod tests {
         let data = buf.clone();
         io.end_write_back(r.0, r.1, &data, Ok(()));
         assert_eq!(io.pending_blocks(), 0);
+    }
+
+    /// A read into the cache never spans a dirty block: its write-back
+    /// could land while the read is in flight, and the read's older copy
+    /// would then be cached over the one just written.
+    #[test]
+    fn a_read_into_the_cache_never_spans_a_dirty_block() {
+        let dev = MemDev::new(16 << 20);
+        let mut io = DataIo::open(&dev).unwrap();
+        io.set_reactor_io(true);
+        io.write(12, &[9; BLOCK_SM_SIZE]).unwrap();
+        assert_eq!(io.start_fetch(10, 5, false), Some((10, 2)));
+        assert_eq!(io.start_fetch(10, 5, false), Some((13, 2)));
+        assert_eq!(
+            io.start_fetch(10, 5, false),
+            None,
+            "all in memory or on its way"
+        );
+        io.end_fetch(10, Ok(&[1; 2 * BLOCK_SM_SIZE]));
+        io.end_fetch(13, Ok(&[3; 2 * BLOCK_SM_SIZE]));
+        let mut out = vec![0u8; 5 * BLOCK_SM_SIZE];
+        io.read(10, &mut out).unwrap();
+        let firsts: Vec<u8> = out.chunks(BLOCK_SM_SIZE).map(|b| b[0]).collect();
+        assert_eq!(firsts, vec![1, 1, 9, 3, 3]);
     }
 
     /// A block written again while its write-back is in flight is written

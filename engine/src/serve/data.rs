@@ -141,25 +141,32 @@ impl DataQueue {
             })
         });
         for (b, n) in pieces {
-            let buf = match self.pool.try_get() {
-                Some(buf) => buf,
-                None if flying.is_empty() => self.buffer().await,
-                None => {
-                    self.finish_fetches(std::mem::take(&mut flying), &mut first_err)
-                        .await;
-                    self.buffer().await
-                }
-            };
-            let Some(Some((s, n))) = with_data(|io| io.start_fetch(b, n, read_ahead)) else {
-                continue;
-            };
-            let req = IoRequest::read(
-                s << BLOCK_SM_SHIFT,
-                (n as usize * BLOCK_SM_SIZE) as u32,
-                buf,
-                0,
-            );
-            flying.push(((s, n), self.submit(local, req)));
+            let end = b + n;
+            let mut at = b;
+            while at < end {
+                let buf = match self.pool.try_get() {
+                    Some(buf) => buf,
+                    None if flying.is_empty() => self.buffer().await,
+                    None => {
+                        self.finish_fetches(std::mem::take(&mut flying), &mut first_err)
+                            .await;
+                        self.buffer().await
+                    }
+                };
+                // The next run of the piece not in memory nor on its way.
+                let Some(Some((s, n))) = with_data(|io| io.start_fetch(at, end - at, read_ahead))
+                else {
+                    break;
+                };
+                at = s + n;
+                let req = IoRequest::read(
+                    s << BLOCK_SM_SHIFT,
+                    (n as usize * BLOCK_SM_SIZE) as u32,
+                    buf,
+                    0,
+                );
+                flying.push(((s, n), self.submit(local, req)));
+            }
         }
         self.finish_fetches(flying, &mut first_err).await;
         if read_ahead {
