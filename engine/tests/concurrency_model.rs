@@ -173,14 +173,11 @@ fn attempt(fs: &mut Mounted, dirs: &[u64], op: &Op) -> Result<Outcome, FsError> 
 
 /// Whether an attempt's error makes the engine run it again.
 fn restarts(e: &FsError) -> bool {
-    matches!(
-        e,
-        FsError::NeedBlocks(_)
-            | FsError::NeedData
-            | FsError::WaitWriteBack
-            | FsError::WaitCommit(_)
-            | FsError::Throttled(_)
-    )
+    e.is_miss()
+        || matches!(
+            e,
+            FsError::WaitWriteBack | FsError::WaitCommit(_) | FsError::Throttled(_)
+        )
 }
 
 fn outcome(r: Result<Outcome, FsError>) -> Outcome {

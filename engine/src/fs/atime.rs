@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use crate::format::inode::{Inode, Timespec};
 use crate::format::Key;
 
-use super::error::{FsError, Result};
+use super::error::Result;
 use super::{Fs, ItemStore};
 
 /// Which accesses update atime.
@@ -183,7 +183,7 @@ impl<S: ItemStore> Fs<S> {
     }
 
     /// [`Fs::touch_atime`] with the inode already read. Its only error is
-    /// a deferred miss ([`FsError::NeedBlocks`]): the access runs again.
+    /// a deferred miss ([`FsError::is_miss`]): the access runs again.
     pub(super) async fn accessed(&mut self, ino: u64, inode: Inode) -> Result<()> {
         let now = self.now();
         if !atime_due(&self.opts.atime, &inode, now) || self.store.read_only() {
@@ -200,7 +200,7 @@ impl<S: ItemStore> Fs<S> {
                 self.write_aged_atimes().await
             };
             match r {
-                Err(e @ FsError::NeedBlocks(_)) => return Err(e),
+                Err(e) if e.is_miss() => return Err(e),
                 Err(e) => tracing::debug!("kept atimes not written: {e}"),
                 Ok(()) => {}
             }
@@ -210,7 +210,7 @@ impl<S: ItemStore> Fs<S> {
         b.track(ino, inode);
         b.inode_mut(ino).atime = now;
         match self.apply(b).await {
-            Err(e @ FsError::NeedBlocks(_)) => Err(e),
+            Err(e) if e.is_miss() => Err(e),
             Err(e) => {
                 tracing::debug!("inode {ino}: atime not updated: {e}");
                 Ok(())

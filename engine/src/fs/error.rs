@@ -77,6 +77,12 @@ pub enum FsError {
     /// the dirty buffer is full: it waits for write-back and runs again.
     #[error("waiting for file data write-back")]
     WaitWriteBack,
+    /// The operation, which has changed nothing, touches items under
+    /// locks this node holds no grant for (`item::locks`): the engine
+    /// takes them and runs it again. Only the engine's request task sees
+    /// it.
+    #[error("waiting for lock grants")]
+    NeedLocks,
 }
 
 impl FsError {
@@ -109,8 +115,20 @@ impl FsError {
             | FsError::WaitCommit(_)
             | FsError::Throttled(_)
             | FsError::NeedData
-            | FsError::WaitWriteBack => libc::EIO,
+            | FsError::WaitWriteBack
+            | FsError::NeedLocks => libc::EIO,
         }
+    }
+
+    /// Whether the operation, having changed nothing, ended to be run
+    /// again once what it missed is at hand: metadata blocks, file data
+    /// blocks or lock grants. Code that swallows other errors (an atime
+    /// not stored) must pass these on.
+    pub fn is_miss(&self) -> bool {
+        matches!(
+            self,
+            FsError::NeedBlocks(_) | FsError::NeedData | FsError::NeedLocks
+        )
     }
 
     /// The blocks to read before running the operation again, if this is
@@ -141,6 +159,7 @@ impl From<ItemError> for FsError {
             ItemError::NeedBlocks(need) => FsError::NeedBlocks(need),
             ItemError::WaitCommit(seq) => FsError::WaitCommit(seq),
             ItemError::Throttled(seq) => FsError::Throttled(seq),
+            ItemError::NeedLocks => FsError::NeedLocks,
         }
     }
 }

@@ -32,6 +32,11 @@ pub enum ItemError {
     /// (too much is dirty while it is written) and runs again.
     #[error("throttled until commit {0}")]
     Throttled(u64),
+    /// The node holds no grant covering a key the operation, which has
+    /// changed nothing, touches (`item::locks`): the engine takes the
+    /// locks and runs it again.
+    #[error("waiting for lock grants")]
+    NeedLocks,
 }
 
 impl ItemError {
@@ -44,7 +49,8 @@ impl ItemError {
             ItemError::Io(_)
             | ItemError::NeedBlocks(_)
             | ItemError::WaitCommit(_)
-            | ItemError::Throttled(_) => libc::EIO,
+            | ItemError::Throttled(_)
+            | ItemError::NeedLocks => libc::EIO,
         }
     }
 }

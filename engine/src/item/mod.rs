@@ -17,6 +17,7 @@
 //! thread).
 
 mod error;
+pub mod locks;
 mod volume;
 
 use std::future::Future;

@@ -8,7 +8,7 @@ use crate::format::Key;
 use crate::server::Statfs;
 use crate::txn::Volume;
 
-use super::{ItemError, ItemStore, Result};
+use super::{locks, ItemError, ItemStore, Result};
 
 /// Why a volume refuses changes after its mount was made read-only.
 const REMOUNTED_READ_ONLY: &str = "mounted read-only";
@@ -19,26 +19,42 @@ impl ItemStore for Volume {
             // Read inline as the writes go: nothing to gain ahead of them.
             return Ok(());
         }
+        // Every lock the writes need, before the first (item::locks).
+        let mut lacked = false;
+        for (key, _) in keys {
+            match locks::check(key, key, true, true) {
+                Err(ItemError::NeedLocks) => lacked = true,
+                r => r?,
+            }
+        }
+        if lacked {
+            return Err(ItemError::NeedLocks);
+        }
         Ok(Volume::prefetch(self, keys)?)
     }
 
     async fn lookup(&mut self, key: &Key) -> Result<Option<Item>> {
+        locks::check(key, key, false, self.deferring())?;
         Ok(Volume::lookup(self, key)?)
     }
 
     async fn next(&mut self, first: &Key, last: &Key) -> Result<Option<Item>> {
+        locks::check(first, last, false, self.deferring())?;
         Ok(Volume::next(self, first, last)?)
     }
 
     async fn range(&mut self, first: &Key, last: &Key, max: usize) -> Result<Vec<Item>> {
+        locks::check(first, last, false, self.deferring())?;
         Ok(Volume::range(self, first, last, max)?)
     }
 
     async fn upsert(&mut self, key: Key, val: &[u8]) -> Result<()> {
+        locks::check(&key, &key, true, self.deferring())?;
         Ok(Volume::upsert(self, key, val)?)
     }
 
     async fn delete(&mut self, key: &Key) -> Result<bool> {
+        locks::check(key, key, true, self.deferring())?;
         Ok(Volume::delete(self, key)?)
     }
 

@@ -161,6 +161,30 @@ impl LockName {
         }
     }
 
+    /// The name whose lock a task needs to touch the item `key`, or
+    /// `None` for keys no lock covers (the server's own zones). An inode's
+    /// items are its name; the index, orphan, quota and xattr tag zones
+    /// theirs; the rename key the rename lock.
+    pub fn for_key(key: &Key) -> Option<LockName> {
+        match key.zone {
+            zone::FS => Some(LockName::Inode(key.first)),
+            zone::ORPHAN => Some(LockName::Orphan),
+            zone::QUOTA => Some(LockName::Quota),
+            zone::XATTR_TOTL => Some(LockName::XattrTotl),
+            zone::XATTR_INDX => Some(LockName::XattrIndx),
+            zone::INODE_INDEX => {
+                let kind = match key.ty {
+                    t if t == IndexKind::MetaSeq.item_type() => IndexKind::MetaSeq,
+                    t if t == IndexKind::DataSeq.item_type() => IndexKind::DataSeq,
+                    _ => return None,
+                };
+                Some(LockName::index(kind, key.second))
+            }
+            zone::LOCK if *key == RENAME_KEY => Some(LockName::Rename),
+            _ => None,
+        }
+    }
+
     /// The key a lock server knows the cluster lock by (its range's start).
     pub fn cluster_key(&self) -> Key {
         self.range().start
@@ -358,6 +382,30 @@ mod tests {
         assert!(!n.covers_key(&meta_seq_index_key(2047, u64::MAX)));
         let d = LockName::index(IndexKind::DataSeq, 5);
         assert!(d.covers_key(&data_seq_index_key(5, 9)));
+    }
+
+    #[test]
+    fn the_name_for_a_key_covers_it() {
+        let keys = [
+            Key::inode_first(5000),
+            Key::new(zone::FS, 5000, item_type::DATA_EXTENT, 7, 1, 0),
+            meta_seq_index_key(123_456, 9),
+            data_seq_index_key(99, 9),
+            orphan_key(1, 77),
+            Key::zone_first(zone::QUOTA),
+            Key::zone_first(zone::XATTR_TOTL),
+            Key::zone_first(zone::XATTR_INDX),
+            RENAME_KEY,
+        ];
+        for k in keys {
+            let name = LockName::for_key(&k).unwrap_or_else(|| panic!("no name for {k}"));
+            assert!(name.covers_key(&k), "{name} doesn't cover {k}");
+        }
+        assert_eq!(
+            LockName::for_key(&Key::new(zone::FS, 5000, 0, 0, 0, 0)),
+            Some(LockName::Inode(5000))
+        );
+        assert_eq!(LockName::for_key(&Key::zone_first(zone::LOG_TREES)), None);
     }
 
     #[test]

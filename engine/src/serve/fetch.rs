@@ -302,6 +302,20 @@ pub(crate) async fn run_attempts<T>(
                 }
                 continue;
             }
+            Err(FsError::NeedLocks) if defer => {
+                attempt += 1;
+                fetch.restarts.set(fetch.restarts.get() + 1);
+                let (set, table) = (crate::item::locks::take_need(), crate::item::locks::table());
+                if let Some(table) = table {
+                    match table.lock_set(set).await {
+                        // The node keeps the grants; this task's use of
+                        // them ends with the guard (item::locks).
+                        Ok(guard) => drop(guard),
+                        Err(e) => return Some(Err(FsError::Io(format!("taking locks: {e}")))),
+                    }
+                }
+                continue;
+            }
             Err(FsError::WaitWriteBack) if defer => {
                 data.wait_room().await;
                 continue;

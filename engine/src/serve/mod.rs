@@ -113,6 +113,10 @@ pub struct MissStats {
     /// File data: blocks deferred, read through the reactor, read inline
     /// (operations past their first change), written back.
     pub data: crate::data_io::DataStats,
+    /// Lock grants taken for attempts that waited for them, and taken
+    /// inline by operations past their first change (item::locks).
+    pub lock_waits: u64,
+    pub lock_inline: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -260,6 +264,12 @@ impl Engine {
                 io.set_reactor_io(true);
             }
             CORE.with(|cell| *cell.borrow_mut() = Some(core.clone()));
+            // Item accesses are checked against this node's lock grants
+            // (item::locks); a single node is its own lock server.
+            crate::item::locks::install(crate::lock::LockTable::new_local(
+                txn.rid,
+                std::rc::Rc::new(crate::lock::NoCache),
+            ));
             local.spawn(commit::run(local.clone(), core.clone()));
             local.spawn(data::run_write_back(local.clone(), core.data.clone()));
             let mounted = (
@@ -356,6 +366,7 @@ impl Engine {
                     let store = fs.store_mut().store_mut();
                     (store.deferred, store.reads, data.unwrap_or_default())
                 });
+                let (lock_waits, lock_inline) = crate::item::locks::counts();
                 async move {
                     let (f, (deferred, inline_reads, data)) = (f?, r?);
                     Some(MissStats {
@@ -365,6 +376,8 @@ impl Engine {
                         deferred,
                         inline_reads,
                         data,
+                        lock_waits,
+                        lock_inline,
                     })
                 }
             })?
@@ -410,6 +423,10 @@ impl Engine {
                 });
             }
             let m = MOUNTED.with(|cell| cell.borrow_mut().take());
+            // Unmount's own accesses need no grants.
+            if let Some(t) = crate::item::locks::uninstall() {
+                t.shutdown();
+            }
             m.map(|mut fs| {
                 fs.store_mut().set_async_commits(None);
                 // What the fs keeps in memory (lazytime's atimes) goes
