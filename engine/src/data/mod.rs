@@ -294,7 +294,7 @@ pub async fn write<S: ItemStore>(
     write_with(vol, ino, offset, data, Prealloc::NONE, 0).await
 }
 
-/// [`write`] with preallocation into a file with `online` online blocks
+/// [`write()`] with preallocation into a file with `online` online blocks
 /// (the inode's count before the write).
 pub async fn write_with<S: ItemStore>(
     vol: &mut S,

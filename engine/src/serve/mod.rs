@@ -13,11 +13,17 @@
 //! fs), `inbox.rs` (the submission queue and the dispatcher task),
 //! `session.rs` (sessions and their handles), `caller.rs` (credentials
 //! from the transport), `errno.rs` (the one errno map), `stats.rs`
-//! (per-op counts and latency), `admin/` (the admin socket, a translator).
+//! (per-op counts and latency), `changes.rs` (change events for the
+//! frontends' caches), `fetch.rs` (a request's attempts, and metadata
+//! reads through the reactor), `data.rs` (file data I/O through the
+//! reactor), `commit.rs` (the committer), `admin/` (the admin socket, a
+//! translator).
 //!
-//! Today the volume is synchronous, so a metadata read that misses the
-//! cache blocks the reactor for that read (see docs/ARCHITECTURE.md for the
-//! path to awaited reads).
+//! Each request is a task whose attempts run the operation synchronously
+//! over what is in memory; an attempt that misses metadata blocks, file
+//! data blocks or lock grants before it has changed anything ends, the
+//! task gets them through the reactor (other requests going on), and the
+//! attempt runs again (docs/ARCHITECTURE.md, "Miss and restart").
 
 pub mod admin;
 mod caller;
