@@ -167,6 +167,23 @@ impl std::fmt::Debug for DataIo {
     }
 }
 
+/// Device blocks a discard request covers at most (1 GiB: the request's
+/// length field is 32-bit bytes).
+pub const DISCARD_MAX_BLOCKS: u64 = (1 << 30) >> BLOCK_SM_SHIFT;
+
+/// `runs` (first block, length) cut into pieces of at most `max` blocks.
+pub fn split_runs(
+    runs: impl IntoIterator<Item = (u64, u64)>,
+    max: u64,
+) -> impl Iterator<Item = (u64, u64)> {
+    runs.into_iter().flat_map(move |(b, n)| {
+        (0..n.div_ceil(max)).map(move |i| {
+            let s = b + i * max;
+            (s, (b + n - s).min(max))
+        })
+    })
+}
+
 /// Merge sorted single blocks into runs of at most [`RUN_BLOCKS`].
 fn push_run(runs: &mut Vec<(u64, u64)>, blk: u64, nr: u64) {
     if let Some((s, n)) = runs.last_mut() {
@@ -879,14 +896,7 @@ impl DataIo {
             return Ok(());
         }
         self.drain();
-        // Requests of at most 1 GiB (the length field is 32-bit).
-        const MAX_BLOCKS: u64 = (1 << 30) >> BLOCK_SM_SHIFT;
-        let mut reqs = extents.iter().flat_map(|e| {
-            (0..e.len.div_ceil(MAX_BLOCKS)).map(move |i| {
-                let start = e.start + i * MAX_BLOCKS;
-                (start, MAX_BLOCKS.min(e.start + e.len - start))
-            })
-        });
+        let mut reqs = split_runs(extents.iter().map(|e| (e.start, e.len)), DISCARD_MAX_BLOCKS);
         let mut first_err = None;
         let mut flying = 0usize;
         let mut more = true;

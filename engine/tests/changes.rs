@@ -48,18 +48,11 @@ fn take(sub: &Subscription) -> Vec<Change> {
 }
 
 fn inode(ino: u64) -> Change {
-    Change::Inode {
-        ino,
-        data: None,
-        names: Vec::new(),
-    }
+    Change::inode(ino)
 }
 
 fn entry(parent: u64, name: &str) -> Change {
-    Change::Entry {
-        parent,
-        name: name.into(),
-    }
+    Change::entry(parent, name.as_bytes())
 }
 
 #[test]

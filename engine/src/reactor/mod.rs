@@ -353,6 +353,23 @@ impl Local {
     }
 }
 
+/// `fut`'s output, or `None` if `stop` (a [`Local::shutdown_signal`],
+/// pinned once for the task's whole life) fires first: a long-lived task's
+/// wait for its next piece of work.
+pub async fn unless_stopped<T>(
+    mut stop: Pin<&mut impl Future<Output = ()>>,
+    fut: impl Future<Output = T>,
+) -> Option<T> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        fut.as_mut().poll(cx).map(Some)
+    })
+    .await
+}
+
 /// Give every other ready task on this reactor a turn, then go on: the
 /// future is ready at its second poll, having woken itself at the first.
 pub fn yield_now() -> impl Future<Output = ()> {

@@ -92,6 +92,25 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// Inode `ino`'s attributes (no data range, no names).
+    pub fn inode(ino: u64) -> Change {
+        Change::Inode {
+            ino,
+            data: None,
+            names: Vec::new(),
+        }
+    }
+
+    /// The name `name` in directory `parent`.
+    pub fn entry(parent: u64, name: &[u8]) -> Change {
+        Change::Entry {
+            parent,
+            name: name.to_vec(),
+        }
+    }
+}
+
 /// A change, with the request it came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChangeEvent {
@@ -198,15 +217,7 @@ fn last_name(a: &Attr) -> bool {
 /// The events of `op`, which succeeded with `reply`, given what was read
 /// before it ran.
 pub(super) fn changes_of(op: &Op, reply: &Reply, before: Before) -> Vec<Change> {
-    let inode = |ino: u64| Change::Inode {
-        ino,
-        data: None,
-        names: Vec::new(),
-    };
-    let entry = |parent: u64, name: &[u8]| Change::Entry {
-        parent,
-        name: name.to_vec(),
-    };
+    let (inode, entry) = (Change::inode, Change::entry);
     let Before {
         named,
         replaced,
@@ -672,18 +683,11 @@ mod tests {
     }
 
     fn inode(ino: u64) -> Change {
-        Change::Inode {
-            ino,
-            data: None,
-            names: Vec::new(),
-        }
+        Change::inode(ino)
     }
 
     fn entry(parent: u64, name: &str) -> Change {
-        Change::Entry {
-            parent,
-            name: name.into(),
-        }
+        Change::entry(parent, name.as_bytes())
     }
 
     #[test]

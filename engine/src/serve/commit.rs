@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 
 use crate::fs::FsError;
-use crate::reactor::Local;
+use crate::reactor::{unless_stopped, Local};
 use crate::server::PreparedCommit;
 use crate::txn::CommitKick;
 
@@ -136,18 +136,7 @@ fn begin(fs: &mut super::Mounted) -> Result<Option<(PreparedCommit, u64)>, crate
 pub(crate) async fn run(local: Local, core: Rc<super::Core>) {
     let (queue, c, data) = (&*core.fetch, &*core.committer, &*core.data);
     let mut stop = std::pin::pin!(local.shutdown_signal());
-    loop {
-        let mut kicked = std::pin::pin!(c.wait_kick());
-        let stopped = poll_fn(|cx| {
-            if stop.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(true);
-            }
-            kicked.as_mut().poll(cx).map(|()| false)
-        })
-        .await;
-        if stopped {
-            return;
-        }
+    while unless_stopped(stop.as_mut(), c.wait_kick()).await.is_some() {
         // Commit while there is something to commit: a transaction that
         // reached its trigger while the last one was written goes next.
         loop {

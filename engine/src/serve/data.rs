@@ -25,11 +25,11 @@ use std::future::{poll_fn, Future};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
-use crate::data_io::{DataIo, RUN_BLOCKS};
+use crate::data_io::{split_runs, DataIo, DISCARD_MAX_BLOCKS, RUN_BLOCKS};
 use crate::dev::{open_queue_with_pool, BlockDev, Completion, DevError, IoRequest};
 use crate::dma::{DmaBuf, DmaPool};
 use crate::format::block::{BLOCK_SM_SHIFT, BLOCK_SM_SIZE};
-use crate::reactor::{Event, IoFuture, Local, QueueId};
+use crate::reactor::{unless_stopped, Event, IoFuture, Local, QueueId};
 
 use super::fetch::join_all;
 use super::{with_mounted, Mounted};
@@ -134,12 +134,7 @@ impl DataQueue {
         self.unpaused().await;
         let mut flying: Vec<((u64, u64), IoFuture)> = Vec::new();
         let mut first_err: Option<String> = None;
-        let pieces = runs.iter().flat_map(|&(b, n)| {
-            (0..n.div_ceil(RUN_BLOCKS as u64)).map(move |i| {
-                let s = b + i * RUN_BLOCKS as u64;
-                (s, (b + n - s).min(RUN_BLOCKS as u64))
-            })
-        });
+        let pieces = split_runs(runs.iter().copied(), RUN_BLOCKS as u64);
         for (b, n) in pieces {
             let end = b + n;
             let mut at = b;
@@ -286,17 +281,8 @@ impl DataQueue {
         if extents.is_empty() || with_data(|io| io.supports_discard()) != Some(true) {
             return;
         }
-        // Requests of at most 1 GiB (the length field is 32-bit).
-        const MAX_BLOCKS: u64 = (1 << 30) >> BLOCK_SM_SHIFT;
-        let pieces: Vec<(u64, u64)> = extents
-            .iter()
-            .flat_map(|e| {
-                (0..e.len.div_ceil(MAX_BLOCKS)).map(move |i| {
-                    let start = e.start + i * MAX_BLOCKS;
-                    (start, MAX_BLOCKS.min(e.start + e.len - start))
-                })
-            })
-            .collect();
+        let pieces: Vec<(u64, u64)> =
+            split_runs(extents.iter().map(|e| (e.start, e.len)), DISCARD_MAX_BLOCKS).collect();
         for chunk in pieces.chunks(DEPTH as usize) {
             let flying: Vec<((u64, u64), IoFuture)> = chunk
                 .iter()
@@ -407,18 +393,7 @@ impl DataQueue {
 /// The write-back task: runs until shutdown (or the volume is unmounted).
 pub(crate) async fn run_write_back(local: Local, q: Rc<DataQueue>) {
     let mut stop = std::pin::pin!(local.shutdown_signal());
-    loop {
-        let mut kicked = std::pin::pin!(q.wait_kick());
-        let stopped = poll_fn(|cx| {
-            if stop.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(true);
-            }
-            kicked.as_mut().poll(cx).map(|()| false)
-        })
-        .await;
-        if stopped {
-            return;
-        }
+    while unless_stopped(stop.as_mut(), q.wait_kick()).await.is_some() {
         q.unpaused().await;
         if with_mounted(|_| ()).is_none() {
             return;

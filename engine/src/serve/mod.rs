@@ -39,13 +39,12 @@ mod stats;
 mod submit;
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use crate::dev::{BlockDev, DevError};
 use crate::fs::{Fs, FsError, FsOptions, KernelRefs};
-use crate::reactor::{Local, Reactor, ReactorConfig, ReactorError};
+use crate::reactor::{unless_stopped, Local, Reactor, ReactorConfig, ReactorError};
 use crate::txn::{TxnError, TxnOptions, Volume};
 use crate::util::ready;
 
@@ -171,18 +170,10 @@ async fn commit_when_quiet(local: Local, age: std::time::Duration) {
     const MIN_NAP: std::time::Duration = std::time::Duration::from_millis(10);
     let mut stop = std::pin::pin!(local.shutdown_signal());
     let mut period = age.max(MIN_NAP);
-    loop {
-        let mut nap = std::pin::pin!(local.sleep(period));
-        let stopped = std::future::poll_fn(|cx| {
-            if stop.as_mut().poll(cx).is_ready() {
-                return std::task::Poll::Ready(true);
-            }
-            nap.as_mut().poll(cx).map(|_| false)
-        })
-        .await;
-        if stopped {
-            return;
-        }
+    while unless_stopped(stop.as_mut(), local.sleep(period))
+        .await
+        .is_some()
+    {
         period = MOUNTED
             .with(|cell| {
                 let mut cell = cell.borrow_mut();
