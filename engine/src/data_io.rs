@@ -125,6 +125,9 @@ pub struct DataIo {
     dirty: BTreeMap<u64, Dirty>,
     /// Dirty blocks with no write in flight.
     idle_dirty: usize,
+    /// Where the last write-back run ended (the next one is sought from
+    /// there).
+    wb_cursor: u64,
     limit_blocks: usize,
     /// The last change's generation.
     gen: u64,
@@ -212,6 +215,7 @@ impl DataIo {
             total_blocks: dev.geometry().capacity_bytes >> BLOCK_SM_SHIFT,
             dirty: BTreeMap::new(),
             idle_dirty: 0,
+            wb_cursor: 0,
             limit_blocks: buffer_bytes / BLOCK_SM_SIZE,
             gen: 0,
             failed: None,
@@ -466,9 +470,14 @@ impl DataIo {
             return None;
         }
         let eligible = |d: &Dirty| d.flight.is_none() && upto.is_none_or(|g| d.oldest <= g);
+        // From where the last run ended, once around: blocks before it are
+        // mostly in flight, and a scan from the start each time would walk
+        // them again for every run of a pass.
+        let cursor = self.wb_cursor;
         let (&start, _) = self
             .dirty
-            .iter()
+            .range(cursor..)
+            .chain(self.dirty.range(..cursor))
             .find(|(&b, d)| eligible(d) && !self.quarantined(b))?;
         let mut n = 0u64;
         let end = match self.quarantine.range(start..).next() {
@@ -485,6 +494,7 @@ impl DataIo {
             n += 1;
         }
         self.idle_dirty -= n as usize;
+        self.wb_cursor = start + n;
         Some((start, n))
     }
 
